@@ -1,0 +1,158 @@
+"""Settings: environment variables (and an optional ``.env``), validated at startup.
+
+Why msgspec: the same library decodes the wire messages, and its ``convert``
+with ``strict=False`` turns the environment's strings into typed values with
+error paths we can rewrite into one line naming the variable. A bad setting
+must stop startup, never surface later inside a session.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from dotenv import dotenv_values
+
+from .errors import ConfigError
+
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+#: Names whose values never appear in logs, reprs or error messages.
+SECRET_FIELDS = frozenset(
+    {
+        "DEEPGRAM_API_KEY",
+        "ASSEMBLYAI_API_KEY",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "OPENAI_API_KEY",
+    }
+)
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    """Every setting, with its default. ``.env.example`` documents each one."""
+
+    SPEECH_PROVIDER: str = "whisper_local"
+    ALLOW_PROVIDER_OVERRIDE: bool = False
+    DEFAULT_LANGUAGE: str = "en"
+
+    HOST: str = "127.0.0.1"
+    PORT: Port = 8000
+    LOG_LEVEL: str = "INFO"
+    CORS_ORIGINS: str = ""
+    WS_PING_INTERVAL: PositiveFloat = 20.0
+    WS_MAX_MESSAGE_BYTES: PositiveInt = 1_048_576
+
+    PROVIDER_CONNECT_TIMEOUT: PositiveFloat = 10.0
+    PROVIDER_RESPONSE_TIMEOUT: PositiveFloat = 30.0
+
+    MAX_CHUNK_BYTES: PositiveInt = 64_000
+    AUDIO_QUEUE_CHUNKS: PositiveInt = 120
+    OUTBOUND_QUEUE_MESSAGES: PositiveInt = 1024
+    MAX_SESSIONS_PER_USER: NonNegativeInt = 4
+    MAX_SESSIONS: NonNegativeInt = 0
+
+    WHISPER_MODEL: str = ""
+    WHISPER_DEVICE: str = "cpu"
+    WHISPER_COMPUTE_TYPE: str = "int8"
+    WHISPER_CPU_THREADS: NonNegativeInt = 0
+    WHISPER_ENDPOINT_MS: PositiveInt = 500
+    WHISPER_PARTIAL_INTERVAL_MS: PositiveInt = 1000
+    WHISPER_MAX_UTTERANCE_S: PositiveFloat = 20.0
+    WHISPER_VAD_THRESHOLD: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.5
+
+    DEEPGRAM_API_KEY: str = ""
+    DEEPGRAM_URL: str = "wss://api.deepgram.com/v1/listen"
+    DEEPGRAM_MODEL: str = "nova-3"
+    DEEPGRAM_LANGUAGE: str = ""
+
+    ASSEMBLYAI_API_KEY: str = ""
+    AWS_REGION: str = "us-east-1"
+    AWS_ACCESS_KEY_ID: str = ""
+    AWS_SECRET_ACCESS_KEY: str = ""
+    AWS_SESSION_TOKEN: str = ""
+    OPENAI_API_KEY: str = ""
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.safe_items())
+        return f"Settings({fields})"
+
+    def safe_items(self) -> list[tuple[str, Any]]:
+        """(name, value) pairs with secrets masked: for logs and debugging."""
+        out: list[tuple[str, Any]] = []
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if name in SECRET_FIELDS and value:
+                value = "***"
+            out.append((name, value))
+        return out
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return [o.strip() for o in self.CORS_ORIGINS.split(",") if o.strip()]
+
+    def language_for(self, provider_setting: str) -> str:
+        """A per-provider language setting, falling back to DEFAULT_LANGUAGE."""
+        return provider_setting or self.DEFAULT_LANGUAGE
+
+
+_PATH_RE = re.compile(r"at `\$\.(\w+)`")
+
+
+def _explain(err: msgspec.ValidationError, raw: Mapping[str, str]) -> str:
+    text = str(err)
+    match = _PATH_RE.search(text)
+    if not match:
+        return f"invalid settings: {text}"
+    name = match.group(1)
+    reason = _PATH_RE.sub("", text).strip().rstrip("-").strip()
+    shown = "***" if name in SECRET_FIELDS else repr(raw.get(name, ""))
+    return f"{name}: {reason[0].lower() + reason[1:]} (got {shown})"
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+) -> Settings:
+    """Build Settings from a ``.env`` file overlaid by the environment.
+
+    The process environment wins over ``.env`` so an operator can override one
+    value without editing the file.
+    """
+    env = dict(os.environ if environ is None else environ)
+    raw: dict[str, str] = {}
+    if env_file is not None and Path(env_file).is_file():
+        raw.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    raw.update(env)
+    known = {k: v for k, v in raw.items() if k in Settings.__struct_fields__}
+    try:
+        settings = msgspec.convert(known, Settings, strict=False)
+    except msgspec.ValidationError as err:
+        raise ConfigError(_explain(err, known)) from None
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    from .providers.registry import PROVIDERS
+
+    if settings.LOG_LEVEL.upper() not in LOG_LEVELS:
+        raise ConfigError(
+            f"LOG_LEVEL: expected one of {', '.join(LOG_LEVELS)} (got {settings.LOG_LEVEL!r})"
+        )
+    spec = PROVIDERS.get(settings.SPEECH_PROVIDER)
+    if spec is None:
+        raise ConfigError(
+            f"SPEECH_PROVIDER: unknown provider {settings.SPEECH_PROVIDER!r}; "
+            f"valid: {', '.join(sorted(PROVIDERS))}"
+        )
+    spec.check(settings)

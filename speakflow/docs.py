@@ -1,0 +1,182 @@
+"""The /docs page and the OpenAPI document of the HTTP routes.
+
+The page is generated from the same enums and Structs the server uses, so
+the error table and message shapes cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any
+
+from . import protocol as p
+
+
+def openapi_document(version: str) -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "SpeakFlow stream server",
+            "version": version,
+            "description": "HTTP routes of the SpeakFlow relay. The streaming API is a "
+            "WebSocket at /v1/stt/stream, documented at /docs.",
+        },
+        "paths": {
+            "/v1/health": {
+                "get": {
+                    "summary": "Liveness and load",
+                    "responses": {
+                        "200": {
+                            "description": "The server is up.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["status", "active_sessions"],
+                                        "properties": {
+                                            "status": {"type": "string", "enum": ["ok"]},
+                                            "active_sessions": {"type": "integer"},
+                                            "active_streams": {"type": "integer"},
+                                            "connections": {"type": "integer"},
+                                            "provider": {"type": "string"},
+                                            "provider_ready": {"type": "boolean"},
+                                            "version": {"type": "string"},
+                                        },
+                                    }
+                                }
+                            },
+                        }
+                    },
+                }
+            },
+            "/docs": {
+                "get": {
+                    "summary": "This documentation as HTML",
+                    "responses": {"200": {"description": "HTML page"}},
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This OpenAPI document",
+                    "responses": {"200": {"description": "OpenAPI 3.1 JSON"}},
+                }
+            },
+        },
+        "components": {"schemas": p.json_schema_of_messages()},
+    }
+
+
+_EXAMPLES = {
+    "start_session": {
+        "type": "start_session",
+        "session_id": "550e8400-e29b-41d4-a716-446655440000",
+        "user_id": "user123",
+        "sources": ["microphone", "system"],
+        "audio_config": {"sample_rate": 16000, "channels": 1, "encoding": "pcm16le"},
+    },
+    "audio_chunk": {
+        "type": "audio_chunk",
+        "session_id": "550e8400-e29b-41d4-a716-446655440000",
+        "source": "microphone",
+        "timestamp": 1717000000123,
+        "size": 16000,
+    },
+    "stop_session": {"type": "stop_session", "session_id": "550e8400-..."},
+    "session_started": {
+        "type": "session_started",
+        "session_id": "550e8400-...",
+        "provider": "whisper_local",
+        "sources": ["microphone", "system"],
+    },
+    "transcript": {
+        "type": "transcript",
+        "session_id": "550e8400-...",
+        "source": "microphone",
+        "text": "Hello, how are you?",
+        "is_final": False,
+        "timestamp": 1717000001234,
+        "provider": "whisper_local",
+        "language": "en",
+        "start_time": 0.0,
+        "end_time": 0.5,
+    },
+    "session_ended": {"type": "session_ended", "session_id": "550e8400-..."},
+    "error": {
+        "type": "error",
+        "code": "unknown_session",
+        "message": "session 'x' is not the active session of this connection",
+        "session_id": "x",
+    },
+}
+
+
+def _example(name: str) -> str:
+    return f"<pre>{html.escape(json.dumps(_EXAMPLES[name], indent=2))}</pre>"
+
+
+def docs_html(providers: list[str]) -> str:
+    rows = "\n".join(
+        f"<tr><td><code>{code.value}</code></td><td>{html.escape(p.ERROR_DESCRIPTIONS[code])}</td></tr>"
+        for code in p.ErrorCode
+    )
+    provider_list = ", ".join(f"<code>{html.escape(x)}</code>" for x in providers)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>SpeakFlow stream server</title>
+<style>
+body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.5}}
+pre{{background:#f4f4f4;padding:.6rem;overflow:auto}} code{{background:#f4f4f4}}
+table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}
+</style></head><body>
+<h1>SpeakFlow stream server</h1>
+<p>A real-time speech-to-text relay. Clients stream PCM16 16&nbsp;kHz mono audio over one
+WebSocket; the server relays each (session, source) stream to the configured speech provider
+({provider_list}) and sends back partial and final transcripts in one schema.</p>
+
+<h2>HTTP routes</h2>
+<table><tr><th>route</th><th>what</th></tr>
+<tr><td><code>GET /v1/health</code></td><td><code>{{"status":"ok","active_sessions":N}}</code>
+plus provider readiness and counters</td></tr>
+<tr><td><code>WS /v1/stt/stream</code></td><td>the streaming protocol below</td></tr>
+<tr><td><code>GET /docs</code></td><td>this page</td></tr>
+<tr><td><code>GET /openapi.json</code></td><td>OpenAPI 3.1 document of the HTTP routes and
+JSON Schemas of every WebSocket message</td></tr>
+</table>
+
+<h2>WebSocket protocol (v1)</h2>
+<h3>Handshake</h3>
+<p>Send header <code>X-User-Id: &lt;id&gt;</code> (1-128 characters). Without it the server
+accepts and then closes with code <b>1008</b>. The server answers pings; permessage-deflate
+is accepted.</p>
+
+<h3>Client &rarr; server</h3>
+<p>Every text frame is one JSON object with a <code>type</code>; binary frames carry audio only.</p>
+<h4>start_session</h4>{_example("start_session")}
+<p><code>user_id</code> must equal <code>X-User-Id</code>. <code>sources</code>: distinct values
+of <code>microphone</code>, <code>system</code>. Optional: <code>language</code>,
+<code>provider</code> (honoured only if the operator sets ALLOW_PROVIDER_OVERRIDE).</p>
+<h4>audio_chunk (two frames)</h4>{_example("audio_chunk")}
+<p>immediately followed by one binary frame of exactly <code>size</code> bytes of PCM16 LE mono
+16&nbsp;kHz audio. A valid source not listed in <code>start_session</code> joins on its first
+chunk.</p>
+<h4>stop_session</h4>{_example("stop_session")}
+<p>Every provider stream is finalized, remaining finals are sent, then
+<code>session_ended</code>. The connection stays open for another session.</p>
+
+<h3>Server &rarr; client</h3>
+<h4>session_started</h4>{_example("session_started")}
+<h4>transcript</h4>{_example("transcript")}
+<p><code>start_time</code>/<code>end_time</code>: seconds of this source's audio since the first
+sample the session received for it. <code>timestamp</code>: the first chunk's timestamp +
+<code>end_time</code>&times;1000. Partials (<code>is_final:false</code>) may be revised; a final
+is never revised or repeated.</p>
+<h4>session_ended</h4>{_example("session_ended")}
+<h4>error</h4>{_example("error")}
+<p>An error never closes the connection and never affects another session.</p>
+
+<h3>Error codes</h3>
+<table><tr><th>code</th><th>when</th></tr>
+{rows}
+</table>
+</body></html>
+"""

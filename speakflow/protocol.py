@@ -1,0 +1,277 @@
+"""The wire messages of protocol.md (v1) and the frame state machine.
+
+Everything here is pure: bytes/str in, typed messages or protocol errors out.
+The connection handler feeds frames to :class:`FrameReader` and acts on what
+it returns, so every rule of the contract can be unit-tested without sockets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+SOURCES = ("microphone", "system")
+
+
+class ErrorCode(StrEnum):
+    """Codes of the ``error`` message. The docs page is generated from these."""
+
+    INVALID_MESSAGE = "invalid_message"
+    UNEXPECTED_BINARY = "unexpected_binary"
+    MISSING_AUDIO = "missing_audio"
+    SIZE_MISMATCH = "size_mismatch"
+    INVALID_AUDIO = "invalid_audio"
+    UNKNOWN_SESSION = "unknown_session"
+    SESSION_ACTIVE = "session_active"
+    USER_MISMATCH = "user_mismatch"
+    UNKNOWN_SOURCE = "unknown_source"
+    UNSUPPORTED_AUDIO_CONFIG = "unsupported_audio_config"
+    PROVIDER_UNAVAILABLE = "provider_unavailable"
+    PROVIDER_ERROR = "provider_error"
+    RATE_LIMITED = "rate_limited"
+    INTERNAL_ERROR = "internal_error"
+
+
+ERROR_DESCRIPTIONS: dict[ErrorCode, str] = {
+    ErrorCode.INVALID_MESSAGE: "text frame that is not JSON, not an object, unknown `type`, "
+    "missing or mistyped field",
+    ErrorCode.UNEXPECTED_BINARY: "binary frame with no `audio_chunk` metadata before it",
+    ErrorCode.MISSING_AUDIO: "`audio_chunk` metadata followed by a text frame instead of the "
+    "binary frame",
+    ErrorCode.SIZE_MISMATCH: "binary frame length differs from `size`",
+    ErrorCode.INVALID_AUDIO: "odd byte count, empty, or larger than the configured maximum",
+    ErrorCode.UNKNOWN_SESSION: "`session_id` is not the active session of this connection",
+    ErrorCode.SESSION_ACTIVE: "`start_session` with a different id while a session is active",
+    ErrorCode.USER_MISMATCH: "`user_id` differs from the handshake's `X-User-Id`, or the "
+    "session belongs to another user",
+    ErrorCode.UNKNOWN_SOURCE: "source other than `microphone` / `system`",
+    ErrorCode.UNSUPPORTED_AUDIO_CONFIG: "sample rate, channels or encoding the server cannot "
+    "honour",
+    ErrorCode.PROVIDER_UNAVAILABLE: "the provider cannot be reached or cannot keep up",
+    ErrorCode.PROVIDER_ERROR: "the provider rejected the stream (bad key, bad request)",
+    ErrorCode.RATE_LIMITED: "a limit was hit (sessions per user, audio far faster than real "
+    "time)",
+    ErrorCode.INTERNAL_ERROR: "a bug; logged with a trace id that the message carries",
+}
+
+
+# ---------------------------------------------------------------- client -> server
+
+
+class AudioConfig(msgspec.Struct, frozen=True):
+    sample_rate: int = 16000
+    channels: int = 1
+    encoding: str = "pcm16le"
+
+
+class StartSession(msgspec.Struct, tag="start_session", tag_field="type", frozen=True):
+    session_id: str
+    user_id: str
+    sources: list[str]
+    audio_config: AudioConfig = AudioConfig()
+    language: str | None = None
+    provider: str | None = None
+
+
+class AudioChunk(msgspec.Struct, tag="audio_chunk", tag_field="type", frozen=True):
+    session_id: str
+    source: str
+    timestamp: int
+    size: int
+
+
+class StopSession(msgspec.Struct, tag="stop_session", tag_field="type", frozen=True):
+    session_id: str
+
+
+ClientMessage = StartSession | AudioChunk | StopSession
+
+# ---------------------------------------------------------------- server -> client
+
+
+class SessionStarted(msgspec.Struct, tag="session_started", tag_field="type", omit_defaults=True):
+    session_id: str
+    provider: str | None = None
+    sources: list[str] | None = None
+    resumed: bool = False
+
+
+class WordOut(msgspec.Struct, array_like=False):
+    word: str
+    start: float
+    end: float
+    confidence: float | None = None
+
+
+class Transcript(msgspec.Struct, tag="transcript", tag_field="type", omit_defaults=True):
+    session_id: str
+    source: str
+    text: str
+    is_final: bool
+    timestamp: int
+    provider: str
+    language: str | None
+    start_time: float
+    end_time: float
+    words: list[WordOut] | None = None
+    confidence: float | None = None
+    segment_id: str | None = None
+
+
+class SessionEnded(msgspec.Struct, tag="session_ended", tag_field="type"):
+    session_id: str
+
+
+class Error(msgspec.Struct, tag="error", tag_field="type", omit_defaults=True):
+    code: str
+    message: str
+    session_id: str | None = None
+    trace_id: str | None = None
+
+
+ServerMessage = SessionStarted | Transcript | SessionEnded | Error
+
+_encoder = msgspec.json.Encoder()
+_client_decoder = msgspec.json.Decoder(ClientMessage)
+_server_decoder = msgspec.json.Decoder(ServerMessage)
+
+
+def encode(msg: ServerMessage | ClientMessage) -> str:
+    return _encoder.encode(msg).decode()
+
+
+def decode_server(data: str | bytes) -> ServerMessage:
+    """Decode a server message (used by the reference client and tests)."""
+    return _server_decoder.decode(data)
+
+
+class ProtocolViolation(Exception):
+    """A frame broke the contract; becomes an ``error`` message, never a close."""
+
+    def __init__(self, code: ErrorCode, message: str, session_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.session_id = session_id
+
+
+def decode_client(data: str | bytes) -> ClientMessage:
+    """Decode one text frame, mapping every decode failure to ``invalid_message``."""
+    try:
+        return _client_decoder.decode(data)
+    except msgspec.ValidationError as err:
+        raise ProtocolViolation(ErrorCode.INVALID_MESSAGE, f"invalid message: {err}") from None
+    except msgspec.DecodeError as err:
+        raise ProtocolViolation(ErrorCode.INVALID_MESSAGE, f"not valid JSON: {err}") from None
+
+
+def check_audio_config(cfg: AudioConfig) -> None:
+    if cfg.sample_rate != 16000 or cfg.channels != 1 or cfg.encoding.lower() not in (
+        "pcm16le",
+        "pcm_s16le",
+        "linear16",
+    ):
+        raise ProtocolViolation(
+            ErrorCode.UNSUPPORTED_AUDIO_CONFIG,
+            "only 16000 Hz, 1 channel, pcm16le audio is supported "
+            f"(got {cfg.sample_rate} Hz, {cfg.channels} channel(s), {cfg.encoding!r})",
+        )
+
+
+def check_source(source: str, session_id: str | None = None) -> None:
+    if source not in SOURCES:
+        raise ProtocolViolation(
+            ErrorCode.UNKNOWN_SOURCE,
+            f"unknown source {source[:40]!r}; valid sources: {', '.join(SOURCES)}",
+            session_id,
+        )
+
+
+# ---------------------------------------------------------------- frame state machine
+
+
+@dataclass(slots=True)
+class AudioIn:
+    """A complete audio chunk: metadata plus its binary frame."""
+
+    meta: AudioChunk
+    pcm: bytes
+
+
+class FrameReader:
+    """Pairs each ``audio_chunk`` metadata frame with the binary frame after it.
+
+    ``text`` and ``binary`` return the messages to act on in order, and raise
+    nothing: violations come back as :class:`ProtocolViolation` items so one
+    frame can yield both an error (for the abandoned chunk) and a message.
+    """
+
+    __slots__ = ("_max_bytes", "_pending", "_discard_next")
+
+    def __init__(self, max_chunk_bytes: int) -> None:
+        self._max_bytes = max_chunk_bytes
+        self._pending: AudioChunk | None = None
+        self._discard_next = False
+
+    def text(self, data: str | bytes) -> list[ClientMessage | ProtocolViolation]:
+        out: list[ClientMessage | ProtocolViolation] = []
+        if self._pending is not None:
+            meta, self._pending = self._pending, None
+            out.append(
+                ProtocolViolation(
+                    ErrorCode.MISSING_AUDIO,
+                    "audio_chunk metadata must be followed by one binary frame; got text",
+                    meta.session_id,
+                )
+            )
+        self._discard_next = False
+        try:
+            out.append(decode_client(data))
+        except ProtocolViolation as err:
+            out.append(err)
+        return out
+
+    def expect_audio(self, meta: AudioChunk) -> None:
+        """Called by the handler for valid metadata: the next binary frame is its audio."""
+        self._pending = meta
+
+    def discard_audio(self) -> None:
+        """Metadata was refused: swallow its binary frame quietly (one error per chunk)."""
+        self._discard_next = True
+
+    def binary(self, data: bytes) -> AudioIn | ProtocolViolation | None:
+        meta, self._pending = self._pending, None
+        if meta is None:
+            if self._discard_next:
+                self._discard_next = False
+                return None
+            return ProtocolViolation(
+                ErrorCode.UNEXPECTED_BINARY,
+                "binary frame without audio_chunk metadata before it",
+            )
+        n = len(data)
+        if n != meta.size:
+            return ProtocolViolation(
+                ErrorCode.SIZE_MISMATCH,
+                f"binary frame has {n} bytes, audio_chunk said size={meta.size}",
+                meta.session_id,
+            )
+        if n == 0 or n % 2 or n > self._max_bytes:
+            return ProtocolViolation(
+                ErrorCode.INVALID_AUDIO,
+                f"audio must be a non-empty, even number of bytes up to {self._max_bytes} "
+                f"(got {n})",
+                meta.session_id,
+            )
+        return AudioIn(meta, data)
+
+
+def json_schema_of_messages() -> dict[str, Any]:
+    """JSON Schema of every message, for the /docs page."""
+    _, components = msgspec.json.schema_components(
+        [StartSession, AudioChunk, StopSession, SessionStarted, Transcript, SessionEnded, Error]
+    )
+    return components

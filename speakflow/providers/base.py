@@ -1,0 +1,111 @@
+"""What every speech provider is: the contract between a session's source and a vendor.
+
+A provider turns one source's audio (a channel of :class:`AudioFrame`) into
+normalized :class:`TranscriptEvent` values. Frames carry their position on the
+source's timeline, so a provider that reconnects or replays never has to guess
+where its vendor's clock starts: it adds the offset of the first frame it sent
+on that connection to the vendor's times (see ``speakflow.timeline``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+SAMPLE_RATE = 16000
+BYTES_PER_SAMPLE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFrame:
+    """One client chunk of PCM16 LE mono 16 kHz audio.
+
+    ``offset`` is the index of the first sample on the source timeline: the
+    count of samples this source received before this frame.
+    """
+
+    pcm: bytes
+    offset: int
+
+    @property
+    def samples(self) -> int:
+        return len(self.pcm) // BYTES_PER_SAMPLE
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.samples
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    word: str
+    start: float
+    end: float
+    confidence: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptEvent:
+    """A partial or final transcript with times in seconds on the source timeline."""
+
+    text: str
+    is_final: bool
+    start: float
+    end: float
+    language: str | None = None
+    confidence: float | None = None
+    words: tuple[Word, ...] = ()
+    segment_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    """What a provider needs to know about the stream it serves."""
+
+    session_id: str
+    source: str
+    language: str
+    sample_rate: int = SAMPLE_RATE
+    extras: dict[str, str] = field(default_factory=dict)
+
+
+Emit = Callable[[TranscriptEvent], Awaitable[None]]
+
+
+class SpeechProvider(Protocol):
+    """One instance serves exactly one (session, source) stream.
+
+    ``stream`` returns once the audio channel is closed and every final the
+    vendor owed has been emitted; it raises a ``ProviderError`` subclass when
+    the vendor fails. Cancellation must leave no socket or task behind.
+    """
+
+    name: str
+
+    async def stream(
+        self,
+        audio: trio.MemoryReceiveChannel[AudioFrame],
+        emit: Emit,
+        config: StreamConfig,
+    ) -> None: ...
+
+
+class ProviderBackend(Protocol):
+    """Process-wide part of a provider, built once from settings at startup.
+
+    ``start`` does the slow, shared work (load a model, resolve credentials)
+    before the server accepts traffic; ``create`` returns a fresh
+    :class:`SpeechProvider` per (session, source) so streams share nothing
+    mutable.
+    """
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    def create(self) -> SpeechProvider: ...
+
+    def status(self) -> dict[str, object]: ...

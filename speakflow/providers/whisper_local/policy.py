@@ -1,0 +1,214 @@
+"""Streaming policy: when to ask Whisper for a partial, when to commit a final.
+
+Pure and synchronous: PCM and speech probabilities in, :class:`Utterance`
+requests out. Whisper is a whole-utterance model, so streaming is a matter of
+choosing which audio to give it:
+
+* Silero VAD, 32 ms windows, gates everything. Silence and noise never reach
+  the model, which is how "no text from silence" is guaranteed rather than
+  hoped for.
+* While speech goes on, every ``partial_interval`` of new audio asks for a
+  partial of the utterance so far.
+* ``endpoint`` of trailing non-speech ends the utterance: one final, never
+  revised. An utterance longer than ``max_utterance`` is committed at the
+  quietest recent window so words are not cut in half.
+
+Times are sample indices on the source timeline; the provider turns them
+into seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .engine import VAD_CONTEXT, VAD_WINDOW
+
+SAMPLE_RATE = 16000
+PREROLL = int(0.2 * SAMPLE_RATE)
+#: Trailing non-speech kept after the last speech window: Whisper decodes the
+#: last word better with a little silence after it.
+TAIL = int(0.25 * SAMPLE_RATE)
+MIN_SPEECH = int(0.25 * SAMPLE_RATE)
+
+
+@dataclass(frozen=True, slots=True)
+class Utterance:
+    """A request to transcribe ``audio`` (float32, 16 kHz) of utterance ``index``."""
+
+    index: int
+    audio: np.ndarray
+    start: int
+    end: int
+    final: bool
+
+
+ProbFn = Callable[[np.ndarray], np.ndarray]
+
+
+class VadSegmenter:
+    def __init__(
+        self,
+        speech_probs: ProbFn,
+        *,
+        threshold: float = 0.5,
+        endpoint_ms: int = 500,
+        partial_interval_ms: int = 1000,
+        max_utterance_s: float = 20.0,
+    ) -> None:
+        self._probs = speech_probs
+        self._on = threshold
+        self._off = max(threshold - 0.15, 0.05)
+        self._endpoint = endpoint_ms * SAMPLE_RATE // 1000
+        self._partial_every = partial_interval_ms * SAMPLE_RATE // 1000
+        self._max_len = int(max_utterance_s * SAMPLE_RATE)
+        self._pending = np.zeros(0, dtype=np.float32)  # < one window, not yet judged
+        self._context = np.zeros(VAD_CONTEXT, dtype=np.float32)
+        self._pos = 0  # timeline index of the first sample of _pending
+        self._started = False
+        self._history: list[np.ndarray] = []  # windows since utterance start or preroll
+        self._history_start = 0
+        self._window_probs: list[float] = []
+        self._speaking = False
+        self._utt_start = 0
+        self._last_speech_end = 0
+        self._speech_samples = 0
+        self._last_partial = 0
+        self._index = 0
+
+    # ------------------------------------------------------------ public
+
+    def feed(self, pcm: bytes, offset: int) -> list[Utterance]:
+        samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+        if not self._started:
+            self._started = True
+            self._pos = offset
+            self._history_start = offset
+        elif offset != self._pos + len(self._pending):
+            # A gap (dropped audio): judge it as silence-free discontinuity by
+            # resetting the window alignment at the new offset.
+            out = self._end_utterance() if self._speaking else []
+            self._pending = np.zeros(0, dtype=np.float32)
+            self._pos = offset
+            self._history = []
+            self._history_start = offset
+            self._window_probs = []
+            return out + self.feed(pcm, offset)
+        buf = np.concatenate((self._pending, samples)) if len(self._pending) else samples
+        n = len(buf) // VAD_WINDOW
+        self._pending = buf[n * VAD_WINDOW :].copy()
+        if n == 0:
+            return []
+        windows = buf[: n * VAD_WINDOW].reshape(n, VAD_WINDOW)
+        contexts = np.empty((n, VAD_CONTEXT), dtype=np.float32)
+        contexts[0] = self._context
+        contexts[1:] = windows[:-1, -VAD_CONTEXT:]
+        self._context = windows[-1, -VAD_CONTEXT:].copy()
+        probs = self._probs(np.concatenate((contexts, windows), axis=1))
+        out: list[Utterance] = []
+        for i in range(n):
+            out.extend(self._step(windows[i], float(probs[i])))
+        return out
+
+    def flush(self) -> list[Utterance]:
+        """End of stream: commit whatever is being said."""
+        return self._end_utterance() if self._speaking else []
+
+    # ------------------------------------------------------------ internals
+
+    def _step(self, window: np.ndarray, prob: float) -> list[Utterance]:
+        start = self._pos
+        self._pos += VAD_WINDOW
+        self._history.append(window)
+        self._window_probs.append(prob)
+        if not self._speaking:
+            if prob >= self._on:
+                self._speaking = True
+                self._utt_start = start
+                self._last_speech_end = self._pos
+                self._speech_samples = VAD_WINDOW
+                self._last_partial = start
+                # keep PREROLL before the onset, drop older silence
+                keep = (PREROLL + VAD_WINDOW - 1) // VAD_WINDOW + 1
+                self._trim_to(len(self._history) - keep)
+            else:
+                keep = (PREROLL + VAD_WINDOW - 1) // VAD_WINDOW
+                if len(self._history) > keep:
+                    self._trim_to(len(self._history) - keep)
+            return []
+        if prob >= self._off:
+            self._last_speech_end = self._pos
+            self._speech_samples += VAD_WINDOW
+        silence = self._pos - self._last_speech_end
+        if silence >= self._endpoint:
+            return self._end_utterance()
+        if self._pos - self._utt_start >= self._max_len:
+            return self._cut_long_utterance()
+        if self._pos - self._last_partial >= self._partial_every and silence == 0:
+            self._last_partial = self._pos
+            return [self._request(final=False, end=self._pos)]
+        return []
+
+    def _trim_to(self, first: int) -> None:
+        if first <= 0:
+            return
+        del self._history[:first]
+        del self._window_probs[:first]
+        self._history_start += first * VAD_WINDOW
+
+    def _audio(self, end: int) -> np.ndarray:
+        count = max(0, (end - self._history_start) // VAD_WINDOW)
+        if count == 0:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(self._history[:count])
+
+    def _request(self, *, final: bool, end: int) -> Utterance:
+        return Utterance(
+            index=self._index,
+            audio=self._audio(end),
+            start=self._utt_start,
+            end=min(end, self._last_speech_end),
+            final=final,
+        )
+
+    def _end_utterance(self) -> list[Utterance]:
+        out: list[Utterance] = []
+        if self._speech_samples >= MIN_SPEECH:
+            end = min(self._pos, self._last_speech_end + TAIL)
+            out.append(self._request(final=True, end=end))
+        self._index += 1
+        self._reset_after(self._pos)
+        return out
+
+    def _cut_long_utterance(self) -> list[Utterance]:
+        # Commit up to the quietest window of the last 1.5 s, keep the rest as
+        # the start of the next utterance so no audio is lost or repeated.
+        look = min(len(self._window_probs), int(1.5 * SAMPLE_RATE) // VAD_WINDOW)
+        tail_probs = self._window_probs[-look:]
+        quiet = len(self._window_probs) - look + int(np.argmin(tail_probs))
+        cut = self._history_start + (quiet + 1) * VAD_WINDOW
+        request = Utterance(
+            index=self._index,
+            audio=self._audio(cut),
+            start=self._utt_start,
+            end=cut,
+            final=True,
+        )
+        self._index += 1
+        first_kept = quiet + 1
+        self._history = self._history[first_kept:]
+        self._window_probs = self._window_probs[first_kept:]
+        self._history_start = cut
+        self._utt_start = cut
+        self._last_partial = cut
+        self._speech_samples = len(self._history) * VAD_WINDOW
+        return [request]
+
+    def _reset_after(self, pos: int) -> None:
+        self._speaking = False
+        self._speech_samples = 0
+        keep = (PREROLL + VAD_WINDOW - 1) // VAD_WINDOW
+        if len(self._history) > keep:
+            self._trim_to(len(self._history) - keep)

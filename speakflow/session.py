@@ -1,0 +1,477 @@
+"""The session tree: connection -> session -> one stream per audio source.
+
+::
+
+    Connection.run                       (one per WebSocket)
+    └── connection nursery
+        ├── _writer: the only task that sends on the socket
+        ├── _reader: frames -> FrameReader -> dispatch   (runs in the body)
+        └── Session._run                   (at most one active; a stopping one may flush)
+            └── session nursery
+                └── _run_source per source: bounded channel -> provider.stream
+
+Ending a session (stop, disconnect, error, shutdown) ends its nursery, so no
+vendor socket, task or buffer outlives it. Audio is routed only through the
+session bound to *this* connection: a session id in a message is checked
+against it, never looked up globally, so audio cannot reach another user.
+
+Slow providers: each source has a channel of AUDIO_QUEUE_CHUNKS chunks (60 s
+of desktop audio by default, enough for the desktop's reconnect replay). If
+the provider falls that far behind, new chunks are dropped and counted, and
+the client gets one ``provider_unavailable`` error per overflow episode;
+memory never grows past the bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from starlette.websockets import WebSocket
+
+from . import protocol as p
+from .config import Settings
+from .errors import ProviderError
+from .providers.base import AudioFrame, ProviderBackend, SpeechProvider, StreamConfig, TranscriptEvent
+from .providers.registry import PROVIDERS
+from .timeline import SourceTimeline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerState:
+    """Process-wide state shared by every connection."""
+
+    settings: Settings
+    backends: dict[str, ProviderBackend] = field(default_factory=dict)
+    #: session id -> live session, for limits and health. Mutated only without
+    #: awaits in between, so Trio's cooperative scheduling makes it atomic.
+    sessions: dict[str, Session] = field(default_factory=dict)
+    #: (session id, source) -> provider instance serving it (inspection, tests).
+    streams: dict[tuple[str, str], SpeechProvider] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
+    connections: int = 0
+    _backend_lock: trio.Lock = field(default_factory=trio.Lock)
+
+    @property
+    def default_provider(self) -> str:
+        return self.settings.SPEECH_PROVIDER
+
+    async def backend(self, name: str) -> ProviderBackend:
+        """The started backend for ``name``; started on first use for overrides."""
+        backend = self.backends.get(name)
+        if backend is None:
+            async with self._backend_lock:
+                backend = self.backends.get(name)
+                if backend is None:
+                    spec = PROVIDERS[name]
+                    spec.check(self.settings)
+                    backend = spec.backend(self.settings)
+                    await backend.start()
+                    self.backends[name] = backend
+        return backend
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "active_sessions": len(self.sessions),
+            "active_streams": len(self.streams),
+            "connections": self.connections,
+        }
+
+
+class SourceStream:
+    """One audio source of a session: its timeline and the channel to its provider."""
+
+    __slots__ = ("name", "timeline", "send", "receive", "dropped_chunks", "overflowing", "failed")
+
+    def __init__(self, name: str, capacity: int) -> None:
+        self.name = name
+        self.timeline = SourceTimeline()
+        self.send, self.receive = trio.open_memory_channel[AudioFrame](capacity)
+        self.dropped_chunks = 0
+        self.overflowing = False
+        self.failed = False
+
+
+class Session:
+    def __init__(
+        self,
+        msg: p.StartSession,
+        user_id: str,
+        provider: str,
+        backend: ProviderBackend,
+        language: str,
+    ) -> None:
+        self.id = msg.session_id
+        self.user_id = user_id
+        self.provider = provider
+        self.backend = backend
+        self.language = language
+        self.sources: dict[str, SourceStream] = {}
+        self.nursery: trio.Nursery | None = None
+        self.stop_requested = trio.Event()
+        self.finished = trio.Event()
+
+
+class Connection:
+    """One client WebSocket: reader, writer, and the session it currently holds."""
+
+    def __init__(self, ws: WebSocket, user_id: str, state: ServerState) -> None:
+        self.ws = ws
+        self.user_id = user_id
+        self.state = state
+        self.settings = state.settings
+        self.frames = p.FrameReader(self.settings.MAX_CHUNK_BYTES)
+        self.active: Session | None = None
+        self.stopping: Session | None = None
+        self._out_send, self._out_recv = trio.open_memory_channel[str](
+            self.settings.OUTBOUND_QUEUE_MESSAGES
+        )
+        self._nursery: trio.Nursery | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        self.state.connections += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._writer)
+                try:
+                    await self._reader()
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.state.connections -= 1
+
+    async def _writer(self) -> None:
+        async with self._out_recv:
+            async for text in self._out_recv:
+                try:
+                    await self.ws.send_text(text)
+                except Exception:  # the client went away; the reader sees the disconnect
+                    return
+
+    async def send(self, msg: p.ServerMessage) -> None:
+        await self._out_send.send(p.encode(msg))
+
+    async def send_error(
+        self, code: str, message: str, session_id: str | None = None, trace_id: str | None = None
+    ) -> None:
+        await self.send(p.Error(code=code, message=message, session_id=session_id, trace_id=trace_id))
+
+    # ------------------------------------------------------------------ reader
+
+    async def _reader(self) -> None:
+        frames = self.frames
+        while True:
+            message = await self.ws.receive()
+            kind = message["type"]
+            if kind == "websocket.disconnect":
+                return
+            if kind != "websocket.receive":
+                continue
+            data = message.get("bytes")
+            if data is not None:
+                item = frames.binary(data)
+                if item is None:
+                    continue
+                if isinstance(item, p.ProtocolViolation):
+                    await self.send_error(item.code, item.message, item.session_id)
+                else:
+                    await self._audio(item)
+                continue
+            text = message.get("text")
+            if text is None:
+                continue
+            for out in frames.text(text):
+                if isinstance(out, p.ProtocolViolation):
+                    await self.send_error(out.code, out.message, out.session_id)
+                else:
+                    await self._dispatch(out)
+
+    async def _dispatch(self, msg: p.ClientMessage) -> None:
+        try:
+            if isinstance(msg, p.AudioChunk):
+                await self._audio_meta(msg)
+            elif isinstance(msg, p.StartSession):
+                await self._start(msg)
+            else:
+                await self._stop(msg)
+        except p.ProtocolViolation as err:
+            await self.send_error(err.code, err.message, err.session_id)
+        except Exception:
+            trace_id = uuid.uuid4().hex[:16]
+            log.exception("internal error handling %s (trace_id=%s)", type(msg).__name__, trace_id)
+            await self.send_error(
+                p.ErrorCode.INTERNAL_ERROR,
+                f"internal server error (trace id {trace_id})",
+                getattr(msg, "session_id", None),
+                trace_id,
+            )
+
+    # ------------------------------------------------------------------ audio (hot path)
+
+    async def _audio_meta(self, meta: p.AudioChunk) -> None:
+        session = self.active
+        if session is None or meta.session_id != session.id:
+            self.frames.discard_audio()
+            raise p.ProtocolViolation(
+                p.ErrorCode.UNKNOWN_SESSION,
+                f"session {meta.session_id[:64]!r} is not the active session of this connection",
+                meta.session_id,
+            )
+        if meta.source not in session.sources:
+            try:
+                p.check_source(meta.source, meta.session_id)
+            except p.ProtocolViolation:
+                self.frames.discard_audio()
+                raise
+        self.frames.expect_audio(meta)
+
+    async def _audio(self, chunk: p.AudioIn) -> None:
+        session = self.active
+        meta = chunk.meta
+        if session is None or meta.session_id != session.id:
+            # The session stopped between metadata and audio.
+            await self.send_error(
+                p.ErrorCode.UNKNOWN_SESSION, "session is no longer active", meta.session_id
+            )
+            return
+        source = session.sources.get(meta.source)
+        if source is None:
+            source = self._add_source(session, meta.source)
+        offset = source.timeline.advance(len(chunk.pcm), meta.timestamp)
+        try:
+            source.send.send_nowait(AudioFrame(chunk.pcm, offset))
+            source.overflowing = False
+        except trio.WouldBlock:
+            source.dropped_chunks += 1
+            if not source.overflowing:
+                source.overflowing = True
+                await self.send_error(
+                    p.ErrorCode.PROVIDER_UNAVAILABLE,
+                    f"{session.provider} is more than {self.settings.AUDIO_QUEUE_CHUNKS} chunks "
+                    f"behind on source {source.name}; audio is being dropped",
+                    session.id,
+                )
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            source.dropped_chunks += 1  # the provider failed; the client was told then
+
+    # ------------------------------------------------------------------ start / stop
+
+    async def _start(self, msg: p.StartSession) -> None:
+        sid = msg.session_id
+        if not sid or len(sid) > 128:
+            raise p.ProtocolViolation(
+                p.ErrorCode.INVALID_MESSAGE, "session_id must be 1-128 characters"
+            )
+        if msg.user_id != self.user_id:
+            raise p.ProtocolViolation(
+                p.ErrorCode.USER_MISMATCH,
+                "user_id does not match the X-User-Id of this connection",
+                sid,
+            )
+        active = self.active
+        if active is not None:
+            if active.id != sid:
+                raise p.ProtocolViolation(
+                    p.ErrorCode.SESSION_ACTIVE,
+                    f"session {active.id!r} is active on this connection; stop it first",
+                    sid,
+                )
+        if not msg.sources or len(set(msg.sources)) != len(msg.sources):
+            raise p.ProtocolViolation(
+                p.ErrorCode.INVALID_MESSAGE,
+                "sources must be a non-empty list of distinct source names",
+                sid,
+            )
+        for name in msg.sources:
+            p.check_source(name, sid)
+        p.check_audio_config(msg.audio_config)
+        if active is not None:  # the same session again: add sources, confirm
+            for name in msg.sources:
+                if name not in active.sources:
+                    self._add_source(active, name)
+            await self.send(
+                p.SessionStarted(sid, provider=active.provider, sources=list(active.sources))
+            )
+            return
+        other = self.state.sessions.get(sid)
+        if other is not None:
+            if other.user_id != self.user_id:
+                raise p.ProtocolViolation(
+                    p.ErrorCode.USER_MISMATCH, "this session belongs to another user", sid
+                )
+            raise p.ProtocolViolation(
+                p.ErrorCode.SESSION_ACTIVE, "this session is active on another connection", sid
+            )
+        self._check_limits(sid)
+        provider = self._choose_provider(msg)
+        if self.stopping is not None:
+            await self.stopping.finished.wait()  # keep session_ended before session_started
+        backend = await self.state.backend(provider)
+        language = msg.language or self.settings.DEFAULT_LANGUAGE
+        session = Session(msg, self.user_id, provider, backend, language)
+        if sid in self.state.sessions:  # raced with another connection while we waited
+            raise p.ProtocolViolation(
+                p.ErrorCode.SESSION_ACTIVE, "this session is active on another connection", sid
+            )
+        self.state.sessions[sid] = session
+        assert self._nursery is not None
+        await self._nursery.start(self._run_session, session)
+        self.active = session
+        for name in msg.sources:
+            self._add_source(session, name)
+        await self.send(p.SessionStarted(sid, provider=provider, sources=list(msg.sources)))
+        log.info("session %s started for user %s on %s", sid, self.user_id, provider)
+
+    def _check_limits(self, sid: str) -> None:
+        s = self.settings
+        if s.MAX_SESSIONS and len(self.state.sessions) >= s.MAX_SESSIONS:
+            raise p.ProtocolViolation(
+                p.ErrorCode.RATE_LIMITED, f"server is at its limit of {s.MAX_SESSIONS} sessions", sid
+            )
+        if s.MAX_SESSIONS_PER_USER:
+            mine = sum(1 for x in self.state.sessions.values() if x.user_id == self.user_id)
+            if mine >= s.MAX_SESSIONS_PER_USER:
+                raise p.ProtocolViolation(
+                    p.ErrorCode.RATE_LIMITED,
+                    f"user has {mine} active sessions; the limit is {s.MAX_SESSIONS_PER_USER}",
+                    sid,
+                )
+
+    def _choose_provider(self, msg: p.StartSession) -> str:
+        wanted = msg.provider
+        if not wanted or not self.settings.ALLOW_PROVIDER_OVERRIDE:
+            return self.state.default_provider
+        if wanted not in PROVIDERS:
+            raise p.ProtocolViolation(
+                p.ErrorCode.PROVIDER_ERROR,
+                f"unknown provider {wanted[:40]!r}; valid: {', '.join(sorted(PROVIDERS))}",
+                msg.session_id,
+            )
+        return wanted
+
+    async def _stop(self, msg: p.StopSession) -> None:
+        session = self.active
+        if session is None or session.id != msg.session_id:
+            raise p.ProtocolViolation(
+                p.ErrorCode.UNKNOWN_SESSION,
+                f"session {msg.session_id[:64]!r} is not the active session of this connection",
+                msg.session_id,
+            )
+        self.active = None
+        self.stopping = session
+        session.stop_requested.set()
+
+    # ------------------------------------------------------------------ the tree
+
+    def _add_source(self, session: Session, name: str) -> SourceStream:
+        source = SourceStream(name, self.settings.AUDIO_QUEUE_CHUNKS)
+        session.sources[name] = source
+        assert session.nursery is not None
+        session.nursery.start_soon(self._run_source, session, source)
+        return source
+
+    async def _run_session(
+        self, session: Session, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                session.nursery = nursery
+                task_status.started()
+                await session.stop_requested.wait()
+                for source in session.sources.values():
+                    source.send.close()  # providers flush and return
+                nursery.cancel_scope.deadline = (
+                    trio.current_time() + self.settings.PROVIDER_RESPONSE_TIMEOUT
+                )
+            if nursery.cancel_scope.cancelled_caught:
+                log.warning("session %s: providers did not flush in time", session.id)
+            await self.send(p.SessionEnded(session.id))
+            log.info("session %s ended", session.id)
+        finally:
+            self.state.sessions.pop(session.id, None)
+            session.finished.set()
+            if self.stopping is session:
+                self.stopping = None
+            if self.active is session:
+                self.active = None
+
+    async def _run_source(self, session: Session, source: SourceStream) -> None:
+        provider = session.backend.create()
+        key = (session.id, source.name)
+        self.state.streams[key] = provider
+        timeline = source.timeline
+        sid, name, provider_name = session.id, source.name, session.provider
+
+        async def emit(event: TranscriptEvent) -> None:
+            await self.send(_transcript(sid, name, provider_name, timeline, event))
+
+        config = StreamConfig(session_id=sid, source=name, language=session.language)
+        try:
+            await provider.stream(source.receive, emit, config)
+        except* ProviderError as group:
+            source.failed = True
+            for err in _leaves(group):
+                assert isinstance(err, ProviderError)
+                log.warning("session %s source %s: %s", sid, name, err)
+                await self.send_error(err.code, str(err), sid)
+        except* Exception as group:
+            source.failed = True
+            trace_id = uuid.uuid4().hex[:16]
+            log.error(
+                "session %s source %s: provider crashed (trace_id=%s)",
+                sid,
+                name,
+                trace_id,
+                exc_info=group,
+            )
+            await self.send_error(
+                p.ErrorCode.INTERNAL_ERROR,
+                f"transcription of {name} failed (trace id {trace_id})",
+                sid,
+                trace_id,
+            )
+        finally:
+            source.receive.close()
+            self.state.streams.pop(key, None)
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            out.extend(_leaves(exc))
+        else:
+            out.append(exc)
+    return out
+
+
+def _transcript(
+    sid: str, source: str, provider: str, timeline: SourceTimeline, ev: TranscriptEvent
+) -> p.Transcript:
+    words = (
+        [p.WordOut(w.word, w.start, w.end, w.confidence) for w in ev.words] if ev.words else None
+    )
+    return p.Transcript(
+        session_id=sid,
+        source=source,
+        text=ev.text,
+        is_final=ev.is_final,
+        timestamp=timeline.client_ms(ev.end),
+        provider=provider,
+        language=ev.language,
+        start_time=round(ev.start, 3),
+        end_time=round(ev.end, 3),
+        words=words,
+        confidence=ev.confidence,
+        segment_id=ev.segment_id,
+    )
+

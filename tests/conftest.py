@@ -1,0 +1,81 @@
+"""Shared fixtures: a real Hypercorn server on loopback, real WebSocket clients, the corpus."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from speakflow.app import create_app
+from speakflow.config import Settings, load_settings
+
+from .client import TestClient
+
+REPO = Path(__file__).resolve().parent.parent
+AUDIO_DIR = REPO.parent / "shared" / "audio"
+
+
+@pytest.fixture(scope="session")
+def audio_dir() -> Path:
+    if not (AUDIO_DIR / "manifest.json").is_file():
+        pytest.fail(f"test corpus not found at {AUDIO_DIR}: clone the repo beside shared/")
+    return AUDIO_DIR
+
+
+@pytest.fixture(scope="session")
+def manifest(audio_dir: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((audio_dir / "manifest.json").read_text())
+    return data
+
+
+def make_settings(**overrides: Any) -> Settings:
+    env = {k: str(v) for k, v in overrides.items()}
+    return load_settings(environ=env, env_file=None)
+
+
+@asynccontextmanager
+async def running_server(settings: Settings | None = None, **overrides: Any) -> AsyncIterator[Any]:
+    """Start the real app under Hypercorn's trio worker on 127.0.0.1:<free port>."""
+    settings = settings or make_settings(**overrides)
+    app = create_app(settings)
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.worker_class = "trio"
+    config.accesslog = None
+    config.graceful_timeout = 1
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(partial(serve, app, config, shutdown_trigger=shutdown.wait))
+        base = binds[0]
+        yield ServerHandle(app=app, http=base, ws=base.replace("http", "ws", 1) + "/v1/stt/stream")
+        shutdown.set()
+
+
+class ServerHandle:
+    def __init__(self, app: Any, http: str, ws: str) -> None:
+        self.app = app
+        self.http = http
+        self.ws = ws
+
+    @property
+    def state(self) -> Any:
+        return self.app.state.speakflow
+
+    @asynccontextmanager
+    async def client(self, user_id: str | None = "user1", **kw: Any) -> AsyncIterator[TestClient]:
+        async with TestClient.connect(self.ws, user_id, **kw) as c:
+            yield c
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[ServerHandle]:
+    async with running_server() as handle:
+        yield handle
