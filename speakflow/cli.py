@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import signal
 import sys
@@ -15,6 +16,11 @@ from .config import Settings, load_settings
 from .errors import ConfigError
 
 log = logging.getLogger("speakflow")
+
+#: Modules that add subcommands: each has ``register(subparsers)`` which adds
+#: its parser and sets ``func`` to a callable taking the parsed args and
+#: returning an exit status. Keeps this file free of every tool's options.
+_SUBCOMMAND_MODULES: list[str] = []
 
 
 def _setup_logging(level: str) -> None:
@@ -58,8 +64,11 @@ async def _serve(settings: Settings, host: str, port: int) -> None:
         )
         for url in binds:
             log.info("speakflow listening on %s (provider %s)", url, settings.SPEECH_PROVIDER)
-            log.info("streaming endpoint: %s/v1/stt/stream, docs: %s/docs",
-                     url.replace("http", "ws", 1), url)
+            log.info(
+                "streaming endpoint: %s/v1/stt/stream, docs: %s/docs",
+                url.replace("http", "ws", 1),
+                url,
+            )
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -89,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None, help="port (default PORT, 8000)")
     serve.add_argument("--env-file", default=".env", help="dotenv file to read (default .env)")
     serve.set_defaults(func=_cmd_serve)
+    for module in _SUBCOMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 

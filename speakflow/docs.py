@@ -124,7 +124,8 @@ def docs_html(providers: list[str]) -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>SpeakFlow stream server</title>
 <style>
-body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.5}}
+body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;
+  line-height:1.5}}
 pre{{background:#f4f4f4;padding:.6rem;overflow:auto}} code{{background:#f4f4f4}}
 table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}
 </style></head><body>

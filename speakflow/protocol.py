@@ -52,8 +52,7 @@ ERROR_DESCRIPTIONS: dict[ErrorCode, str] = {
     "honour",
     ErrorCode.PROVIDER_UNAVAILABLE: "the provider cannot be reached or cannot keep up",
     ErrorCode.PROVIDER_ERROR: "the provider rejected the stream (bad key, bad request)",
-    ErrorCode.RATE_LIMITED: "a limit was hit (sessions per user, audio far faster than real "
-    "time)",
+    ErrorCode.RATE_LIMITED: "a limit was hit (sessions per user, audio far faster than real time)",
     ErrorCode.INTERNAL_ERROR: "a bug; logged with a trace id that the message carries",
 }
 
@@ -135,8 +134,8 @@ class Error(msgspec.Struct, tag="error", tag_field="type", omit_defaults=True):
 ServerMessage = SessionStarted | Transcript | SessionEnded | Error
 
 _encoder = msgspec.json.Encoder()
-_client_decoder = msgspec.json.Decoder(ClientMessage)
-_server_decoder = msgspec.json.Decoder(ServerMessage)
+_client_decoder: msgspec.json.Decoder[ClientMessage] = msgspec.json.Decoder(ClientMessage)
+_server_decoder: msgspec.json.Decoder[ServerMessage] = msgspec.json.Decoder(ServerMessage)
 
 
 def encode(msg: ServerMessage | ClientMessage) -> str:
@@ -169,10 +168,15 @@ def decode_client(data: str | bytes) -> ClientMessage:
 
 
 def check_audio_config(cfg: AudioConfig) -> None:
-    if cfg.sample_rate != 16000 or cfg.channels != 1 or cfg.encoding.lower() not in (
-        "pcm16le",
-        "pcm_s16le",
-        "linear16",
+    if (
+        cfg.sample_rate != 16000
+        or cfg.channels != 1
+        or cfg.encoding.lower()
+        not in (
+            "pcm16le",
+            "pcm_s16le",
+            "linear16",
+        )
     ):
         raise ProtocolViolation(
             ErrorCode.UNSUPPORTED_AUDIO_CONFIG,
@@ -209,7 +213,7 @@ class FrameReader:
     frame can yield both an error (for the abandoned chunk) and a message.
     """
 
-    __slots__ = ("_max_bytes", "_pending", "_discard_next")
+    __slots__ = ("_discard_next", "_max_bytes", "_pending")
 
     def __init__(self, max_chunk_bytes: int) -> None:
         self._max_bytes = max_chunk_bytes

@@ -36,7 +36,13 @@ from starlette.websockets import WebSocket
 from . import protocol as p
 from .config import Settings
 from .errors import ProviderError
-from .providers.base import AudioFrame, ProviderBackend, SpeechProvider, StreamConfig, TranscriptEvent
+from .providers.base import (
+    AudioFrame,
+    ProviderBackend,
+    SpeechProvider,
+    StreamConfig,
+    TranscriptEvent,
+)
 from .providers.registry import PROVIDERS
 from .timeline import SourceTimeline
 
@@ -87,7 +93,7 @@ class ServerState:
 class SourceStream:
     """One audio source of a session: its timeline and the channel to its provider."""
 
-    __slots__ = ("name", "timeline", "send", "receive", "dropped_chunks", "overflowing", "failed")
+    __slots__ = ("dropped_chunks", "failed", "name", "overflowing", "receive", "send", "timeline")
 
     def __init__(self, name: str, capacity: int) -> None:
         self.name = name
@@ -163,7 +169,9 @@ class Connection:
     async def send_error(
         self, code: str, message: str, session_id: str | None = None, trace_id: str | None = None
     ) -> None:
-        await self.send(p.Error(code=code, message=message, session_id=session_id, trace_id=trace_id))
+        await self.send(
+            p.Error(code=code, message=message, session_id=session_id, trace_id=trace_id)
+        )
 
     # ------------------------------------------------------------------ reader
 
@@ -278,13 +286,12 @@ class Connection:
                 sid,
             )
         active = self.active
-        if active is not None:
-            if active.id != sid:
-                raise p.ProtocolViolation(
-                    p.ErrorCode.SESSION_ACTIVE,
-                    f"session {active.id!r} is active on this connection; stop it first",
-                    sid,
-                )
+        if active is not None and active.id != sid:
+            raise p.ProtocolViolation(
+                p.ErrorCode.SESSION_ACTIVE,
+                f"session {active.id!r} is active on this connection; stop it first",
+                sid,
+            )
         if not msg.sources or len(set(msg.sources)) != len(msg.sources):
             raise p.ProtocolViolation(
                 p.ErrorCode.INVALID_MESSAGE,
@@ -335,7 +342,9 @@ class Connection:
         s = self.settings
         if s.MAX_SESSIONS and len(self.state.sessions) >= s.MAX_SESSIONS:
             raise p.ProtocolViolation(
-                p.ErrorCode.RATE_LIMITED, f"server is at its limit of {s.MAX_SESSIONS} sessions", sid
+                p.ErrorCode.RATE_LIMITED,
+                f"server is at its limit of {s.MAX_SESSIONS} sessions",
+                sid,
             )
         if s.MAX_SESSIONS_PER_USER:
             mine = sum(1 for x in self.state.sessions.values() if x.user_id == self.user_id)
@@ -474,4 +483,3 @@ def _transcript(
         confidence=ev.confidence,
         segment_id=ev.segment_id,
     )
-

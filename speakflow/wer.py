@@ -19,7 +19,7 @@ _WORD_RE = re.compile(r"[\w']+")
 
 
 def normalize(text: str) -> list[str]:
-    text = unicodedata.normalize("NFKC", text).lower().replace("’", "'")
+    text = unicodedata.normalize("NFKC", text).lower().replace("\u2019", "'")
     words = []
     for w in _WORD_RE.findall(text):
         w = w.strip("'")

@@ -41,18 +41,30 @@ class TestClient:
     async def send(self, obj: dict[str, Any] | str) -> None:
         await self.ws.send_message(obj if isinstance(obj, str) else json.dumps(obj))
 
-    async def start(self, sid: str, sources: list[str] | None = None, user: str = "user1",
-                    **extra: Any) -> None:
-        await self.send({
-            "type": "start_session", "session_id": sid, "user_id": user,
-            "sources": sources or ["microphone"],
-            "audio_config": {"sample_rate": 16000, "channels": 1, "encoding": "pcm16le"},
-            **extra,
-        })
+    async def start(
+        self, sid: str, sources: list[str] | None = None, user: str = "user1", **extra: Any
+    ) -> None:
+        await self.send(
+            {
+                "type": "start_session",
+                "session_id": sid,
+                "user_id": user,
+                "sources": sources or ["microphone"],
+                "audio_config": {"sample_rate": 16000, "channels": 1, "encoding": "pcm16le"},
+                **extra,
+            }
+        )
 
     async def chunk(self, sid: str, source: str, pcm: bytes, ts: int = 1_700_000_000_000) -> None:
-        await self.send({"type": "audio_chunk", "session_id": sid, "source": source,
-                         "timestamp": ts, "size": len(pcm)})
+        await self.send(
+            {
+                "type": "audio_chunk",
+                "session_id": sid,
+                "source": source,
+                "timestamp": ts,
+                "size": len(pcm),
+            }
+        )
         await self.ws.send_message(pcm)
 
     async def stop(self, sid: str) -> None:
@@ -79,10 +91,11 @@ class TestClient:
             if msg["type"] == type_:
                 return out
 
-    async def stream(self, sid: str, source: str, pcm: bytes, *, pace: float = 0.0,
-                     ts: int = 1_700_000_000_000) -> None:
+    async def stream(
+        self, sid: str, source: str, pcm: bytes, *, pace: float = 0.0, ts: int = 1_700_000_000_000
+    ) -> None:
         """Send ``pcm`` as 500 ms chunks, ``pace`` seconds apart (0: as fast as possible)."""
         for i in range(0, len(pcm), CHUNK_BYTES):
-            await self.chunk(sid, source, pcm[i:i + CHUNK_BYTES], ts + i // 32)
+            await self.chunk(sid, source, pcm[i : i + CHUNK_BYTES], ts + i // 32)
             if pace:
                 await trio.sleep(pace)

@@ -43,6 +43,8 @@ class ProviderSpec:
 PROVIDERS: dict[str, ProviderSpec] = {
     spec.name: spec
     for spec in (
-        ProviderSpec("whisper_local", "speakflow.providers.whisper_local.provider:WhisperLocalBackend"),
+        ProviderSpec(
+            "whisper_local", "speakflow.providers.whisper_local.provider:WhisperLocalBackend"
+        ),
     )
 }

@@ -34,21 +34,27 @@ async def test_meeting_two_sources_real_time(server, audio_dir, manifest) -> Non
                 for off in range(0, length, 16000):
                     for src, pcm in tracks.items():
                         if off < len(pcm):
-                            await c.chunk("meeting", src, pcm[off:off + 16000], ts + off // 32)
+                            await c.chunk("meeting", src, pcm[off : off + 16000], ts + off // 32)
                     await trio.sleep(0.5)
                 await c.stop("meeting")
     assert not [m for m in msgs if m["type"] == "error"], msgs
     for src in ("microphone", "system"):
         turns = [t for t in meeting["turns"] if t["source"] == src]
         reference = " ".join(t["text"] for t in turns)
-        finals = [m for m in msgs if m["type"] == "transcript" and m["is_final"] and m["source"] == src]
+        finals = [
+            m for m in msgs if m["type"] == "transcript" and m["is_final"] and m["source"] == src
+        ]
         text = " ".join(f["text"] for f in finals)
         assert wer(reference, text) <= 0.15, (src, text)
         # nothing the other source said shows up here
         other = " ".join(t["text"] for t in meeting["turns"] if t["source"] != src)
         assert wer(other, text) > 0.8, (src, text)
         # partials came while speaking; finals are on the source timeline
-        partials = [m for m in msgs if m["type"] == "transcript" and not m["is_final"] and m["source"] == src]
+        partials = [
+            m
+            for m in msgs
+            if m["type"] == "transcript" and not m["is_final"] and m["source"] == src
+        ]
         assert partials
         for turn, final in zip(turns, finals, strict=False):
             assert abs(final["start_time"] - turn["start_s"]) < 0.5, (turn, final)
@@ -81,5 +87,7 @@ async def test_every_utterance_matches_reference(server, audio_dir, manifest) ->
                 await c.stream(sid, "microphone", read_wav(audio_dir / utt["file"]))
                 await c.stop(sid)
                 msgs = await c.until("session_ended")
-                text = " ".join(m["text"] for m in msgs if m["type"] == "transcript" and m["is_final"])
+                text = " ".join(
+                    m["text"] for m in msgs if m["type"] == "transcript" and m["is_final"]
+                )
                 assert wer(utt["text"], text) <= 0.25, (utt["text"], text)

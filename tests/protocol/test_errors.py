@@ -39,7 +39,8 @@ async def expect_error(c: TestClient, code: str) -> dict:
         '{"no_type": 1}',
         '{"type": "start_session"}',
         '{"type": "start_session", "session_id": 5, "user_id": "user1", "sources": ["microphone"]}',
-        '{"type": "audio_chunk", "session_id": "x", "source": "microphone", "timestamp": "now", "size": 2}',
+        '{"type": "audio_chunk", "session_id": "x", "source": "microphone",'
+        ' "timestamp": "now", "size": 2}',
         '{"type": "stop_session"}',
     ],
 )
@@ -64,8 +65,15 @@ async def test_missing_audio_then_the_text_frame_is_still_handled(server) -> Non
         async with server.client() as c:
             await c.start("s")
             await c.expect("session_started")
-            await c.send({"type": "audio_chunk", "session_id": "s", "source": "microphone",
-                          "timestamp": 1, "size": 16000})
+            await c.send(
+                {
+                    "type": "audio_chunk",
+                    "session_id": "s",
+                    "source": "microphone",
+                    "timestamp": 1,
+                    "size": 16000,
+                }
+            )
             await c.stop("s")  # a text frame where the binary should be
             err = await expect_error(c, "missing_audio")
             assert err["session_id"] == "s"
@@ -87,8 +95,15 @@ async def test_bad_audio_frames(server, size: int, payload: bytes, code: str) ->
         async with server.client() as c:
             await c.start("s")
             await c.expect("session_started")
-            await c.send({"type": "audio_chunk", "session_id": "s", "source": "microphone",
-                          "timestamp": 1, "size": size})
+            await c.send(
+                {
+                    "type": "audio_chunk",
+                    "session_id": "s",
+                    "source": "microphone",
+                    "timestamp": 1,
+                    "size": size,
+                }
+            )
             await c.ws.send_message(payload)
             await expect_error(c, code)
             # the session itself is unharmed
@@ -192,8 +207,15 @@ async def test_unknown_source(server, where: str) -> None:
 async def test_unsupported_audio_config(server, audio_config: dict) -> None:
     with trio.fail_after(20):
         async with server.client() as c:
-            await c.send({"type": "start_session", "session_id": "s", "user_id": "user1",
-                          "sources": ["microphone"], "audio_config": audio_config})
+            await c.send(
+                {
+                    "type": "start_session",
+                    "session_id": "s",
+                    "user_id": "user1",
+                    "sources": ["microphone"],
+                    "audio_config": audio_config,
+                }
+            )
             await expect_error(c, "unsupported_audio_config")
             await assert_usable(c, "s")
 
@@ -202,15 +224,18 @@ async def test_rate_limited_sessions_per_user(audio_dir) -> None:
     from ..conftest import running_server
 
     with trio.fail_after(30):
-        async with running_server(MAX_SESSIONS_PER_USER=1) as srv:
-            async with srv.client() as a, srv.client() as b:
-                await a.start("one")
-                await a.expect("session_started")
-                await b.start("two")
-                await expect_error(b, "rate_limited")
-                await a.stop("one")
-                await a.until("session_ended")
-                await assert_usable(b, "two")
+        async with (
+            running_server(MAX_SESSIONS_PER_USER=1) as srv,
+            srv.client() as a,
+            srv.client() as b,
+        ):
+            await a.start("one")
+            await a.expect("session_started")
+            await b.start("two")
+            await expect_error(b, "rate_limited")
+            await a.stop("one")
+            await a.until("session_ended")
+            await assert_usable(b, "two")
 
 
 async def test_provider_error_for_language_the_model_cannot_do(server) -> None:

@@ -126,15 +126,16 @@ class WhisperEngine:
             vad_filter=False,
         )
         return [
-            Segment(s.text, s.no_speech_prob, s.avg_logprob, s.compression_ratio)
-            for s in segments
+            Segment(s.text, s.no_speech_prob, s.avg_logprob, s.compression_ratio) for s in segments
         ]
 
 
 _engines: dict[tuple[str, str, str, int], WhisperEngine] = {}
 
 
-def shared_engine(model_path: Path, device: str, compute_type: str, cpu_threads: int) -> WhisperEngine:
+def shared_engine(
+    model_path: Path, device: str, compute_type: str, cpu_threads: int
+) -> WhisperEngine:
     """The one engine per model and device in this process (tests start many apps)."""
     key = (str(model_path), device, compute_type, cpu_threads)
     engine = _engines.get(key)

@@ -34,7 +34,7 @@ TAIL = int(0.25 * SAMPLE_RATE)
 MIN_SPEECH = int(0.25 * SAMPLE_RATE)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Utterance:
     """A request to transcribe ``audio`` (float32, 16 kHz) of utterance ``index``."""
 
@@ -89,13 +89,14 @@ class VadSegmenter:
         elif offset != self._pos + len(self._pending):
             # A gap (dropped audio): judge it as silence-free discontinuity by
             # resetting the window alignment at the new offset.
-            out = self._end_utterance() if self._speaking else []
+            ended = self._end_utterance() if self._speaking else []
+            self._context = np.zeros(VAD_CONTEXT, dtype=np.float32)
             self._pending = np.zeros(0, dtype=np.float32)
             self._pos = offset
             self._history = []
             self._history_start = offset
             self._window_probs = []
-            return out + self.feed(pcm, offset)
+            return ended + self.feed(pcm, offset)
         buf = np.concatenate((self._pending, samples)) if len(self._pending) else samples
         n = len(buf) // VAD_WINDOW
         self._pending = buf[n * VAD_WINDOW :].copy()
