@@ -20,15 +20,17 @@ log = logging.getLogger("speakflow")
 #: Modules that add subcommands: each has ``register(subparsers)`` which adds
 #: its parser and sets ``func`` to a callable taking the parsed args and
 #: returning an exit status. Keeps this file free of every tool's options.
-_SUBCOMMAND_MODULES: list[str] = []
+_SUBCOMMAND_MODULES: list[str] = [
+    "speakflow.client.cli",
+]
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(settings: Settings) -> None:
+    from .config import SECRET_FIELDS
+    from .observability.logs import setup_logging
+
+    secrets = [str(getattr(settings, name)) for name in sorted(SECRET_FIELDS)]
+    setup_logging(settings.LOG_LEVEL, settings.LOG_FORMAT, secrets)
 
 
 def hypercorn_config(settings: Settings, host: str, port: int) -> object:
@@ -77,7 +79,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"speakflow: configuration error: {err}", file=sys.stderr)
         return 2
-    _setup_logging(settings.LOG_LEVEL)
+    _setup_logging(settings)
+    log.debug("settings", extra={"event": "settings", "fields": dict(settings.safe_items())})
     host = args.host or settings.HOST
     port = settings.PORT if args.port is None else args.port
     try:

@@ -18,6 +18,7 @@ import msgspec
 from dotenv import dotenv_values
 
 from .errors import ConfigError
+from .postprocess.basic import DEFAULT_FILLER_WORDS, DEFAULT_SILENCE_DBFS
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
@@ -49,6 +50,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     HOST: str = "127.0.0.1"
     PORT: Port = 8000
     LOG_LEVEL: str = "INFO"
+    LOG_FORMAT: str = "json"
     CORS_ORIGINS: str = ""
     WS_PING_INTERVAL: PositiveFloat = 20.0
     WS_MAX_MESSAGE_BYTES: PositiveInt = 1_048_576
@@ -82,6 +84,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     AWS_SECRET_ACCESS_KEY: str = ""
     AWS_SESSION_TOKEN: str = ""
     OPENAI_API_KEY: str = ""
+
+    # Post-processing of finals (speakflow.postprocess): none | basic | langchain.
+    TRANSCRIPT_PROCESSOR: str = "none"
+    FILLER_WORDS: str = DEFAULT_FILLER_WORDS
+    SILENCE_DBFS: Annotated[float, msgspec.Meta(lt=0)] = DEFAULT_SILENCE_DBFS
+    LLM_MODEL: str = "gpt-4o-mini"
+    LLM_BASE_URL: str = ""
+    LLM_TIMEOUT: PositiveFloat = 5.0
+    LLM_MAX_CONCURRENCY: PositiveInt = 16
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.safe_items())
@@ -143,12 +154,15 @@ def load_settings(
 
 
 def _check(settings: Settings) -> None:
+    from .postprocess import check_settings as check_processor
     from .providers.registry import PROVIDERS
 
     if settings.LOG_LEVEL.upper() not in LOG_LEVELS:
         raise ConfigError(
             f"LOG_LEVEL: expected one of {', '.join(LOG_LEVELS)} (got {settings.LOG_LEVEL!r})"
         )
+    if settings.LOG_FORMAT not in ("json", "console"):
+        raise ConfigError(f"LOG_FORMAT: expected json or console (got {settings.LOG_FORMAT!r})")
     spec = PROVIDERS.get(settings.SPEECH_PROVIDER)
     if spec is None:
         raise ConfigError(
@@ -156,3 +170,4 @@ def _check(settings: Settings) -> None:
             f"valid: {', '.join(sorted(PROVIDERS))}"
         )
     spec.check(settings)
+    check_processor(settings)

@@ -118,6 +118,11 @@ class Transcript(msgspec.Struct, tag="transcript", tag_field="type", omit_defaul
     words: list[WordOut] | None = None
     confidence: float | None = None
     segment_id: str | None = None
+    #: Finals under TRANSCRIPT_PROCESSOR: the provider's text (``text`` is the
+    #: processed one), and why ``text`` is that raw text when it is
+    #: (``timeout``, ``error``, ``rejected``).
+    raw_text: str | None = None
+    processing: str | None = None
 
 
 class SessionEnded(msgspec.Struct, tag="session_ended", tag_field="type"):

@@ -36,6 +36,11 @@ from starlette.websockets import WebSocket
 from . import protocol as p
 from .config import Settings
 from .errors import ProviderError
+from .observability.logs import event, provider_var, session_id_var, source_var, user_id_var
+from .observability.metrics import Metrics, MetricsHooks, SourceMeters
+from .postprocess import TranscriptProcessor
+from .postprocess.level import LevelMeter
+from .postprocess.pipeline import FinalsPipeline
 from .providers.base import (
     AudioFrame,
     ProviderBackend,
@@ -60,6 +65,9 @@ class ServerState:
     sessions: dict[str, Session] = field(default_factory=dict)
     #: (session id, source) -> provider instance serving it (inspection, tests).
     streams: dict[tuple[str, str], SpeechProvider] = field(default_factory=dict)
+    #: TRANSCRIPT_PROCESSOR applied to finals; None for ``none``.
+    processor: TranscriptProcessor | None = None
+    metrics: Metrics = field(default_factory=Metrics)
     started_at: float = field(default_factory=time.time)
     connections: int = 0
     _backend_lock: trio.Lock = field(default_factory=trio.Lock)
@@ -89,14 +97,54 @@ class ServerState:
             "connections": self.connections,
         }
 
+    def gauges(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        """State read at scrape time for /metrics (nothing to update on the hot path)."""
+        streams: dict[str, float] = {}
+        depth: dict[str, float] = {}
+        total = 0.0
+        for session in self.sessions.values():
+            streams[session.provider] = streams.get(session.provider, 0.0) + len(session.sources)
+            for name, src in session.sources.items():
+                used = float(src.send.statistics().current_buffer_used)
+                total += used
+                depth[name] = max(depth.get(name, 0.0), used)
+        out: dict[str, list[tuple[dict[str, str], float]]] = {
+            "speakflow_connections": [({}, float(self.connections))],
+            "speakflow_sessions": [({}, float(len(self.sessions)))],
+            "speakflow_streams": [({"provider": k}, v) for k, v in streams.items()],
+            "speakflow_channel_depth_chunks": [({"source": k}, v) for k, v in depth.items()],
+            "speakflow_channel_depth_total_chunks": [({}, total)],
+            "speakflow_uptime_seconds": [({}, time.time() - self.started_at)],
+        }
+        for name, backend in self.backends.items():
+            # Optional: a backend with gauges of its own (local Whisper's queue) has metrics().
+            read = getattr(backend, "metrics", None)
+            for key, value in (read() if read is not None else {}).items():
+                out.setdefault(key, []).append(({"provider": name}, float(value)))
+        return out
+
 
 class SourceStream:
     """One audio source of a session: its timeline and the channel to its provider."""
 
-    __slots__ = ("dropped_chunks", "failed", "name", "overflowing", "receive", "send", "timeline")
+    __slots__ = (
+        "dropped_chunks",
+        "failed",
+        "level",
+        "meters",
+        "name",
+        "overflowing",
+        "receive",
+        "send",
+        "timeline",
+    )
 
-    def __init__(self, name: str, capacity: int) -> None:
+    def __init__(
+        self, name: str, capacity: int, meters: SourceMeters, level: LevelMeter | None = None
+    ) -> None:
         self.name = name
+        self.meters = meters
+        self.level = level  # audio energy, for a processor that asks for it
         self.timeline = SourceTimeline()
         self.send, self.receive = trio.open_memory_channel[AudioFrame](capacity)
         self.dropped_chunks = 0
@@ -144,6 +192,8 @@ class Connection:
 
     async def run(self) -> None:
         self.state.connections += 1
+        user_id_var.set(self.user_id)
+        event(log, "connection.open", "client connected")
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -154,6 +204,7 @@ class Connection:
                     nursery.cancel_scope.cancel()
         finally:
             self.state.connections -= 1
+            event(log, "connection.close", "client disconnected")
 
     async def _writer(self) -> None:
         async with self._out_recv:
@@ -169,6 +220,7 @@ class Connection:
     async def send_error(
         self, code: str, message: str, session_id: str | None = None, trace_id: str | None = None
     ) -> None:
+        self.state.metrics.client_errors.labels(code).inc()
         await self.send(
             p.Error(code=code, message=message, session_id=session_id, trace_id=trace_id)
         )
@@ -215,7 +267,12 @@ class Connection:
             await self.send_error(err.code, err.message, err.session_id)
         except Exception:
             trace_id = uuid.uuid4().hex[:16]
-            log.exception("internal error handling %s (trace_id=%s)", type(msg).__name__, trace_id)
+            log.exception(
+                "internal error handling %s (trace_id=%s)",
+                type(msg).__name__,
+                trace_id,
+                extra={"event": "internal_error", "fields": {"trace_id": trace_id}},
+            )
             await self.send_error(
                 p.ErrorCode.INTERNAL_ERROR,
                 f"internal server error (trace id {trace_id})",
@@ -254,12 +311,17 @@ class Connection:
         source = session.sources.get(meta.source)
         if source is None:
             source = self._add_source(session, meta.source)
-        offset = source.timeline.advance(len(chunk.pcm), meta.timestamp)
+        nbytes = len(chunk.pcm)
+        offset = source.timeline.advance(nbytes, meta.timestamp)
+        source.meters.chunk(nbytes, source.timeline.samples)
+        if source.level is not None:
+            source.level.feed(chunk.pcm, offset)
         try:
             source.send.send_nowait(AudioFrame(chunk.pcm, offset))
             source.overflowing = False
         except trio.WouldBlock:
             source.dropped_chunks += 1
+            source.meters.dropped(nbytes)
             if not source.overflowing:
                 source.overflowing = True
                 await self.send_error(
@@ -269,7 +331,8 @@ class Connection:
                     session.id,
                 )
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            source.dropped_chunks += 1  # the provider failed; the client was told then
+            source.dropped_chunks += 1
+            source.meters.dropped(nbytes)  # the provider failed; the client was told then
 
     # ------------------------------------------------------------------ start / stop
 
@@ -336,7 +399,15 @@ class Connection:
         for name in msg.sources:
             self._add_source(session, name)
         await self.send(p.SessionStarted(sid, provider=provider, sources=list(msg.sources)))
-        log.info("session %s started for user %s on %s", sid, self.user_id, provider)
+        session_id_var.set(sid)  # the reader's lines now belong to this session
+        event(
+            log,
+            "session.start",
+            "session started",
+            provider=provider,
+            sources=",".join(msg.sources),
+            language=language,
+        )
 
     def _check_limits(self, sid: str) -> None:
         s = self.settings
@@ -378,11 +449,16 @@ class Connection:
         self.active = None
         self.stopping = session
         session.stop_requested.set()
+        event(log, "session.stop", "stop requested")
+        session_id_var.set(None)
 
     # ------------------------------------------------------------------ the tree
 
     def _add_source(self, session: Session, name: str) -> SourceStream:
-        source = SourceStream(name, self.settings.AUDIO_QUEUE_CHUNKS)
+        processor = self.state.processor
+        level = LevelMeter() if processor is not None and processor.needs_level else None
+        meters = SourceMeters(self.state.metrics, session.provider, name)
+        source = SourceStream(name, self.settings.AUDIO_QUEUE_CHUNKS, meters, level)
         session.sources[name] = source
         assert session.nursery is not None
         session.nursery.start_soon(self._run_source, session, source)
@@ -391,6 +467,8 @@ class Connection:
     async def _run_session(
         self, session: Session, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        session_id_var.set(session.id)
+        provider_var.set(session.provider)
         try:
             async with trio.open_nursery() as nursery:
                 session.nursery = nursery
@@ -404,7 +482,12 @@ class Connection:
             if nursery.cancel_scope.cancelled_caught:
                 log.warning("session %s: providers did not flush in time", session.id)
             await self.send(p.SessionEnded(session.id))
-            log.info("session %s ended", session.id)
+            event(
+                log,
+                "session.end",
+                "session ended",
+                dropped_chunks=sum(s.dropped_chunks for s in session.sources.values()),
+            )
         finally:
             self.state.sessions.pop(session.id, None)
             session.finished.set()
@@ -419,28 +502,38 @@ class Connection:
         self.state.streams[key] = provider
         timeline = source.timeline
         sid, name, provider_name = session.id, source.name, session.provider
+        # Finals through the processor, in order; partials straight out.
+        post = FinalsPipeline.start(self.state.processor, session.nursery, self.send, source.level)
 
-        async def emit(event: TranscriptEvent) -> None:
-            await self.send(_transcript(sid, name, provider_name, timeline, event))
+        async def emit(ev: TranscriptEvent) -> None:
+            meters.transcript(ev.is_final, ev.start, ev.end)
+            await post.send(_transcript(sid, name, provider_name, timeline, ev))
 
-        config = StreamConfig(session_id=sid, source=name, language=session.language)
+        source_var.set(name)
+        meters = source.meters
+        config = StreamConfig(
+            session_id=sid,
+            source=name,
+            language=session.language,
+            hooks=MetricsHooks(self.state.metrics, provider_name, name),
+        )
         try:
             await provider.stream(source.receive, emit, config)
         except* ProviderError as group:
             source.failed = True
             for err in _leaves(group):
                 assert isinstance(err, ProviderError)
-                log.warning("session %s source %s: %s", sid, name, err)
+                event(log, "provider.error", str(err), logging.WARNING, code=err.code)
+                config.hooks.vendor_error(err.code)
                 await self.send_error(err.code, str(err), sid)
         except* Exception as group:
             source.failed = True
             trace_id = uuid.uuid4().hex[:16]
             log.error(
-                "session %s source %s: provider crashed (trace_id=%s)",
-                sid,
-                name,
+                "provider crashed (trace_id=%s)",
                 trace_id,
                 exc_info=group,
+                extra={"event": "provider.crash", "fields": {"trace_id": trace_id}},
             )
             await self.send_error(
                 p.ErrorCode.INTERNAL_ERROR,
@@ -449,6 +542,7 @@ class Connection:
                 trace_id,
             )
         finally:
+            post.close()
             source.receive.close()
             self.state.streams.pop(key, None)
 

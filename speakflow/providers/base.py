@@ -61,6 +61,26 @@ class TranscriptEvent:
     segment_id: str | None = None
 
 
+class StreamHooks:
+    """What a provider reports about its vendor connection (metrics, logs).
+
+    The session layer passes an implementation bound to its metrics; the
+    default does nothing, so providers and their tests need no metrics setup.
+    """
+
+    def vendor_connected(self, seconds: float, *, reconnect: bool = False) -> None:
+        """A vendor connection opened after ``seconds``."""
+
+    def vendor_error(self, code: str) -> None:
+        """A vendor connection failed; ``code`` is the client-facing error code."""
+
+    def audio_replayed(self, seconds: float) -> None:
+        """``seconds`` of buffered audio were re-sent after a reconnect."""
+
+    def audio_dropped(self, seconds: float) -> None:
+        """``seconds`` of audio could not be delivered to any vendor."""
+
+
 @dataclass(frozen=True, slots=True)
 class StreamConfig:
     """What a provider needs to know about the stream it serves."""
@@ -70,6 +90,7 @@ class StreamConfig:
     language: str
     sample_rate: int = SAMPLE_RATE
     extras: dict[str, str] = field(default_factory=dict)
+    hooks: StreamHooks = field(default_factory=StreamHooks)
 
 
 Emit = Callable[[TranscriptEvent], Awaitable[None]]
@@ -109,3 +130,6 @@ class ProviderBackend(Protocol):
     def create(self) -> SpeechProvider: ...
 
     def status(self) -> dict[str, object]: ...
+
+    # A backend may also define ``metrics() -> dict[str, float]``: gauges read at
+    # scrape time, named like "speakflow_whisper_queue_depth".

@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,16 +163,19 @@ class ModelScheduler:
         self._queue: list[tuple[int, int, trio.Event, list[bool]]] = []
         self._seq = itertools.count()
         self.calls = 0
+        self.busy_seconds = 0.0
 
     def statistics(self) -> dict[str, int]:
         return {"busy": int(self._busy), "waiting": len(self._queue), "calls": self.calls}
 
     async def run(self, fn: Callable[[], T], priority: int) -> T:
         await self._acquire(priority)
+        started = time.perf_counter()
         try:
             self.calls += 1
             return await trio.to_thread.run_sync(fn)
         finally:
+            self.busy_seconds += time.perf_counter() - started
             self._release()
 
     async def _acquire(self, priority: int) -> None:

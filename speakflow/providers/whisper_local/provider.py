@@ -51,6 +51,8 @@ class WhisperLocalBackend:
             settings.WHISPER_CPU_THREADS,
         )
         self.scheduler = ModelScheduler()
+        #: seconds of audio fed to this backend's streams (for the real-time factor)
+        self.audio_seconds = 0.0
 
     async def start(self) -> None:
         await trio.to_thread.run_sync(self.engine.load)
@@ -59,9 +61,18 @@ class WhisperLocalBackend:
     def create(self) -> SpeechProvider:
         return WhisperLocalStream(self)
 
+    def metrics(self) -> dict[str, float]:
+        stats = self.scheduler.statistics()
+        rtf = self.scheduler.busy_seconds / self.audio_seconds if self.audio_seconds else 0.0
+        return {
+            "speakflow_whisper_queue_depth": stats["waiting"],
+            "speakflow_whisper_busy": stats["busy"],
+            "speakflow_whisper_real_time_factor": rtf,
+        }
+
     def status(self) -> dict[str, object]:
         return {
-            "model": str(self.engine.model_path.name),
+            "model": self.settings.WHISPER_MODEL or "tiny.en (bundled)",
             "model_loaded": self.engine.loaded,
             **{f"scheduler_{k}": v for k, v in self.scheduler.statistics().items()},
         }
@@ -127,7 +138,8 @@ class WhisperLocalStream:
         config: StreamConfig,
     ) -> None:
         language = self._language(config)
-        s = self._backend.settings
+        backend = self._backend
+        s = backend.settings
         segmenter = VadSegmenter(
             self._backend.engine.speech_probs,
             threshold=s.WHISPER_VAD_THRESHOLD,
@@ -141,6 +153,7 @@ class WhisperLocalStream:
             try:
                 async with audio:
                     async for frame in audio:
+                        backend.audio_seconds += frame.samples / SAMPLE_RATE
                         for utt in segmenter.feed(frame.pcm, frame.offset):
                             jobs.put(utt)
                 for utt in segmenter.flush():

@@ -1,0 +1,227 @@
+"""Prometheus metrics, one registry per app.
+
+Why a registry per app rather than the global one: tests (and embedders) run
+several apps in one process, and each must report only its own traffic.
+Labels stay low-cardinality: provider, source, kind, code; never session ids.
+
+Hot-path cost is kept to a few counter increments per chunk; gauges of state
+(channel depth, scheduler queue) are read at scrape time by a collector.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ..providers.base import StreamHooks
+
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0)
+CONNECT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.audio_seconds = Counter(
+            "speakflow_audio_seconds",
+            "Seconds of audio received from clients",
+            ["provider", "source"],
+            registry=r,
+        )
+        self.audio_chunks = Counter(
+            "speakflow_audio_chunks", "Audio chunks received", ["source"], registry=r
+        )
+        self.audio_bytes = Counter(
+            "speakflow_audio_bytes", "Audio bytes received", ["source"], registry=r
+        )
+        self.dropped_seconds = Counter(
+            "speakflow_audio_dropped_seconds",
+            "Seconds of audio dropped (provider too far behind, or failed)",
+            ["provider", "source"],
+            registry=r,
+        )
+        self.replayed_seconds = Counter(
+            "speakflow_audio_replayed_seconds",
+            "Seconds of audio replayed to a vendor after a reconnect",
+            ["provider", "source"],
+            registry=r,
+        )
+        self.transcripts = Counter(
+            "speakflow_transcripts",
+            "Transcripts sent to clients",
+            ["provider", "source", "kind"],
+            registry=r,
+        )
+        self.first_partial_latency = Histogram(
+            "speakflow_first_partial_latency_seconds",
+            "Time from the arrival of the audio where speech starts to its first partial",
+            ["provider", "source"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.final_latency = Histogram(
+            "speakflow_final_latency_seconds",
+            "Time from the arrival of the audio where speech ends to its final",
+            ["provider", "source"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.client_errors = Counter(
+            "speakflow_client_errors", "error messages sent to clients", ["code"], registry=r
+        )
+        self.vendor_connects = Counter(
+            "speakflow_vendor_connects", "Vendor connections opened", ["provider"], registry=r
+        )
+        self.vendor_reconnects = Counter(
+            "speakflow_vendor_reconnects", "Vendor reconnections", ["provider"], registry=r
+        )
+        self.vendor_connect_seconds = Histogram(
+            "speakflow_vendor_connect_seconds",
+            "Time to open a vendor connection",
+            ["provider"],
+            buckets=CONNECT_BUCKETS,
+            registry=r,
+        )
+        self.vendor_errors = Counter(
+            "speakflow_vendor_errors", "Vendor stream failures", ["provider", "code"], registry=r
+        )
+
+    def add_state_collector(
+        self, read: Callable[[], dict[str, list[tuple[dict[str, str], float]]]]
+    ) -> None:
+        """Expose gauges computed at scrape time: ``read`` returns name -> [(labels, value)]."""
+        self.registry.register(_StateCollector(read))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+_STATE_HELP = {
+    "speakflow_connections": "Open client WebSockets",
+    "speakflow_sessions": "Active sessions",
+    "speakflow_streams": "Active provider streams",
+    "speakflow_channel_depth_chunks": "Audio chunks waiting for a provider, per source (max)",
+    "speakflow_channel_depth_total_chunks": "Audio chunks waiting for providers, all sources",
+    "speakflow_whisper_queue_depth": "Local Whisper calls waiting for the model",
+    "speakflow_whisper_busy": "1 while the local Whisper model computes",
+    "speakflow_whisper_real_time_factor": "Model compute seconds per second of audio received",
+    "speakflow_uptime_seconds": "Seconds since the app started",
+}
+
+
+class _StateCollector(Collector):
+    def __init__(self, read: Callable[[], dict[str, list[tuple[dict[str, str], float]]]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Any]:
+        for name, samples in self._read().items():
+            labels = sorted({k for lbl, _ in samples for k in lbl})
+            family = GaugeMetricFamily(name, _STATE_HELP.get(name, name), labels=labels)
+            for lbl, value in samples:
+                family.add_metric([lbl.get(k, "") for k in labels], value)
+            yield family
+
+    def describe(self) -> Iterator[Any]:
+        return iter(())
+
+
+class SourceMeters:
+    """Per-source metric children, bound once so the hot path skips label lookups.
+
+    It also remembers when each chunk arrived (a small ring of (end sample,
+    monotonic time)), so transcript latency can be anchored to the audio:
+    "final latency" is the time from the arrival of the audio where the
+    speech ended to the final's departure, whatever the vendor.
+    """
+
+    __slots__ = (
+        "_arrivals",
+        "_awaiting_first",
+        "_bytes",
+        "_chunks",
+        "_dropped",
+        "_final",
+        "_final_latency",
+        "_first_partial",
+        "_partial",
+        "_seconds",
+    )
+
+    RING = 1024  # chunks remembered: ~8.5 min of 500 ms desktop chunks
+
+    def __init__(self, metrics: Metrics, provider: str, source: str) -> None:
+        self._seconds = metrics.audio_seconds.labels(provider, source)
+        self._chunks = metrics.audio_chunks.labels(source)
+        self._bytes = metrics.audio_bytes.labels(source)
+        self._dropped = metrics.dropped_seconds.labels(provider, source)
+        self._partial = metrics.transcripts.labels(provider, source, "partial")
+        self._final = metrics.transcripts.labels(provider, source, "final")
+        self._first_partial = metrics.first_partial_latency.labels(provider, source)
+        self._final_latency = metrics.final_latency.labels(provider, source)
+        self._arrivals: deque[tuple[int, float]] = deque(maxlen=self.RING)
+        self._awaiting_first = True
+
+    def chunk(self, nbytes: int, end_sample: int) -> None:
+        self._chunks.inc()
+        self._bytes.inc(nbytes)
+        self._seconds.inc(nbytes / 32000)
+        self._arrivals.append((end_sample, time.monotonic()))
+
+    def dropped(self, nbytes: int) -> None:
+        self._dropped.inc(nbytes / 32000)
+
+    def arrival(self, seconds: float) -> float | None:
+        """Monotonic time at which the audio at ``seconds`` reached the server."""
+        sample = int(seconds * 16000)
+        ring = self._arrivals
+        if not ring or ring[0][0] > sample + 8000:
+            return None
+        i = bisect.bisect_left(ring, (sample, -1.0))
+        return ring[min(i, len(ring) - 1)][1]
+
+    def transcript(self, is_final: bool, start: float, end: float) -> None:
+        now = time.monotonic()
+        if is_final:
+            self._final.inc()
+            self._awaiting_first = True
+            at = self.arrival(end)
+            if at is not None:
+                self._final_latency.observe(max(0.0, now - at))
+        else:
+            self._partial.inc()
+            if self._awaiting_first:
+                self._awaiting_first = False
+                at = self.arrival(start)
+                if at is not None:
+                    self._first_partial.observe(max(0.0, now - at))
+
+
+class MetricsHooks(StreamHooks):
+    """StreamHooks that feed the vendor metrics of one provider."""
+
+    def __init__(self, metrics: Metrics, provider: str, source: str) -> None:
+        self._m = metrics
+        self._provider = provider
+        self._source = source
+
+    def vendor_connected(self, seconds: float, *, reconnect: bool = False) -> None:
+        self._m.vendor_connects.labels(self._provider).inc()
+        if reconnect:
+            self._m.vendor_reconnects.labels(self._provider).inc()
+        self._m.vendor_connect_seconds.labels(self._provider).observe(seconds)
+
+    def vendor_error(self, code: str) -> None:
+        self._m.vendor_errors.labels(self._provider, code).inc()
+
+    def audio_replayed(self, seconds: float) -> None:
+        self._m.replayed_seconds.labels(self._provider, self._source).inc(seconds)
+
+    def audio_dropped(self, seconds: float) -> None:
+        self._m.dropped_seconds.labels(self._provider, self._source).inc(seconds)
