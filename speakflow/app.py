@@ -3,39 +3,68 @@
 The handshake is decided before any nursery opens: Starlette's exception
 handlers cannot see inside Trio's exception groups, and with Hypercorn a close
 before ``accept()`` reaches the client as a bare HTTP 403, so we accept first
-and then close with 1008 so the client can read the code.
+and then close with 1008 so the client can read the code. Who may connect
+(the Origin check for browsers, then AUTH_MODE) is decided in ``auth.py``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from . import __version__
+from .auth import (
+    REASON_ORIGIN,
+    Authenticator,
+    Identity,
+    Refusal,
+    choose_subprotocol,
+    origin_allowed,
+)
 from .config import Settings
 from .docs import docs_html, openapi_document
 from .postprocess import build_processor
 from .providers.registry import PROVIDERS
+from .proxy import TrustedProxyMiddleware
 from .session import Connection, ServerState
 
 log = logging.getLogger(__name__)
 
-MAX_USER_ID = 128
+#: The browser test page (``/``) and its scripts (``/static/...``): plain files, no build step.
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+#: A browser cannot set X-User-Id on a WebSocket. In AUTH_MODE=header it may
+#: name its user with ``?user_id=<id>`` or by offering the subprotocol
+#: ``speakflow.user.<id>`` (ids made of HTTP token characters only).
+USER_ID_QUERY = "user_id"
+USER_SUBPROTOCOL = "speakflow.user."
+
+
+def browser_user_id(query: Mapping[str, str], subprotocols: Sequence[str]) -> str | None:
+    """The user id a browser gave in place of the X-User-Id header, if any."""
+    if USER_ID_QUERY in query:
+        return query[USER_ID_QUERY]
+    for proto in subprotocols:
+        if proto.startswith(USER_SUBPROTOCOL):
+            return proto[len(USER_SUBPROTOCOL) :]
+    return None
 
 
 def create_app(settings: Settings) -> Starlette:
     state = ServerState(settings, processor=build_processor(settings))
+    authenticator = Authenticator.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -64,13 +93,38 @@ def create_app(settings: Settings) -> Starlette:
     async def metrics(request: Request) -> Response:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    def identify(ws: WebSocket, subprotocols: list[str]) -> Identity | Refusal:
+        """Origin check (browsers), then AUTH_MODE (speakflow.auth)."""
+        origin = ws.headers.get("origin")
+        if not origin_allowed(origin, ws.url.scheme, ws.headers.get("host"), settings.cors_origins):
+            return Refusal(REASON_ORIGIN, f"origin {(origin or '')[:100]!r} is not allowed")
+        headers: Mapping[str, str] = ws.headers
+        if authenticator.mode == "header" and "x-user-id" not in headers:
+            # jwt mode: a browser sends its token as the subprotocol bearer.<jwt> (auth.py)
+            user_id = browser_user_id(ws.query_params, subprotocols)
+            if user_id is not None:
+                headers = {"x-user-id": user_id}
+        return authenticator.authenticate(headers, subprotocols)
+
     async def stream(ws: WebSocket) -> None:
-        user_id = ws.headers.get("x-user-id", "").strip()
-        await ws.accept()
-        if not user_id or len(user_id) > MAX_USER_ID:
-            await ws.close(code=1008, reason=f"X-User-Id header required (1-{MAX_USER_ID} chars)")
+        subprotocols = list(ws.scope.get("subprotocols") or [])
+        who = identify(ws, subprotocols)
+        await ws.accept(subprotocol=choose_subprotocol(subprotocols))
+        if isinstance(who, Refusal):
+            log.info(
+                "connection refused: %s",
+                who.detail,
+                extra={
+                    "event": "connection.refused",
+                    "fields": {"reason": who.reason, "client": ws.client.host if ws.client else None},
+                },
+            )
+            await ws.close(code=1008, reason=who.reason)
             return
-        await Connection(ws, user_id, state).run()
+        if state.draining:
+            await ws.close(code=1001, reason="server shutting down")
+            return
+        await Connection(ws, who.user_id, state).run()
 
     async def docs(request: Request) -> HTMLResponse:
         return HTMLResponse(docs_html(sorted(PROVIDERS)))
@@ -78,7 +132,18 @@ def create_app(settings: Settings) -> Starlette:
     async def openapi(request: Request) -> JSONResponse:
         return JSONResponse(openapi_document(__version__))
 
+    async def index(request: Request) -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
     middleware = []
+    if settings.forwarded_allow_ips:
+        middleware.append(
+            Middleware(
+                TrustedProxyMiddleware,
+                allow=settings.forwarded_allow_ips,
+                trusted_hops=settings.FORWARDED_TRUSTED_HOPS,
+            )
+        )
     if settings.cors_origins:
         middleware.append(
             Middleware(
@@ -95,6 +160,8 @@ def create_app(settings: Settings) -> Starlette:
             WebSocketRoute("/v1/stt/stream", stream),
             Route("/docs", docs),
             Route("/openapi.json", openapi),
+            Route("/", index),
+            Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ],
         middleware=middleware,
         lifespan=lifespan,

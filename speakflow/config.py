@@ -23,6 +23,7 @@ from .postprocess.basic import DEFAULT_FILLER_WORDS, DEFAULT_SILENCE_DBFS
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 
 #: Names whose values never appear in logs, reprs or error messages.
@@ -34,6 +35,7 @@ SECRET_FIELDS = frozenset(
         "AWS_SECRET_ACCESS_KEY",
         "AWS_SESSION_TOKEN",
         "OPENAI_API_KEY",
+        "AUTH_JWT_SECRET",
     }
 )
 
@@ -54,15 +56,44 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     CORS_ORIGINS: str = ""
     WS_PING_INTERVAL: PositiveFloat = 20.0
     WS_MAX_MESSAGE_BYTES: PositiveInt = 1_048_576
+    #: reverse proxies whose X-Forwarded-For/-Proto/-Host are believed (speakflow.proxy);
+    #: comma-separated addresses or networks, ``*`` for any peer, empty: never
+    FORWARDED_ALLOW_IPS: str = ""
+    #: proxies in front of us that each append to X-Forwarded-For (nginx alone: 1)
+    FORWARDED_TRUSTED_HOPS: PositiveInt = 1
 
     PROVIDER_CONNECT_TIMEOUT: PositiveFloat = 10.0
     PROVIDER_RESPONSE_TIMEOUT: PositiveFloat = 30.0
+
+    # Resilience (speakflow.resilience)
+    SPEECH_FALLBACK_PROVIDERS: str = ""
+    RETRY_INITIAL_S: PositiveFloat = 0.5
+    RETRY_MAX_S: PositiveFloat = 10.0
+    RETRY_ATTEMPTS: PositiveInt = 5
+    RETRY_HEALTHY_S: PositiveFloat = 60.0
+    PRIMARY_RETRY_S: PositiveFloat = 300.0
+    REPLAY_BUFFER_S: PositiveFloat = 60.0
+    #: SIGTERM: time allowed to flush every session before sockets close
+    SHUTDOWN_TIMEOUT_S: PositiveFloat = 20.0
 
     MAX_CHUNK_BYTES: PositiveInt = 64_000
     AUDIO_QUEUE_CHUNKS: PositiveInt = 120
     OUTBOUND_QUEUE_MESSAGES: PositiveInt = 1024
     MAX_SESSIONS_PER_USER: NonNegativeInt = 4
     MAX_SESSIONS: NonNegativeInt = 0
+
+    # Security and abuse limits (speakflow.auth, speakflow.limits). 0 = off.
+    AUTH_MODE: str = "header"
+    AUTH_JWT_SECRET: str = ""
+    AUTH_JWT_PUBLIC_KEY_FILE: str = ""
+    AUTH_JWKS_FILE: str = ""
+    AUTH_JWT_AUDIENCE: str = ""
+    AUTH_JWT_ISSUER: str = ""
+    AUTH_JWT_ALGORITHMS: str = ""
+    AUTH_LEEWAY_S: NonNegativeFloat = 30.0
+    IDLE_TIMEOUT_S: NonNegativeFloat = 300.0
+    MAX_SESSION_S: NonNegativeFloat = 14_400.0
+    MAX_AUDIO_LEAD_S: NonNegativeFloat = 90.0
 
     WHISPER_MODEL: str = ""
     WHISPER_DEVICE: str = "cpu"
@@ -77,6 +108,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     DEEPGRAM_URL: str = "wss://api.deepgram.com/v1/listen"
     DEEPGRAM_MODEL: str = "nova-3"
     DEEPGRAM_LANGUAGE: str = ""
+    #: silence (ms) that ends an utterance; 0 sends endpointing=false
+    DEEPGRAM_ENDPOINTING_MS: NonNegativeInt = 500
+    #: gap in words (ms, >= 1000) for an UtteranceEnd message; 0 leaves it off
+    DEEPGRAM_UTTERANCE_END_MS: NonNegativeInt = 1500
+    #: a KeepAlive goes out when no audio was sent for this long (Deepgram: 3-5 s)
+    DEEPGRAM_KEEPALIVE_S: PositiveFloat = 4.0
 
     ASSEMBLYAI_API_KEY: str = ""
     AWS_REGION: str = "us-east-1"
@@ -109,8 +146,16 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         return out
 
     @property
+    def fallback_providers(self) -> list[str]:
+        return [x.strip() for x in self.SPEECH_FALLBACK_PROVIDERS.split(",") if x.strip()]
+
+    @property
     def cors_origins(self) -> list[str]:
         return [o.strip() for o in self.CORS_ORIGINS.split(",") if o.strip()]
+
+    @property
+    def forwarded_allow_ips(self) -> list[str]:
+        return [a.strip() for a in self.FORWARDED_ALLOW_IPS.split(",") if a.strip()]
 
     def language_for(self, provider_setting: str) -> str:
         """A per-provider language setting, falling back to DEFAULT_LANGUAGE."""
@@ -154,7 +199,9 @@ def load_settings(
 
 
 def _check(settings: Settings) -> None:
+    from .auth import check_settings as check_auth
     from .postprocess import check_settings as check_processor
+    from .proxy import check_settings as check_proxy
     from .providers.registry import PROVIDERS
 
     if settings.LOG_LEVEL.upper() not in LOG_LEVELS:
@@ -170,4 +217,14 @@ def _check(settings: Settings) -> None:
             f"valid: {', '.join(sorted(PROVIDERS))}"
         )
     spec.check(settings)
+    check_auth(settings)
+    for name in settings.fallback_providers:
+        fallback = PROVIDERS.get(name)
+        if fallback is None:
+            raise ConfigError(
+                f"SPEECH_FALLBACK_PROVIDERS: unknown provider {name!r}; "
+                f"valid: {', '.join(sorted(PROVIDERS))}"
+            )
+        fallback.check(settings)
     check_processor(settings)
+    check_proxy(settings)

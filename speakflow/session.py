@@ -25,6 +25,7 @@ memory never grows past the bound.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from starlette.websockets import WebSocket
 from . import protocol as p
 from .config import Settings
 from .errors import ProviderError
+from .limits import RealTimeMeter
 from .observability.logs import event, provider_var, session_id_var, source_var, user_id_var
 from .observability.metrics import Metrics, MetricsHooks, SourceMeters
 from .postprocess import TranscriptProcessor
@@ -44,11 +46,11 @@ from .postprocess.pipeline import FinalsPipeline
 from .providers.base import (
     AudioFrame,
     ProviderBackend,
-    SpeechProvider,
     StreamConfig,
     TranscriptEvent,
 )
 from .providers.registry import PROVIDERS
+from .resilience import ResilientStream, RetryPolicy
 from .timeline import SourceTimeline
 
 log = logging.getLogger(__name__)
@@ -63,13 +65,17 @@ class ServerState:
     #: session id -> live session, for limits and health. Mutated only without
     #: awaits in between, so Trio's cooperative scheduling makes it atomic.
     sessions: dict[str, Session] = field(default_factory=dict)
-    #: (session id, source) -> provider instance serving it (inspection, tests).
-    streams: dict[tuple[str, str], SpeechProvider] = field(default_factory=dict)
+    #: (session id, source) -> the stream serving it (inspection, tests).
+    streams: dict[tuple[str, str], ResilientStream] = field(default_factory=dict)
     #: TRANSCRIPT_PROCESSOR applied to finals; None for ``none``.
     processor: TranscriptProcessor | None = None
     metrics: Metrics = field(default_factory=Metrics)
     started_at: float = field(default_factory=time.time)
     connections: int = 0
+    #: open connections, for graceful shutdown
+    live: set[Connection] = field(default_factory=set)
+    #: set on SIGTERM: no new sessions, every session is being finalized
+    draining: bool = False
     _backend_lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property
@@ -89,6 +95,19 @@ class ServerState:
                     await backend.start()
                     self.backends[name] = backend
         return backend
+
+    async def drain(self, timeout: float) -> None:
+        """Graceful shutdown: finalize every session, deliver its last finals and
+        ``session_ended``, then close each client socket with 1001.
+
+        Hypercorn stops listening afterwards; it sends no 1001 by itself.
+        """
+        self.draining = True
+        event(log, "server.drain", "finalizing sessions", connections=len(self.live))
+        with trio.move_on_after(timeout):
+            async with trio.open_nursery() as nursery:
+                for conn in list(self.live):
+                    nursery.start_soon(conn.shutdown)
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -134,6 +153,7 @@ class SourceStream:
         "meters",
         "name",
         "overflowing",
+        "rate",
         "receive",
         "send",
         "timeline",
@@ -150,6 +170,7 @@ class SourceStream:
         self.dropped_chunks = 0
         self.overflowing = False
         self.failed = False
+        self.rate: RealTimeMeter | None = None  # MAX_AUDIO_LEAD_S, set by the connection
 
 
 class Session:
@@ -187,35 +208,86 @@ class Connection:
             self.settings.OUTBOUND_QUEUE_MESSAGES
         )
         self._nursery: trio.Nursery | None = None
+        self._writer_done = trio.Event()
+        #: IDLE_TIMEOUT_S: time of the last client message, and the close to send on expiry.
+        self.last_rx = trio.current_time()
+        self.close_with: tuple[int, str] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
         self.state.connections += 1
+        self.state.live.add(self)
         user_id_var.set(self.user_id)
         event(log, "connection.open", "client connected")
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._writer)
+                if self.settings.IDLE_TIMEOUT_S:
+                    nursery.start_soon(self._idle_watchdog)
                 try:
                     await self._reader()
                 finally:
                     nursery.cancel_scope.cancel()
+            if self.close_with is not None:  # after the writer ended: nothing else sends
+                await self.ws.close(*self.close_with)
         finally:
             self.state.connections -= 1
+            self.state.live.discard(self)
             event(log, "connection.close", "client disconnected")
 
+    async def _idle_watchdog(self) -> None:
+        """Close a connection that sent nothing for IDLE_TIMEOUT_S.
+
+        Any client frame counts as activity; pings don't (Hypercorn answers
+        them without the app). The close is 1001 "going away" with reason
+        ``idle timeout``: the server is letting go of an unused connection, not
+        refusing a policy violation (1008), and a client that wants to stream
+        again simply reconnects. The session, if any, ends as on a disconnect.
+        A watchdog instead of a deadline around each ``receive()`` keeps the
+        hot path at one clock read per frame.
+        """
+        timeout = self.settings.IDLE_TIMEOUT_S
+        while True:  # the reader moves last_rx; sleep until the latest deadline passes
+            deadline = self.last_rx + timeout
+            if trio.current_time() >= deadline:
+                break
+            await trio.sleep_until(deadline)
+        event(log, "connection.idle", "closing idle connection", timeout_s=timeout)
+        self.close_with = (1001, f"idle timeout ({timeout:g} s without a message)")
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+
     async def _writer(self) -> None:
-        async with self._out_recv:
-            async for text in self._out_recv:
-                try:
-                    await self.ws.send_text(text)
-                except Exception:  # the client went away; the reader sees the disconnect
-                    return
+        try:
+            async with self._out_recv:
+                async for text in self._out_recv:
+                    try:
+                        await self.ws.send_text(text)
+                    except Exception:  # the client went away; the reader sees the disconnect
+                        return
+        finally:
+            self._writer_done.set()
+
+    async def shutdown(self) -> None:
+        """Stop the active session (finals flushed), send what is queued, close 1001."""
+        session = self.active
+        if session is not None:
+            await self._stop(p.StopSession(session.id))
+        if self.stopping is not None:
+            await self.stopping.finished.wait()
+        self._out_send.close()  # the writer sends what is queued, then ends
+        await self._writer_done.wait()
+        self.close_with = (1001, "server shutting down")
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     async def send(self, msg: p.ServerMessage) -> None:
-        await self._out_send.send(p.encode(msg))
+        try:
+            await self._out_send.send(p.encode(msg))
+        except trio.ClosedResourceError:
+            pass  # shutting down: the socket is about to close
 
     async def send_error(
         self, code: str, message: str, session_id: str | None = None, trace_id: str | None = None
@@ -231,6 +303,7 @@ class Connection:
         frames = self.frames
         while True:
             message = await self.ws.receive()
+            self.last_rx = trio.current_time()
             kind = message["type"]
             if kind == "websocket.disconnect":
                 return
@@ -282,15 +355,25 @@ class Connection:
 
     # ------------------------------------------------------------------ audio (hot path)
 
+    def _not_active(self, sid: str) -> p.ProtocolViolation:
+        """The error for a chunk or stop naming a session this connection doesn't hold:
+        ``user_mismatch`` when another user owns that id, else ``unknown_session``."""
+        other = self.state.sessions.get(sid)
+        if other is not None and other.user_id != self.user_id:
+            return p.ProtocolViolation(
+                p.ErrorCode.USER_MISMATCH, "this session belongs to another user", sid
+            )
+        return p.ProtocolViolation(
+            p.ErrorCode.UNKNOWN_SESSION,
+            f"session {sid[:64]!r} is not the active session of this connection",
+            sid,
+        )
+
     async def _audio_meta(self, meta: p.AudioChunk) -> None:
         session = self.active
         if session is None or meta.session_id != session.id:
             self.frames.discard_audio()
-            raise p.ProtocolViolation(
-                p.ErrorCode.UNKNOWN_SESSION,
-                f"session {meta.session_id[:64]!r} is not the active session of this connection",
-                meta.session_id,
-            )
+            raise self._not_active(meta.session_id)
         if meta.source not in session.sources:
             try:
                 p.check_source(meta.source, meta.session_id)
@@ -312,6 +395,13 @@ class Connection:
         if source is None:
             source = self._add_source(session, meta.source)
         nbytes = len(chunk.pcm)
+        rate = source.rate
+        if rate is not None and not rate.admit(nbytes, trio.current_time()):
+            if rate.first_refusal:  # once per episode; refused audio never reaches the session
+                await self.send_error(
+                    p.ErrorCode.RATE_LIMITED, rate.message(source.name), session.id
+                )
+            return
         offset = source.timeline.advance(nbytes, meta.timestamp)
         source.meters.chunk(nbytes, source.timeline.samples)
         if source.level is not None:
@@ -411,6 +501,10 @@ class Connection:
 
     def _check_limits(self, sid: str) -> None:
         s = self.settings
+        if self.state.draining:
+            raise p.ProtocolViolation(
+                p.ErrorCode.RATE_LIMITED, "server is shutting down; reconnect and retry", sid
+            )
         if s.MAX_SESSIONS and len(self.state.sessions) >= s.MAX_SESSIONS:
             raise p.ProtocolViolation(
                 p.ErrorCode.RATE_LIMITED,
@@ -441,16 +535,29 @@ class Connection:
     async def _stop(self, msg: p.StopSession) -> None:
         session = self.active
         if session is None or session.id != msg.session_id:
-            raise p.ProtocolViolation(
-                p.ErrorCode.UNKNOWN_SESSION,
-                f"session {msg.session_id[:64]!r} is not the active session of this connection",
-                msg.session_id,
-            )
+            raise self._not_active(msg.session_id)
         self.active = None
         self.stopping = session
         session.stop_requested.set()
         event(log, "session.stop", "stop requested")
         session_id_var.set(None)
+
+    async def _stop_at_max_duration(self, session: Session) -> None:
+        """MAX_SESSION_S reached: stop as ``stop_session`` would (finals flushed,
+        then ``session_ended``), after an ``error`` ``rate_limited`` saying why.
+        The connection stays open, so the client can start a new session.
+        """
+        limit = self.settings.MAX_SESSION_S
+        await self.send_error(
+            p.ErrorCode.RATE_LIMITED,
+            f"session reached the maximum duration of {limit:g} s and was stopped",
+            session.id,
+        )
+        if self.active is session:
+            self.active = None
+            self.stopping = session
+        session.stop_requested.set()
+        event(log, "session.stop", "maximum session duration reached", limit_s=limit)
 
     # ------------------------------------------------------------------ the tree
 
@@ -459,6 +566,8 @@ class Connection:
         level = LevelMeter() if processor is not None and processor.needs_level else None
         meters = SourceMeters(self.state.metrics, session.provider, name)
         source = SourceStream(name, self.settings.AUDIO_QUEUE_CHUNKS, meters, level)
+        if self.settings.MAX_AUDIO_LEAD_S:
+            source.rate = RealTimeMeter(self.settings.MAX_AUDIO_LEAD_S)
         session.sources[name] = source
         assert session.nursery is not None
         session.nursery.start_soon(self._run_source, session, source)
@@ -473,7 +582,10 @@ class Connection:
             async with trio.open_nursery() as nursery:
                 session.nursery = nursery
                 task_status.started()
-                await session.stop_requested.wait()
+                with trio.move_on_after(self.settings.MAX_SESSION_S or math.inf):
+                    await session.stop_requested.wait()
+                if not session.stop_requested.is_set():
+                    await self._stop_at_max_duration(session)
                 for source in session.sources.values():
                     source.send.close()  # providers flush and return
                 nursery.cancel_scope.deadline = (
@@ -497,17 +609,35 @@ class Connection:
                 self.active = None
 
     async def _run_source(self, session: Session, source: SourceStream) -> None:
-        provider = session.backend.create()
+        s = self.settings
+        chain = [session.provider, *(x for x in s.fallback_providers if x != session.provider)]
+        stream = ResilientStream(
+            chain,
+            self.state.backend,
+            policy=RetryPolicy(
+                initial_s=s.RETRY_INITIAL_S,
+                max_s=s.RETRY_MAX_S,
+                attempts=s.RETRY_ATTEMPTS,
+                healthy_s=s.RETRY_HEALTHY_S,
+                primary_retry_s=s.PRIMARY_RETRY_S,
+            ),
+            response_timeout=s.PROVIDER_RESPONSE_TIMEOUT,
+            replay_seconds=s.REPLAY_BUFFER_S,
+            queue_chunks=s.AUDIO_QUEUE_CHUNKS,
+        )
         key = (session.id, source.name)
-        self.state.streams[key] = provider
+        self.state.streams[key] = stream
         timeline = source.timeline
         sid, name, provider_name = session.id, source.name, session.provider
         # Finals through the processor, in order; partials straight out.
         post = FinalsPipeline.start(self.state.processor, session.nursery, self.send, source.level)
 
-        async def emit(ev: TranscriptEvent) -> None:
+        async def emit(ev: TranscriptEvent, provider: str) -> None:
             meters.transcript(ev.is_final, ev.start, ev.end)
-            await post.send(_transcript(sid, name, provider_name, timeline, ev))
+            await post.send(_transcript(sid, name, provider, timeline, ev))
+
+        async def report(code: str, message: str) -> None:
+            await self.send_error(code, message, sid)
 
         source_var.set(name)
         meters = source.meters
@@ -518,7 +648,7 @@ class Connection:
             hooks=MetricsHooks(self.state.metrics, provider_name, name),
         )
         try:
-            await provider.stream(source.receive, emit, config)
+            await stream.run(source.receive, emit, config, report)
         except* ProviderError as group:
             source.failed = True
             for err in _leaves(group):

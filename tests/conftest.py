@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 import trio
-from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from speakflow.app import create_app
+from speakflow.cli import hypercorn_config
 from speakflow.config import Settings, load_settings
 
 from .client import TestClient
@@ -46,10 +46,7 @@ async def running_server(settings: Settings | None = None, **overrides: Any) -> 
     """Start the real app under Hypercorn's trio worker on 127.0.0.1:<free port>."""
     settings = settings or make_settings(**overrides)
     app = create_app(settings)
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.worker_class = "trio"
-    config.accesslog = None
+    config = hypercorn_config(settings, "127.0.0.1", 0)  # as `speakflow serve` configures it
     config.graceful_timeout = 1
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:

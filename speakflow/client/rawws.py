@@ -24,6 +24,7 @@ pings are answered.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import struct
 import zlib
@@ -132,44 +133,45 @@ class RawWebSocket:
         self._parts: list[bytes] = []
         self._part_op = 0
         self._part_compressed = False
+        self._send_lock = trio.Lock()
         self._closed = False
         self.close_code: int | None = None
         self.close_reason = ""
 
     @classmethod
-    async def connect(cls, url: str, headers: list[tuple[str, str]], *, deflate: bool,
-                      timeout: float = 10.0) -> RawWebSocket:
+    async def connect(cls, url: str, headers: list[tuple[str, str]], *,
+                      deflate: bool) -> RawWebSocket:
+        """Open and upgrade a connection (callers bound the time with ``trio.fail_after``)."""
         host, port, resource, tls = split_url(url)
         if tls:
             raise HandshakeFailed("the load generator speaks ws:// only")
-        with trio.fail_after(timeout):
-            stream = await trio.open_tcp_stream(host, port)
-            try:
-                key = base64.b64encode(os.urandom(16)).decode()
-                lines = [
-                    f"GET {resource} HTTP/1.1",
-                    f"Host: {host}:{port}",
-                    "Upgrade: websocket",
-                    "Connection: Upgrade",
-                    f"Sec-WebSocket-Key: {key}",
-                    "Sec-WebSocket-Version: 13",
-                ]
-                if deflate:
-                    lines.append("Sec-WebSocket-Extensions: permessage-deflate; "
-                                 "client_max_window_bits")
-                lines += [f"{k}: {v}" for k, v in headers]
-                await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
-                response = bytearray()
-                while b"\r\n\r\n" not in response:
-                    data = await stream.receive_some(4096)
-                    if not data:
-                        raise HandshakeFailed("connection closed during the handshake")
-                    response += data
-                    if len(response) > 65536:
-                        raise HandshakeFailed("handshake response too large")
-            except BaseException:
-                await trio.aclose_forcefully(stream)
-                raise
+        stream = await trio.open_tcp_stream(host, port)
+        try:
+            key = base64.b64encode(os.urandom(16)).decode()
+            lines = [
+                f"GET {resource} HTTP/1.1",
+                f"Host: {host}:{port}",
+                "Upgrade: websocket",
+                "Connection: Upgrade",
+                f"Sec-WebSocket-Key: {key}",
+                "Sec-WebSocket-Version: 13",
+            ]
+            if deflate:
+                lines.append("Sec-WebSocket-Extensions: permessage-deflate; "
+                             "client_max_window_bits")
+            lines += [f"{k}: {v}" for k, v in headers]
+            await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
+            response = bytearray()
+            while b"\r\n\r\n" not in response:
+                data = await stream.receive_some(4096)
+                if not data:
+                    raise HandshakeFailed("connection closed during the handshake")
+                response += data
+                if len(response) > 65536:
+                    raise HandshakeFailed("handshake response too large")
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
         head, _, rest = bytes(response).partition(b"\r\n\r\n")
         status, *header_lines = head.decode("latin-1").split("\r\n")
         if " 101 " not in f"{status} ":
@@ -196,14 +198,13 @@ class RawWebSocket:
         return cls(stream, negotiated, bits, reset, rest)
 
     async def send(self, data: bytes) -> None:
-        await self.stream.send_all(data)
+        async with self._send_lock:  # the reader answers pings on the same socket
+            await self.stream.send_all(data)
 
     async def close(self, code: int = 1000) -> None:
-        with trio.move_on_after(1):
-            try:
-                await self.stream.send_all(frame_header(OP_CLOSE, 2) + struct.pack("!H", code))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+        with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError,
+                                                          trio.ClosedResourceError):
+            await self.send(frame_header(OP_CLOSE, 2) + struct.pack("!H", code))
         await trio.aclose_forcefully(self.stream)
 
     async def messages(self) -> list[bytes | str] | None:
@@ -258,7 +259,7 @@ class RawWebSocket:
             op = b0 & 0x0F
             if op >= 0x8:
                 if op == OP_PING:
-                    await self.stream.send_all(frame_header(OP_PONG, len(payload)) + payload)
+                    await self.send(frame_header(OP_PONG, len(payload)) + payload)
                 elif op == OP_CLOSE:
                     if len(payload) >= 2:
                         self.close_code = struct.unpack_from("!H", payload)[0]

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import trio
+import trio.lowlevel
 from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, WebSocketConnection
 
 from .wav import TARGET_RATE, load_wav
@@ -200,7 +201,9 @@ class StreamClient:
             rejected = _leaf(group)
             assert isinstance(rejected, ConnectionRejected)
             body = (rejected.body or b"").decode(errors="replace").strip()[:200]
-            hint = " (is the URL's path /v1/stt/stream?)" if rejected.status_code in (403, 404) else ""
+            hint = ""
+            if rejected.status_code in (403, 404):
+                hint = " (is the URL's path /v1/stt/stream?)"
             raise StreamFailed(
                 f"server refused the WebSocket handshake: HTTP {rejected.status_code}"
                 + (f" {body}" if body else "") + hint
@@ -224,7 +227,9 @@ class StreamClient:
                 "session_id": self.session_id,
                 "user_id": self.opts.user_id,
                 "sources": list(self.sources),
-                "audio_config": {"sample_rate": TARGET_RATE, "channels": 1, "encoding": "pcm16le"},
+                "audio_config": {
+                    "sample_rate": TARGET_RATE, "channels": 1, "encoding": "pcm16le",
+                },
                 **({"language": self.opts.language} if self.opts.language else {}),
             }))
             with trio.move_on_after(self.opts.start_timeout) as scope:
@@ -232,7 +237,9 @@ class StreamClient:
             if scope.cancelled_caught:
                 raise StreamFailed(f"no session_started within {self.opts.start_timeout:g} s")
             await self._send_audio(ws)
-            await ws.send_message(json.dumps({"type": "stop_session", "session_id": self.session_id}))
+            await ws.send_message(
+                json.dumps({"type": "stop_session", "session_id": self.session_id})
+            )
             with trio.move_on_after(self.opts.stop_timeout) as scope:
                 await self.ended.wait()
             if scope.cancelled_caught:
@@ -249,7 +256,7 @@ class StreamClient:
             if period:
                 await trio.sleep_until(self.t_start + k * period)
             else:
-                await trio.sleep(0)  # let the receiver print what arrived
+                await trio.lowlevel.checkpoint()  # let the receiver print what arrived
             for src in self.sources.values():
                 if k >= len(src.chunks):
                     continue
@@ -295,7 +302,9 @@ class StreamClient:
     def _transcript(self, msg: dict[str, Any], now: float) -> None:
         src = self.sources.get(msg.get("source", ""))
         if src is None:
-            self.display.note(f"speakflow stream: transcript for unknown source {msg.get('source')}")
+            self.display.note(
+                f"speakflow stream: transcript for unknown source {msg.get('source')}"
+            )
             return
         if msg.get("is_final"):
             src.finals.append(msg)

@@ -141,6 +141,8 @@ def remove_fillers(text: str, fillers: Sequence[tuple[str, ...]]) -> str:
 def _upper_first_letter(token: str) -> str:
     for j, ch in enumerate(token):
         if ch.isalpha():
+            if any(c.isupper() for c in token[j + 1 :]):
+                return token  # a name cased on purpose: "iPhone", "eBay"
             return token[:j] + ch.upper() + token[j + 1 :]
         if ch.isdigit():
             return token

@@ -71,6 +71,9 @@ class StreamHooks:
     def vendor_connected(self, seconds: float, *, reconnect: bool = False) -> None:
         """A vendor connection opened after ``seconds``."""
 
+    def vendor_message(self) -> None:
+        """Any message arrived from the vendor (feeds the stall watchdog)."""
+
     def vendor_error(self, code: str) -> None:
         """A vendor connection failed; ``code`` is the client-facing error code."""
 

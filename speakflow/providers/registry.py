@@ -40,11 +40,23 @@ class ProviderSpec:
         return factory(settings)
 
 
+def _check_deepgram(settings: Settings) -> None:
+    from .deepgram import check_settings
+
+    check_settings(settings)
+
+
 PROVIDERS: dict[str, ProviderSpec] = {
     spec.name: spec
     for spec in (
         ProviderSpec(
             "whisper_local", "speakflow.providers.whisper_local.provider:WhisperLocalBackend"
+        ),
+        ProviderSpec(
+            "deepgram",
+            "speakflow.providers.deepgram.client:DeepgramBackend",
+            required=("DEEPGRAM_API_KEY",),
+            extra_check=_check_deepgram,
         ),
     )
 }

@@ -2,17 +2,17 @@
 
 Serves ``POST /v1/chat/completions`` (non-streaming) under Hypercorn's trio
 worker, as much of it as LangChain's ``ChatOpenAI`` uses. By default it
-"punctuates" the last user message (capital first letter, final period), so
-a test can tell processed text from raw. Scripted replies are taken first by
-exact user text (:attr:`OpenAIStub.by_text`), then in order from
-:attr:`OpenAIStub.queue`.
+"punctuates" the last user message (capital first letter, final period;
+:attr:`OpenAIStub.transform`), so a test can tell processed text from raw.
+Scripted replies are taken first by exact user text
+(:attr:`OpenAIStub.by_text`), then in order from :attr:`OpenAIStub.queue`.
 """
 
 from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -39,7 +39,7 @@ def punctuate(text: str) -> str:
 class Reply:
     delay: float = 0.0
     status: int = 200
-    #: The assistant message; ``None``: :func:`punctuate` the user's text.
+    #: The assistant message; ``None``: the stub's ``transform`` of the user's text.
     content: str | None = None
 
 
@@ -48,6 +48,8 @@ class OpenAIStub:
     url: str = ""
     queue: deque[Reply] = field(default_factory=deque)
     by_text: dict[str, Reply] = field(default_factory=dict)
+    #: The reply to a user text when the script gives none.
+    transform: Callable[[str], str] = punctuate
     #: (headers, JSON body) of each request, in arrival order.
     requests: list[tuple[dict[str, str], dict[str, Any]]] = field(default_factory=list)
 
@@ -69,7 +71,7 @@ class OpenAIStub:
                 {"error": {"message": "scripted failure", "type": "server_error"}},
                 status_code=reply.status,
             )
-        content = punctuate(text) if reply.content is None else reply.content
+        content = self.transform(text) if reply.content is None else reply.content
         return JSONResponse(
             {
                 "id": f"chatcmpl-{len(self.requests)}",

@@ -18,6 +18,7 @@ from speakflow.postprocess.basic import (
     parse_filler_words,
     remove_fillers,
 )
+
 from ..conftest import make_settings
 
 SILENT = -70.0  # dBFS: room tone at most
@@ -55,7 +56,7 @@ def test_whitespace(raw: str, expected: str) -> None:
         ('"quoted." next', '"Quoted." Next'),
         ("¿qué pasa? nada", "¿Qué pasa? Nada"),
         ("3 apples", "3 apples"),
-        ("iPhone sales", "IPhone sales"),
+        ("iPhone sales", "iPhone sales"),
         ("Already Capital", "Already Capital"),
     ],
 )

@@ -173,7 +173,7 @@ async def test_run_processor_never_raises() -> None:
     assert proc.seen == ["boom!", "ok"]
 
 
-@pytest.mark.parametrize("timeout", [None, math.inf])
-async def test_unbounded_processor(timeout: float | None) -> None:
-    proc = ScriptedProcessor({"x": 0.01}, timeout=timeout)
+@pytest.mark.parametrize("limit", [None, math.inf])
+async def test_unbounded_processor(limit: float | None) -> None:
+    proc = ScriptedProcessor({"x": 0.01}, timeout=limit)
     assert await run_processor(proc, "x") == Processed("X")

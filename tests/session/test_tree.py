@@ -25,8 +25,13 @@ async def test_concurrent_sessions_have_separate_provider_instances(server) -> N
             await b.start("sb", sources=["microphone"], user="bob")
             await a.expect("session_started")
             await b.expect("session_started")
-            await wait_until(lambda: len(state.streams) == 3)
-            instances = {id(p) for p in state.streams.values()}
+            await wait_until(
+                lambda: (
+                    len(state.streams) == 3
+                    and all(s.provider is not None for s in state.streams.values())
+                )
+            )
+            instances = {id(s.provider) for s in state.streams.values()}
             assert len(instances) == 3
             assert set(state.streams) == {
                 ("sa", "microphone"),

@@ -1,0 +1,28 @@
+"""Vendor emulators: each vendor's real streaming wire, served on loopback.
+
+The cloud vendors can't be reached offline (nor from CI), so each one gets an
+emulator that speaks its wire protocol: auth check, query validation, message
+shapes, close codes, idle timeouts. Users develop clients against them and
+our tests use them. What every vendor shares lives here:
+
+=============  ==============================================================
+``server``     the trio-websocket server runner, the connection log, the
+               outbox (slow/stall) and the TCP cut
+``faults``     ``--fault`` parsing and per-connection bookkeeping
+``engines``    ``whisper`` (real text from the local model) and ``echo``
+``cli``        ``speakflow emulate <vendor>``
+=============  ==============================================================
+
+A vendor is one module implementing :class:`~speakflow.emulation.server.Vendor`
+and one entry in :data:`EMULATORS`.
+"""
+
+from __future__ import annotations
+
+#: ``--engine`` choices (``speakflow.emulation.engines``)
+ENGINES = ("whisper", "echo")
+
+#: vendor name -> "module:factory"; the factory takes (engine, api_key=, idle_timeout=).
+EMULATORS: dict[str, str] = {
+    "deepgram": "speakflow.emulation.deepgram:DeepgramEmulator",
+}

@@ -1,0 +1,152 @@
+"""``speakflow emulate <vendor>``: run a vendor emulator on loopback."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from . import EMULATORS, ENGINES
+from .faults import KINDS, Faults, FaultSpecError
+
+if TYPE_CHECKING:
+    from .engines import Engine
+    from .server import EmulatorServer, Vendor
+
+log = logging.getLogger("speakflow.emulation")
+
+
+def _fault(text: str) -> str:
+    try:
+        Faults().with_spec(text)
+    except FaultSpecError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "emulate",
+        help="run a vendor emulator (its real streaming wire protocol) on this machine",
+        description="Serve a speech vendor's streaming API on loopback, speaking its real "
+        "wire protocol, so clients can be developed and tested offline. Each connection is "
+        "logged (query, bytes received, close code).",
+    )
+    parser.add_argument("vendor", choices=sorted(EMULATORS), help="which vendor to emulate")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free)")
+    parser.add_argument(
+        "--api-key", default=None, help="the key clients must present (default: test-key)"
+    )
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="whisper",
+        help="whisper: transcribe with the local Whisper model (default); echo: no model, "
+        "each audio frame answers one final with the hex of its first 8 bytes",
+    )
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        type=_fault,
+        metavar="SPEC",
+        help="inject a fault (repeatable): " + ", ".join(KINDS) + "; e.g. drop-after=5, "
+        "refuse=2, stall-after=3, error-after=4, slow=200",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="S",
+        help="close a connection that received nothing for S seconds (default 10, as the vendor)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default), WARNING")
+    parser.set_defaults(func=_cmd_emulate)
+
+
+def build_engine(name: str) -> Engine:
+    """The engine by name; ``whisper`` reads WHISPER_* like the server does."""
+    from .engines import create_engine
+
+    if name != "whisper":
+        return create_engine(name)
+    env = os.environ
+    return create_engine(
+        "whisper",
+        model=env.get("WHISPER_MODEL", ""),
+        device=env.get("WHISPER_DEVICE", "cpu") or "cpu",
+        compute_type=env.get("WHISPER_COMPUTE_TYPE", "int8") or "int8",
+        cpu_threads=int(env.get("WHISPER_CPU_THREADS", "0") or 0),
+        vad_threshold=float(env.get("WHISPER_VAD_THRESHOLD", "0.5") or 0.5),
+    )
+
+
+def build_vendor(
+    vendor: str, engine: Engine, *, api_key: str | None = None, idle_timeout: float = 10.0
+) -> Vendor:
+    module_name, _, attr = EMULATORS[vendor].partition(":")
+    factory = getattr(importlib.import_module(module_name), attr)
+    kwargs: dict[str, Any] = {"idle_timeout": idle_timeout}
+    if api_key is not None:
+        kwargs["api_key"] = api_key
+    emulator: Vendor = factory(engine, **kwargs)
+    return emulator
+
+
+async def _run(server: EmulatorServer, host: str, port: int, note: str) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve, host, port)
+        faults = server.faults.describe()
+        print(
+            f"{server.vendor.name} emulator listening on {server.url}"
+            f" ({note}"
+            f"{', faults ' + ' '.join(faults) if faults else ''})",
+            flush=True,
+        )
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                break
+        nursery.cancel_scope.cancel()
+
+
+def _cmd_emulate(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    faults = Faults.parse(args.fault)
+    try:
+        engine = build_engine(args.engine)
+    except Exception as err:  # a missing or broken model: one line, not a trace
+        print(f"speakflow emulate: cannot load the {args.engine} engine: {err}", file=sys.stderr)
+        return 2
+    from .server import EmulatorServer
+
+    vendor = build_vendor(args.vendor, engine, api_key=args.api_key, idle_timeout=args.idle_timeout)
+    server = EmulatorServer(vendor, faults)
+    note = f"engine {engine.name}" + (", api key test-key" if args.api_key is None else "")
+    try:
+        trio.run(_run, server, args.host, args.port, note)
+    except KeyboardInterrupt:
+        pass
+    except OSError as err:
+        print(
+            f"speakflow emulate: cannot listen on {args.host}:{args.port}: {err}", file=sys.stderr
+        )
+        return 2
+    return 0

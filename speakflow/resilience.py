@@ -1,0 +1,449 @@
+"""Keeping one source's transcript alive across vendor failures.
+
+:class:`ResilientStream` sits between a source's audio channel and a provider.
+It owns what must outlive any one vendor connection:
+
+* a **replay buffer** of the audio the vendor has not yet turned into a final
+  (frames after the last final's end; leading silence is not kept), replayed
+  to every new connection so nothing said is lost;
+* the **last final's end** on the source timeline, so a final the new
+  connection produces again for replayed audio is dropped, never sent twice;
+* the **retry budget**: exponential backoff with jitter between connects
+  (tenacity computes the waits), reset after a healthy period; when spent,
+  the client hears ``provider_unavailable`` once and retries go on at the
+  capped interval, or the stream fails over to the next provider of
+  SPEECH_FALLBACK_PROVIDERS;
+* a **stall watchdog**: a connection that takes speech but sends nothing back
+  for PROVIDER_RESPONSE_TIMEOUT is treated as dead.
+
+Providers stay simple: one connection per ``stream()`` call, times mapped from
+the offset of the first frame they receive, a typed error when it breaks.
+Because replayed frames keep their original offsets, timestamps after a
+reconnect land on the same source timeline without any extra bookkeeping.
+
+Only this source is touched: the other source and other sessions run in
+their own tasks and never see a reconnect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tenacity
+import trio
+
+from .errors import ProviderError, ProviderRejected, ProviderUnavailable
+from .observability.logs import event, provider_var
+from .providers.base import (
+    SAMPLE_RATE,
+    AudioFrame,
+    ProviderBackend,
+    StreamConfig,
+    SpeechProvider,
+    StreamHooks,
+    TranscriptEvent,
+)
+
+log = logging.getLogger(__name__)
+
+#: RMS (of int16 samples) under which a frame counts as silence for buffering
+#: and for the stall watchdog: about -50 dBFS.
+SILENCE_RMS = 100.0
+#: Silence kept before speech in the replay buffer, so a vendor hears the onset.
+PREROLL_S = 1.0
+#: A final whose end is within this of the last final's end is a repeat.
+DUPLICATE_EPSILON_S = 0.05
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff between vendor connects, and when to give up telling the client nothing."""
+
+    initial_s: float = 0.5
+    max_s: float = 10.0
+    #: failed connects in a row before the client is told (and failover happens)
+    attempts: int = 5
+    #: a connection that stayed up this long resets the budget
+    healthy_s: float = 60.0
+    #: how long a fallback serves before the primary is tried again
+    primary_retry_s: float = 300.0
+
+    def waits(self) -> Callable[[int], float]:
+        """Seconds to wait before attempt ``n`` (1-based): tenacity's exponential jitter."""
+        strategy = tenacity.wait_exponential_jitter(
+            multiplier=self.initial_s, max=self.max_s, jitter=self.initial_s
+        )
+
+        def wait(n: int) -> float:
+            state = tenacity.RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+            state.attempt_number = n
+            return float(strategy(state))
+
+        return wait
+
+
+def frame_rms(pcm: bytes) -> float:
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
+    return float(np.sqrt(np.mean(samples * samples))) if len(samples) else 0.0
+
+
+class ReplayBuffer:
+    """Audio not yet covered by a final: bounded, trimmed as finals arrive.
+
+    Leading silence beyond PREROLL_S is dropped as it ages (a vendor that lost
+    it lost nothing said). Past ``max_seconds`` the oldest frames go and are
+    counted in ``dropped_seconds``.
+    """
+
+    def __init__(self, max_seconds: float) -> None:
+        self.max_samples = int(max_seconds * SAMPLE_RATE)
+        self.frames: deque[tuple[AudioFrame, bool]] = deque()  # (frame, loud)
+        self.samples = 0
+        self.dropped_seconds = 0.0
+
+    def append(self, frame: AudioFrame, loud: bool) -> None:
+        self.frames.append((frame, loud))
+        self.samples += frame.samples
+        while self.samples > self.max_samples and self.frames:
+            old, _ = self.frames.popleft()
+            self.samples -= old.samples
+            self.dropped_seconds += old.samples / SAMPLE_RATE
+        self._trim_silence()
+
+    def finalized(self, until_sample: int) -> None:
+        """A final covers audio up to ``until_sample``: older frames are done."""
+        while self.frames and self.frames[0][0].end <= until_sample:
+            old, _ = self.frames.popleft()
+            self.samples -= old.samples
+        self._trim_silence()
+
+    def _trim_silence(self) -> None:
+        # Drop leading quiet frames, keeping PREROLL_S before the first loud one.
+        keep = int(PREROLL_S * SAMPLE_RATE)
+        quiet = 0
+        for frame, loud in self.frames:
+            if loud:
+                break
+            quiet += frame.samples
+        while self.frames and not self.frames[0][1] and quiet - self.frames[0][0].samples >= keep:
+            old, _ = self.frames.popleft()
+            self.samples -= old.samples
+            quiet -= old.samples
+
+    def snapshot(self, from_sample: int = 0) -> list[AudioFrame]:
+        """Frames to replay, the first cut so replay starts exactly at ``from_sample``."""
+        out = [f for f, _ in self.frames]
+        if out and out[0].offset < from_sample < out[0].end:
+            first = out[0]
+            cut = (from_sample - first.offset) * 2
+            out[0] = AudioFrame(first.pcm[cut:], from_sample)
+        return out
+
+    @property
+    def seconds(self) -> float:
+        return self.samples / SAMPLE_RATE
+
+
+class _Stalled(Exception):
+    pass
+
+
+EmitFrom = Callable[[TranscriptEvent, str], Awaitable[None]]
+ErrorSink = Callable[[str, str], Awaitable[None]]
+BackendFor = Callable[[str], Awaitable[ProviderBackend]]
+
+
+class ResilientStream:
+    """Runs one source's audio through a chain of providers until the audio ends."""
+
+    def __init__(
+        self,
+        providers: Sequence[str],
+        backend_for: BackendFor,
+        *,
+        policy: RetryPolicy,
+        response_timeout: float,
+        replay_seconds: float,
+        queue_chunks: int,
+    ) -> None:
+        self.providers = list(providers)
+        self._backend_for = backend_for
+        self.policy = policy
+        self.response_timeout = response_timeout
+        self.buffer = ReplayBuffer(replay_seconds)
+        self.queue_chunks = queue_chunks
+        self.last_final_end = -math.inf
+        self.current = self.providers[0]
+        #: the provider instance of the current (or last) connection
+        self.provider: SpeechProvider | None = None
+        self.reconnects = 0
+        self.failovers = 0
+        self._inner: trio.MemorySendChannel[AudioFrame] | None = None
+        self._audio_done = False
+        self._last_loud = -math.inf
+        self._last_vendor = -math.inf
+        self._reported_drop = 0.0
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            "provider": self.current,
+            "reconnects": self.reconnects,
+            "failovers": self.failovers,
+            "buffered_s": round(self.buffer.seconds, 3),
+            "dropped_s": round(self.buffer.dropped_seconds, 3),
+        }
+
+    async def run(
+        self,
+        audio: trio.MemoryReceiveChannel[AudioFrame],
+        emit: EmitFrom,
+        config: StreamConfig,
+        report: ErrorSink,
+    ) -> None:
+        """Return when the audio channel is closed and the last finals are out."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, audio, report, config)
+            await self._connections(emit, config, report)
+            nursery.cancel_scope.cancel()
+
+    # ------------------------------------------------------------------ audio in
+
+    async def _pump(
+        self,
+        audio: trio.MemoryReceiveChannel[AudioFrame],
+        report: ErrorSink,
+        config: StreamConfig,
+    ) -> None:
+        async with audio:
+            async for frame in audio:
+                loud = frame_rms(frame.pcm) >= SILENCE_RMS
+                if loud:
+                    self._last_loud = trio.current_time()
+                self.buffer.append(frame, loud)
+                inner = self._inner  # read before any await: a reconnect replays this frame
+                if inner is not None:
+                    # A dead connection's channel refuses: the frame is in the replay buffer.
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await inner.send(frame)
+                if self.buffer.dropped_seconds > self._reported_drop:
+                    lost = self.buffer.dropped_seconds - self._reported_drop
+                    self._reported_drop = self.buffer.dropped_seconds
+                    config.hooks.audio_dropped(lost)
+                    await report(
+                        "provider_unavailable",
+                        f"{self.current} has been unreachable too long: the oldest "
+                        f"{lost:.1f} s of buffered {config.source} audio were dropped",
+                    )
+        self._audio_done = True
+        if self._inner is not None:
+            self._inner.close()
+
+    def _open_inner(self) -> tuple[trio.MemoryReceiveChannel[AudioFrame], float]:
+        """A fresh channel for a new connection, pre-filled with the replay."""
+        start = int(self.last_final_end * SAMPLE_RATE) if self.last_final_end > 0 else 0
+        replay = self.buffer.snapshot(start)
+        send, recv = trio.open_memory_channel[AudioFrame](len(replay) + self.queue_chunks)
+        for frame in replay:
+            send.send_nowait(frame)
+        self._inner = send
+        if self._audio_done:
+            send.close()
+        return recv, sum(f.samples for f in replay) / SAMPLE_RATE
+
+    # ------------------------------------------------------------------ connections
+
+    async def _connections(self, emit: EmitFrom, config: StreamConfig, report: ErrorSink) -> None:
+        waits = self.policy.waits()
+        failures = 0
+        told = False
+        chain_index = 0
+        on_fallback_since: float | None = None
+        came_back_from: int | None = None  # fallback index while the primary is retried
+        while True:
+            name = self.providers[chain_index]
+            self.current = name
+            provider_var.set(name)
+            started = trio.current_time()
+            try:
+                finished = await self._attempt(
+                    name, emit, config, self.reconnects > 0, on_fallback_since
+                )
+                came_back_from = None
+            except ProviderRejected as err:
+                config.hooks.vendor_error(err.code)
+                event(log, "provider.rejected", str(err), logging.WARNING)
+                if chain_index + 1 < len(self.providers):
+                    chain_index += 1
+                    self.failovers += 1
+                    on_fallback_since = trio.current_time()
+                    failures = 0
+                    continue
+                await report(err.code, str(err))
+                return  # a permanent refusal: retrying the same request cannot help
+            except (ProviderUnavailable, _Stalled) as err:
+                config.hooks.vendor_error("provider_unavailable")
+                if came_back_from is not None:  # the primary is still down: back to the fallback
+                    chain_index, came_back_from = came_back_from, None
+                    on_fallback_since = trio.current_time()
+                    continue
+                healthy = trio.current_time() - started >= self.policy.healthy_s
+                failures = 1 if healthy else failures + 1
+                if healthy:
+                    told = False
+                self.reconnects += 1
+                event(
+                    log,
+                    "provider.lost",
+                    f"{name}: {err}",
+                    logging.WARNING,
+                    failures=failures,
+                    buffered_s=round(self.buffer.seconds, 2),
+                )
+                if failures >= self.policy.attempts:
+                    if chain_index + 1 < len(self.providers):
+                        chain_index += 1
+                        self.failovers += 1
+                        on_fallback_since = trio.current_time()
+                        failures = 0
+                        event(
+                            log,
+                            "provider.failover",
+                            f"failing over to {self.providers[chain_index]}",
+                        )
+                        continue
+                    if not told:
+                        told = True
+                        await report(
+                            "provider_unavailable",
+                            f"{name} is unreachable ({err}); still retrying, audio is buffered "
+                            f"(up to {self.buffer.max_samples / SAMPLE_RATE:.0f} s)",
+                        )
+                await trio.sleep(waits(min(failures, 30)))
+                continue
+            if finished == "primary":
+                came_back_from, chain_index = chain_index, 0
+                on_fallback_since = None
+                failures = 0
+                event(log, "provider.primary_retry", f"trying {self.providers[0]} again")
+                continue
+            return
+
+    async def _attempt(
+        self,
+        name: str,
+        emit: EmitFrom,
+        config: StreamConfig,
+        reconnect: bool,
+        on_fallback_since: float | None,
+    ) -> str:
+        """One connection. Returns "done" at end of audio, "primary" to go back to the primary."""
+        backend = await self._backend_for(name)
+        provider = self.provider = backend.create()
+        inner, replayed = self._open_inner()
+        if reconnect and replayed:
+            config.hooks.audio_replayed(replayed)
+        self._last_vendor = trio.current_time()
+        go_primary = False
+
+        async def wrapped(ev: TranscriptEvent) -> None:
+            nonlocal go_primary
+            self._last_vendor = trio.current_time()
+            if ev.end <= self.last_final_end + DUPLICATE_EPSILON_S:
+                return  # replayed audio produced it again
+            if ev.is_final:
+                self.last_final_end = ev.end
+                self.buffer.finalized(int(ev.end * SAMPLE_RATE))
+            await emit(ev, name)
+            if (
+                ev.is_final
+                and on_fallback_since is not None
+                and trio.current_time() - on_fallback_since >= self.policy.primary_retry_s
+            ):
+                go_primary = True
+                if self._inner is not None:
+                    self._inner.close()  # flush this fallback, then try the primary
+
+        config_for = StreamConfig(
+            session_id=config.session_id,
+            source=config.source,
+            language=config.language,
+            sample_rate=config.sample_rate,
+            extras=config.extras,
+            hooks=_AliveHooks(config.hooks, self, reconnect),
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watchdog, nursery.cancel_scope)
+                await provider.stream(inner, wrapped, config_for)
+                nursery.cancel_scope.cancel()
+        except* ProviderError as group:
+            raise _first(group) from None
+        finally:
+            self._inner = None
+        if self._stalled:
+            self._stalled = False
+            raise _Stalled(f"no response for {self.response_timeout:.0f} s while speech was sent")
+        if go_primary and not self._audio_done:
+            return "primary"
+        if not self._audio_done:
+            # The provider returned although audio goes on: its connection ended.
+            raise ProviderUnavailable(name, "connection ended before the audio did")
+        return "done"
+
+    _stalled = False
+
+    def heard_vendor(self) -> None:
+        self._last_vendor = trio.current_time()
+
+    async def _watchdog(self, scope: trio.CancelScope) -> None:
+        timeout = self.response_timeout
+        while True:
+            await trio.sleep(min(1.0, timeout / 4))
+            now = trio.current_time()
+            if (
+                now - self._last_vendor > timeout
+                and self._last_loud > self._last_vendor
+                and now - self._last_loud < timeout
+            ):
+                self._stalled = True
+                scope.cancel()
+                return
+
+
+class _AliveHooks(StreamHooks):
+    """Forwards a provider's hooks and notes when its vendor was last heard."""
+
+    def __init__(self, inner: StreamHooks, stream: ResilientStream, reconnect: bool) -> None:
+        self._inner = inner
+        self._stream = stream
+        self._reconnect = reconnect
+
+    def vendor_message(self) -> None:
+        self._stream.heard_vendor()
+
+    def vendor_connected(self, seconds: float, *, reconnect: bool = False) -> None:
+        self._stream.heard_vendor()
+        self._inner.vendor_connected(seconds, reconnect=reconnect or self._reconnect)
+
+    def vendor_error(self, code: str) -> None:
+        self._inner.vendor_error(code)
+
+    def audio_replayed(self, seconds: float) -> None:
+        self._inner.audio_replayed(seconds)
+
+    def audio_dropped(self, seconds: float) -> None:
+        self._inner.audio_dropped(seconds)
+
+
+def _first(group: BaseExceptionGroup[ProviderError]) -> ProviderError:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    assert isinstance(exc, ProviderError)
+    return exc

@@ -1,0 +1,32 @@
+"""``speakflow bench`` end to end: it starts the Deepgram echo emulator and a server itself."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import trio
+
+
+async def test_bench_five_sessions_loses_no_chunk():
+    with trio.fail_after(180):
+        proc = await trio.run_process(
+            [sys.executable, "-m", "speakflow", "bench", "--sessions", "5", "--duration", "5",
+             "--json"],
+            capture_stdout=True, capture_stderr=True, check=False,
+        )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["started_processes"] is True
+    assert report["sessions_held"] == 5
+    assert report["chunks_sent"] == 5 * 2 * 10  # 5 sessions, 2 sources, 10 chunks of 500 ms
+    assert report["chunks_echoed"] == report["chunks_sent"]
+    assert report["chunks_lost"] == 0
+    assert report["errors"] == {}
+    assert report["unexpected_echoes"] == 0 and report["misrouted_echoes"] == 0
+    assert report["rtt_ms"]["n"] > 0 and report["rtt_ms"]["max"] is not None
+    # resource figures are present (values depend on the machine: no thresholds)
+    server = report["server"]
+    assert server["pid"] and server["cpu_pct"] is not None and server["peak_rss_mb"] > 0
+    assert report["emulator"]["cpu_pct"] is not None
+    assert report["generator"]["cpu_pct"] is not None

@@ -1,0 +1,214 @@
+"""ResilientStream under scripted vendor failures, on Trio's mock clock.
+
+The scripted backend is an in-memory vendor: it "transcribes" each 500 ms
+frame as the frame's index (decoded from its samples), emitting one final per
+frame, and fails on a script. That makes loss, duplication and timeline
+errors visible exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import trio
+
+from speakflow.errors import ProviderRejected, ProviderUnavailable
+from speakflow.providers.base import AudioFrame, StreamConfig, TranscriptEvent
+from speakflow.resilience import ReplayBuffer, ResilientStream, RetryPolicy
+
+SR = 16000
+FRAME = 8000  # samples: 500 ms
+
+
+def frame(i: int, loud: bool = True) -> AudioFrame:
+    value = 1000 + i if loud else 0
+    return AudioFrame(np.full(FRAME, value, dtype="<i2").tobytes(), i * FRAME)
+
+
+def index_of(f: AudioFrame) -> int:
+    return int(np.frombuffer(f.pcm[:2], dtype="<i2")[0]) - 1000
+
+
+class ScriptedBackend:
+    """Each connection dies after ``fail_after[k]`` frames (None: never)."""
+
+    def __init__(
+        self, name: str, fail_after: list[int | None], *, stall: bool = False, reject: bool = False
+    ) -> None:
+        self.name = name
+        self.fail_after = list(fail_after)
+        self.stall = stall
+        self.reject = reject
+        self.connections: list[list[int]] = []  # frame indexes each connection received
+
+    async def start(self) -> None:
+        pass
+
+    def status(self) -> dict[str, object]:
+        return {}
+
+    def create(self) -> ScriptedProvider:
+        return ScriptedProvider(self)
+
+
+class ScriptedProvider:
+    def __init__(self, backend: ScriptedBackend) -> None:
+        self.b = backend
+        self.name = backend.name
+
+    async def stream(self, audio, emit, config: StreamConfig) -> None:
+        b = self.b
+        if b.reject:
+            raise ProviderRejected(b.name, "bad key")
+        limit = b.fail_after.pop(0) if b.fail_after else None
+        if limit == 0:
+            raise ProviderUnavailable(b.name, "connect refused")
+        got: list[int] = []
+        b.connections.append(got)
+        async for f in audio:
+            if limit is not None and len(got) >= limit:
+                raise ProviderUnavailable(b.name, "connection lost")
+            got.append(index_of(f) if f.offset % FRAME == 0 else -1)
+            if b.stall:
+                continue  # takes the audio, says nothing back
+            config.hooks.vendor_message()
+            if f.offset % FRAME == 0:
+                await emit(TranscriptEvent(f"w{index_of(f)}", True, f.offset / SR, f.end / SR))
+
+
+async def run_stream(
+    backends: dict[str, ScriptedBackend],
+    frames: list[AudioFrame],
+    *,
+    policy: RetryPolicy | None = None,
+    response_timeout: float = 30.0,
+    pace: float = 0.5,
+):
+    out: list[tuple[str, TranscriptEvent]] = []
+    errors: list[tuple[str, str]] = []
+
+    async def backend_for(name: str) -> ScriptedBackend:
+        return backends[name]
+
+    stream = ResilientStream(
+        list(backends),
+        backend_for,
+        policy=policy or RetryPolicy(),
+        response_timeout=response_timeout,
+        replay_seconds=60,
+        queue_chunks=16,
+    )
+
+    async def emit(ev: TranscriptEvent, provider: str) -> None:
+        out.append((provider, ev))
+
+    async def report(code: str, message: str) -> None:
+        errors.append((code, message))
+
+    send, recv = trio.open_memory_channel[AudioFrame](100)
+    config = StreamConfig("s", "microphone", "en")
+    async with trio.open_nursery() as n:
+        n.start_soon(stream.run, recv, emit, config, report)
+        async with send:
+            for f in frames:
+                try:
+                    await send.send(f)
+                except trio.BrokenResourceError:  # the stream gave up (as a session sees it)
+                    break
+                await trio.sleep(pace)
+    return stream, out, errors
+
+
+def texts(out) -> list[str]:
+    return [ev.text for _, ev in out if ev.is_final]
+
+
+async def test_reconnect_replays_and_never_duplicates(autojump_clock) -> None:
+    vendor = ScriptedBackend("v", [5, None])
+    stream, out, errors = await run_stream({"v": vendor}, [frame(i) for i in range(12)])
+    assert texts(out) == [f"w{i}" for i in range(12)]  # nothing lost, nothing twice
+    assert errors == []
+    assert stream.reconnects == 1
+    assert vendor.connections[0] == [0, 1, 2, 3, 4]
+    # the new connection starts right after the last final, on the same timeline
+    assert vendor.connections[1][0] == 5
+    starts = [ev.start for _, ev in out]
+    assert starts == [i * 0.5 for i in range(12)]
+
+
+async def test_budget_spent_tells_client_once_and_keeps_retrying(autojump_clock) -> None:
+    vendor = ScriptedBackend("v", [3, 0, 0, 0, 0, 0, 0, 0, None])
+    policy = RetryPolicy(initial_s=0.5, max_s=2.0, attempts=3)
+    stream, out, errors = await run_stream(
+        {"v": vendor}, [frame(i) for i in range(40)], policy=policy
+    )
+    assert [code for code, _ in errors] == ["provider_unavailable"]
+    assert texts(out) == [f"w{i}" for i in range(40)]  # the buffer covered the outage
+
+
+async def test_failover_to_next_provider(autojump_clock) -> None:
+    primary = ScriptedBackend("primary", [2] + [0] * 50)
+    fallback = ScriptedBackend("fallback", [None])
+    policy = RetryPolicy(initial_s=0.1, max_s=0.5, attempts=3, primary_retry_s=1000)
+    stream, out, errors = await run_stream(
+        {"primary": primary, "fallback": fallback}, [frame(i) for i in range(10)], policy=policy
+    )
+    assert texts(out) == [f"w{i}" for i in range(10)]
+    assert [p for p, _ in out][:2] == ["primary", "primary"]
+    assert {p for p, _ in out[2:]} == {"fallback"}
+    assert errors == [] and stream.failovers == 1
+
+
+async def test_primary_is_tried_again_after_a_while(autojump_clock) -> None:
+    primary = ScriptedBackend("primary", [2, 0, 0, None])
+    fallback = ScriptedBackend("fallback", [None, None])
+    policy = RetryPolicy(initial_s=0.1, max_s=0.2, attempts=3, primary_retry_s=2.0)
+    _, out, _ = await run_stream(
+        {"primary": primary, "fallback": fallback}, [frame(i) for i in range(20)], policy=policy
+    )
+    providers = [p for p, _ in out]
+    assert texts(out) == [f"w{i}" for i in range(20)]
+    assert "fallback" in providers and providers[-1] == "primary"
+
+
+async def test_rejection_is_reported_not_retried(autojump_clock) -> None:
+    vendor = ScriptedBackend("v", [], reject=True)
+    stream, out, errors = await run_stream({"v": vendor}, [frame(i) for i in range(3)])
+    assert [c for c, _ in errors] == ["provider_error"]
+    assert out == [] and stream.reconnects == 0
+
+
+async def test_stall_watchdog_reconnects(autojump_clock) -> None:
+    vendor = ScriptedBackend("v", [None, None], stall=True)
+    stream, _, _ = await run_stream(
+        {"v": vendor}, [frame(i) for i in range(30)], response_timeout=3.0
+    )
+    assert stream.reconnects >= 1
+    assert len(vendor.connections) >= 2
+
+
+async def test_silence_does_not_trip_the_watchdog(autojump_clock) -> None:
+    vendor = ScriptedBackend("v", [None], stall=True)
+    stream, _, _ = await run_stream(
+        {"v": vendor}, [frame(i, loud=False) for i in range(30)], response_timeout=3.0
+    )
+    assert stream.reconnects == 0
+
+
+def test_replay_buffer_trims_finalized_audio_and_old_silence() -> None:
+    buf = ReplayBuffer(max_seconds=10)
+    for i in range(6):
+        buf.append(frame(i, loud=False), loud=False)
+    assert buf.seconds == pytest.approx(1.0)  # only the pre-roll of silence is kept
+    for i in range(6, 10):
+        buf.append(frame(i), loud=True)
+    buf.finalized(int(4.2 * SR))
+    snap = buf.snapshot(int(4.2 * SR))
+    assert snap[0].offset == int(4.2 * SR) and snap[-1].end == 10 * FRAME
+
+
+def test_replay_buffer_bound_counts_what_it_drops() -> None:
+    buf = ReplayBuffer(max_seconds=2)
+    for i in range(10):
+        buf.append(frame(i), loud=True)
+    assert buf.seconds == 2.0 and buf.dropped_seconds == 3.0
