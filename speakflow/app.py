@@ -75,10 +75,12 @@ def create_app(settings: Settings) -> Starlette:
     state.metrics.add_state_collector(state.gauges)
 
     async def health(request: Request) -> JSONResponse:
+        state.purge_expired()
         backend = state.backends.get(settings.SPEECH_PROVIDER)
         body = {
             "status": "ok",
-            "active_sessions": len(state.sessions),
+            "active_sessions": state.attached_sessions,
+            "resumable_sessions": len(state.sessions) - state.attached_sessions,
             "active_streams": len(state.streams),
             "connections": state.connections,
             "provider": settings.SPEECH_PROVIDER,
@@ -103,7 +105,7 @@ def create_app(settings: Settings) -> Starlette:
             # jwt mode: a browser sends its token as the subprotocol bearer.<jwt> (auth.py)
             user_id = browser_user_id(ws.query_params, subprotocols)
             if user_id is not None:
-                headers = {"x-user-id": user_id}
+                headers = {**dict(headers.items()), "x-user-id": user_id}
         return authenticator.authenticate(headers, subprotocols)
 
     async def stream(ws: WebSocket) -> None:
@@ -116,7 +118,10 @@ def create_app(settings: Settings) -> Starlette:
                 who.detail,
                 extra={
                     "event": "connection.refused",
-                    "fields": {"reason": who.reason, "client": ws.client.host if ws.client else None},
+                    "fields": {
+                        "reason": who.reason,
+                        "client": ws.client.host if ws.client else None,
+                    },
                 },
             )
             await ws.close(code=1008, reason=who.reason)

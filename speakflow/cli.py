@@ -56,7 +56,7 @@ def read_hypercorn_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"--config: {path!r}: unknown Hypercorn setting {', '.join(unknown)}")
     if data.get("worker_class", "trio") != "trio":
         raise ConfigError(
-            f"--config: worker_class must be \"trio\" (got {data['worker_class']!r}): "
+            f'--config: worker_class must be "trio" (got {data["worker_class"]!r}): '
             "speakflow runs on Trio"
         )
     if data.get("workers", 1) != 1:
@@ -86,6 +86,9 @@ def hypercorn_config(
     """
     from hypercorn.config import Config
 
+    from ._hypercorn import install_ws_overflow_fix
+
+    install_ws_overflow_fix()  # an oversize message must be a 1009, never a server crash
     given = read_hypercorn_file(config_file) if config_file else {}
     config = Config.from_toml(config_file) if config_file else Config()
     config.worker_class = "trio"

@@ -73,6 +73,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     RETRY_HEALTHY_S: PositiveFloat = 60.0
     PRIMARY_RETRY_S: PositiveFloat = 300.0
     REPLAY_BUFFER_S: PositiveFloat = 60.0
+    #: how long a dropped client's session can be resumed
+    RESUME_WINDOW_S: PositiveFloat = 120.0
     #: SIGTERM: time allowed to flush every session before sockets close
     SHUTDOWN_TIMEOUT_S: PositiveFloat = 20.0
 
@@ -95,14 +97,26 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     MAX_SESSION_S: NonNegativeFloat = 14_400.0
     MAX_AUDIO_LEAD_S: NonNegativeFloat = 90.0
 
+    #: a CTranslate2 model directory, or tiny.en (bundled, the default), base, small
     WHISPER_MODEL: str = ""
+    #: where base/small are joined from their packages (default $XDG_CACHE_HOME/speakflow/models)
+    WHISPER_CACHE_DIR: str = ""
     WHISPER_DEVICE: str = "cpu"
     WHISPER_COMPUTE_TYPE: str = "int8"
     WHISPER_CPU_THREADS: NonNegativeInt = 0
+    #: trailing silence that ends an utterance (its final)
     WHISPER_ENDPOINT_MS: PositiveInt = 500
+    #: a shorter silence at which the final's decode starts early (0: off)
+    WHISPER_PAUSE_MS: NonNegativeInt = 250
     WHISPER_PARTIAL_INTERVAL_MS: PositiveInt = 1000
-    WHISPER_MAX_UTTERANCE_S: PositiveFloat = 20.0
+    #: past this an utterance ends at the next pause; at the max it is cut at a quiet spot
+    WHISPER_SOFT_MAX_UTTERANCE_S: NonNegativeFloat = 10.0
+    WHISPER_MAX_UTTERANCE_S: Annotated[float, msgspec.Meta(gt=0, le=28)] = 20.0
     WHISPER_VAD_THRESHOLD: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.5
+    #: utterances of all streams decoded together in one model call
+    WHISPER_MAX_BATCH: PositiveInt = 8
+    #: streams admitted at once (0: estimated from the model's measured speed)
+    WHISPER_MAX_STREAMS: NonNegativeInt = 0
 
     DEEPGRAM_API_KEY: str = ""
     DEEPGRAM_URL: str = "wss://api.deepgram.com/v1/listen"
@@ -201,8 +215,8 @@ def load_settings(
 def _check(settings: Settings) -> None:
     from .auth import check_settings as check_auth
     from .postprocess import check_settings as check_processor
-    from .proxy import check_settings as check_proxy
     from .providers.registry import PROVIDERS
+    from .proxy import check_settings as check_proxy
 
     if settings.LOG_LEVEL.upper() not in LOG_LEVELS:
         raise ConfigError(

@@ -149,6 +149,17 @@ JSON Schemas of every WebSocket message</td></tr>
 <p>Send header <code>X-User-Id: &lt;id&gt;</code> (1-128 characters). Without it the server
 accepts and then closes with code <b>1008</b>. The server answers pings; permessage-deflate
 is accepted.</p>
+<p>When the server runs with <code>AUTH_MODE=jwt</code>, header
+<code>Authorization: Bearer &lt;jwt&gt;</code> is required instead (browsers, which cannot set
+headers: subprotocols <code>["speakflow", "bearer.&lt;jwt&gt;"]</code>); your user id is the
+token's <code>sub</code>, and an <code>X-User-Id</code> that differs is refused. A browser's
+<code>Origin</code> must be the server's own or listed in CORS_ORIGINS.</p>
+<table><tr><th>close code</th><th>when</th></tr>
+<tr><td>1008</td><td>identity missing or refused (the reason never says why a token failed),
+or Origin not allowed</td></tr>
+<tr><td>1009</td><td>a message larger than WS_MAX_MESSAGE_BYTES</td></tr>
+<tr><td>1001</td><td>no message for IDLE_TIMEOUT_S (reconnect to stream again)</td></tr>
+</table>
 
 <h3>Client &rarr; server</h3>
 <p>Every text frame is one JSON object with a <code>type</code>; binary frames carry audio only.</p>

@@ -170,6 +170,8 @@ def decode_client(data: str | bytes) -> ClientMessage:
         raise ProtocolViolation(ErrorCode.INVALID_MESSAGE, f"invalid message: {err}") from None
     except msgspec.DecodeError as err:
         raise ProtocolViolation(ErrorCode.INVALID_MESSAGE, f"not valid JSON: {err}") from None
+    except RecursionError:  # msgspec's answer to deeply nested JSON (found by the fuzzer)
+        raise ProtocolViolation(ErrorCode.INVALID_MESSAGE, "JSON nested too deeply") from None
 
 
 def check_audio_config(cfg: AudioConfig) -> None:

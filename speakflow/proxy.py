@@ -52,9 +52,14 @@ def parse_allow(entries: Sequence[str]) -> tuple[bool, list[Network]]:
 class TrustedProxyMiddleware:
     """Apply ``ProxyFixMiddleware`` to connections from a trusted proxy only."""
 
+    #: What ProxyFixMiddleware reads and rewrites. It deep-copies the scope it is
+    #: given, so it gets only these: the full scope holds the app (and through it
+    #: the Whisper model), which cannot be copied and should not be, per request.
+    _KEYS = ("type", "headers", "client", "scheme")
+
     def __init__(self, app: Any, allow: Sequence[str], trusted_hops: int = 1) -> None:
         self.app = app
-        self._fixed = ProxyFixMiddleware(app, mode="legacy", trusted_hops=trusted_hops)
+        self.trusted_hops = trusted_hops
         self._any, self._networks = parse_allow(allow)
 
     def trusted(self, client: Sequence[Any] | None) -> bool:
@@ -70,9 +75,16 @@ class TrustedProxyMiddleware:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] in ("http", "websocket") and self.trusted(scope.get("client")):
-            await self._fixed(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+            fixed: dict[str, Any] = {}
+
+            async def keep(new_scope: Any, _receive: Any, _send: Any) -> None:
+                fixed.update(new_scope)
+
+            fix = ProxyFixMiddleware(keep, mode="legacy", trusted_hops=self.trusted_hops)
+            bare: Any = {k: scope[k] for k in self._KEYS if k in scope}
+            await fix(bare, receive, send)
+            scope = {**scope, **fixed}
+        await self.app(scope, receive, send)
 
 
 def check_settings(settings: Settings) -> None:

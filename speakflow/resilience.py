@@ -88,9 +88,14 @@ class RetryPolicy:
         return wait
 
 
-def frame_rms(pcm: bytes) -> float:
-    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
-    return float(np.sqrt(np.mean(samples * samples))) if len(samples) else 0.0
+def is_loud(pcm: bytes) -> bool:
+    """Whether a frame carries more than silence; every 4th sample is plenty to tell.
+
+    Runs once per chunk on the hot path, so: no sqrt, a strided view, one dot.
+    """
+    samples = np.frombuffer(pcm, dtype="<i2")[::4].astype(np.float32)
+    n = len(samples)
+    return n > 0 and float(np.dot(samples, samples)) >= SILENCE_RMS * SILENCE_RMS * n
 
 
 class ReplayBuffer:
@@ -171,6 +176,7 @@ class ResilientStream:
         response_timeout: float,
         replay_seconds: float,
         queue_chunks: int,
+        last_final_end: float = -math.inf,
     ) -> None:
         self.providers = list(providers)
         self._backend_for = backend_for
@@ -178,7 +184,7 @@ class ResilientStream:
         self.response_timeout = response_timeout
         self.buffer = ReplayBuffer(replay_seconds)
         self.queue_chunks = queue_chunks
-        self.last_final_end = -math.inf
+        self.last_final_end = last_final_end
         self.current = self.providers[0]
         #: the provider instance of the current (or last) connection
         self.provider: SpeechProvider | None = None
@@ -222,7 +228,7 @@ class ResilientStream:
     ) -> None:
         async with audio:
             async for frame in audio:
-                loud = frame_rms(frame.pcm) >= SILENCE_RMS
+                loud = is_loud(frame.pcm)
                 if loud:
                     self._last_loud = trio.current_time()
                 self.buffer.append(frame, loud)

@@ -24,10 +24,12 @@ memory never grows past the bound.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +98,18 @@ class ServerState:
                     self.backends[name] = backend
         return backend
 
+    def purge_expired(self) -> None:
+        """Forget detached sessions older than RESUME_WINDOW_S (called on each start)."""
+        horizon = trio.current_time() - self.settings.RESUME_WINDOW_S
+        for sid, session in list(self.sessions.items()):
+            if session.detached_at is not None and session.detached_at < horizon:
+                if session.finished.is_set():
+                    del self.sessions[sid]
+
+    @property
+    def attached_sessions(self) -> int:
+        return sum(1 for s in self.sessions.values() if s.conn is not None)
+
     async def drain(self, timeout: float) -> None:
         """Graceful shutdown: finalize every session, deliver its last finals and
         ``session_ended``, then close each client socket with 1001.
@@ -148,7 +162,10 @@ class SourceStream:
 
     __slots__ = (
         "dropped_chunks",
+        "duplicates",
         "failed",
+        "last_final_end",
+        "last_timestamp",
         "level",
         "meters",
         "name",
@@ -171,9 +188,30 @@ class SourceStream:
         self.overflowing = False
         self.failed = False
         self.rate: RealTimeMeter | None = None  # MAX_AUDIO_LEAD_S, set by the connection
+        #: resume: newest chunk timestamp received (older or equal ones are replays),
+        #: and where the last final ended (a new vendor connection never repeats it)
+        self.last_timestamp: int | None = None
+        self.last_final_end = -math.inf
+        self.duplicates = 0
+
+    def reopen(self, capacity: int) -> None:
+        """A fresh channel for a resumed session's new provider run."""
+        self.send, self.receive = trio.open_memory_channel[AudioFrame](capacity)
+        self.overflowing = False
+        self.failed = False
 
 
 class Session:
+    """A session record: outlives a dropped connection for RESUME_WINDOW_S.
+
+    Each attachment to a connection is one *run* (a nursery of provider
+    tasks). A run ends on stop (finals, ``session_ended``, record removed) or
+    on detach (client gone: finals flushed into ``undelivered``, record kept
+    with its per-source timelines so a resume continues on them).
+    """
+
+    UNDELIVERED_MAX = 1000
+
     def __init__(
         self,
         msg: p.StartSession,
@@ -188,9 +226,26 @@ class Session:
         self.backend = backend
         self.language = language
         self.sources: dict[str, SourceStream] = {}
+        self.conn: Connection | None = None
+        self.undelivered: deque[str] = deque(maxlen=self.UNDELIVERED_MAX)
+        self.detached_at: float | None = None
+        self.resumes = 0
+        self.new_run()
+
+    def new_run(self) -> None:
         self.nursery: trio.Nursery | None = None
         self.stop_requested = trio.Event()
         self.finished = trio.Event()
+        #: why this run ends: "stop" (stop_session, shutdown) or "detach" (client gone)
+        self.ending = "stop"
+
+    async def deliver(self, msg: p.ServerMessage) -> None:
+        """To the attached client; finals wait in the record while none is attached."""
+        conn = self.conn
+        if conn is not None:
+            await conn.send(msg)
+        elif isinstance(msg, p.Transcript) and msg.is_final:
+            self.undelivered.append(p.encode(msg))
 
 
 class Connection:
@@ -229,6 +284,7 @@ class Connection:
                 try:
                     await self._reader()
                 finally:
+                    await self._detach_all()
                     nursery.cancel_scope.cancel()
             if self.close_with is not None:  # after the writer ended: nothing else sends
                 await self.ws.close(*self.close_with)
@@ -236,6 +292,40 @@ class Connection:
             self.state.connections -= 1
             self.state.live.discard(self)
             event(log, "connection.close", "client disconnected")
+
+    async def _detach_all(self) -> None:
+        """The client is gone: flush the active session into its record (resumable),
+        and let a stopping one finish. Shielded and bounded: this runs in a
+        ``finally`` that may itself be under cancellation."""
+        session, self.active = self.active, None
+        with trio.move_on_after(self.settings.PROVIDER_RESPONSE_TIMEOUT + 1) as scope:
+            scope.shield = True
+            if session is not None:
+                await self._detach(session)
+            if self.stopping is not None:
+                await self.stopping.finished.wait()
+
+    async def _detach(self, session: Session) -> None:
+        session.conn = None
+        session.detached_at = trio.current_time()
+        session.ending = "detach"
+        session.stop_requested.set()
+        event(log, "session.detach", "client gone; session kept for resume")
+        await session.finished.wait()
+
+    async def give_up(self, session: Session) -> None:
+        """Another connection resumed ``session``: flush it here, then close this
+        stale connection (1000: a client must not reconnect and take it back)."""
+        if self.active is session:
+            self.active = None
+            await self._detach(session)
+        self.close_with = (1000, "session resumed on another connection")
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def send_raw(self, text: str) -> None:
+        with contextlib.suppress(trio.ClosedResourceError):
+            await self._out_send.send(text)
 
     async def _idle_watchdog(self) -> None:
         """Close a connection that sent nothing for IDLE_TIMEOUT_S.
@@ -394,6 +484,11 @@ class Connection:
         source = session.sources.get(meta.source)
         if source is None:
             source = self._add_source(session, meta.source)
+        last = source.last_timestamp
+        if last is not None and meta.timestamp <= last:
+            source.duplicates += 1  # a resumed client replaying audio we already have
+            return
+        source.last_timestamp = meta.timestamp
         nbytes = len(chunk.pcm)
         rate = source.rate
         if rate is not None and not rate.admit(nbytes, trio.current_time()):
@@ -462,15 +557,15 @@ class Connection:
                 p.SessionStarted(sid, provider=active.provider, sources=list(active.sources))
             )
             return
+        self.state.purge_expired()
         other = self.state.sessions.get(sid)
         if other is not None:
             if other.user_id != self.user_id:
                 raise p.ProtocolViolation(
                     p.ErrorCode.USER_MISMATCH, "this session belongs to another user", sid
                 )
-            raise p.ProtocolViolation(
-                p.ErrorCode.SESSION_ACTIVE, "this session is active on another connection", sid
-            )
+            await self._resume(other, msg)
+            return
         self._check_limits(sid)
         provider = self._choose_provider(msg)
         if self.stopping is not None:
@@ -483,6 +578,7 @@ class Connection:
                 p.ErrorCode.SESSION_ACTIVE, "this session is active on another connection", sid
             )
         self.state.sessions[sid] = session
+        session.conn = self
         assert self._nursery is not None
         await self._nursery.start(self._run_session, session)
         self.active = session
@@ -497,6 +593,61 @@ class Connection:
             provider=provider,
             sources=",".join(msg.sources),
             language=language,
+        )
+
+    async def _resume(self, session: Session, msg: p.StartSession) -> None:
+        """protocol.md "Resume": same user, same id: continue on the same timelines.
+
+        A stale connection still holding the session loses it (the newest
+        connection is the client's real one). Finals produced while no client
+        was attached are delivered right after ``session_started``.
+        """
+        if self.state.draining:
+            raise p.ProtocolViolation(
+                p.ErrorCode.RATE_LIMITED, "server is shutting down; reconnect and retry", session.id
+            )
+        holder = session.conn
+        if holder is not None and holder is not self:
+            await holder.give_up(session)
+        with trio.move_on_after(self.settings.PROVIDER_RESPONSE_TIMEOUT + 1):
+            await session.finished.wait()  # the previous run's flush
+        if self.state.sessions.get(session.id) is not session or session.conn is not None:
+            raise p.ProtocolViolation(
+                p.ErrorCode.SESSION_ACTIVE,
+                "this session is active on another connection",
+                session.id,
+            )
+        if self.stopping is not None:
+            await self.stopping.finished.wait()
+        session.new_run()
+        session.conn = self
+        session.detached_at = None
+        session.resumes += 1
+        assert self._nursery is not None
+        await self._nursery.start(self._run_session, session)
+        self.active = session
+        for source in session.sources.values():
+            source.reopen(self.settings.AUDIO_QUEUE_CHUNKS)
+            self._start_source(session, source)
+        for name in msg.sources:
+            if name not in session.sources:
+                self._add_source(session, name)
+        await self.send(
+            p.SessionStarted(
+                session.id, provider=session.provider, sources=list(session.sources), resumed=True
+            )
+        )
+        session_id_var.set(session.id)
+        pending = list(session.undelivered)
+        session.undelivered.clear()
+        for text in pending:
+            await self.send_raw(text)
+        event(
+            log,
+            "session.resume",
+            "session resumed",
+            delivered=len(pending),
+            resumes=session.resumes,
         )
 
     def _check_limits(self, sid: str) -> None:
@@ -569,9 +720,12 @@ class Connection:
         if self.settings.MAX_AUDIO_LEAD_S:
             source.rate = RealTimeMeter(self.settings.MAX_AUDIO_LEAD_S)
         session.sources[name] = source
+        self._start_source(session, source)
+        return source
+
+    def _start_source(self, session: Session, source: SourceStream) -> None:
         assert session.nursery is not None
         session.nursery.start_soon(self._run_source, session, source)
-        return source
 
     async def _run_session(
         self, session: Session, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -593,15 +747,18 @@ class Connection:
                 )
             if nursery.cancel_scope.cancelled_caught:
                 log.warning("session %s: providers did not flush in time", session.id)
-            await self.send(p.SessionEnded(session.id))
-            event(
-                log,
-                "session.end",
-                "session ended",
-                dropped_chunks=sum(s.dropped_chunks for s in session.sources.values()),
-            )
+            if session.ending == "stop":
+                await session.deliver(p.SessionEnded(session.id))
+                event(
+                    log,
+                    "session.end",
+                    "session ended",
+                    dropped_chunks=sum(s.dropped_chunks for s in session.sources.values()),
+                    duplicates=sum(s.duplicates for s in session.sources.values()),
+                )
         finally:
-            self.state.sessions.pop(session.id, None)
+            if session.ending == "stop":
+                self.state.sessions.pop(session.id, None)
             session.finished.set()
             if self.stopping is session:
                 self.stopping = None
@@ -624,13 +781,16 @@ class Connection:
             response_timeout=s.PROVIDER_RESPONSE_TIMEOUT,
             replay_seconds=s.REPLAY_BUFFER_S,
             queue_chunks=s.AUDIO_QUEUE_CHUNKS,
+            last_final_end=source.last_final_end,
         )
         key = (session.id, source.name)
         self.state.streams[key] = stream
         timeline = source.timeline
         sid, name, provider_name = session.id, source.name, session.provider
         # Finals through the processor, in order; partials straight out.
-        post = FinalsPipeline.start(self.state.processor, session.nursery, self.send, source.level)
+        post = FinalsPipeline.start(
+            self.state.processor, session.nursery, session.deliver, source.level
+        )
 
         async def emit(ev: TranscriptEvent, provider: str) -> None:
             meters.transcript(ev.is_final, ev.start, ev.end)
@@ -674,6 +834,7 @@ class Connection:
         finally:
             post.close()
             source.receive.close()
+            source.last_final_end = stream.last_final_end
             self.state.streams.pop(key, None)
 
 

@@ -281,6 +281,9 @@ class BenchSession:
                         self._echo(msg, now)
                 elif kind == "error":
                     self.errors.append(msg.code or "?")
+                    if not self.started.is_set():
+                        self.failure = f"start refused: {msg.code}: {msg.message}"
+                        self.started.set()
                 elif kind == "session_started":
                     self.started.set()
                 elif kind == "session_ended":
@@ -448,10 +451,9 @@ async def run_round(opts: BenchOptions, stack: Stack, n: int,
             streams.start_soon(mark, steady, cpu_a)
             if opts.profile is not None:
                 streams.start_soon(profile_at, steady)
-            groups = [sessions[g::max(1, math.ceil(n / SESSIONS_PER_TASK))]
-                      for g in range(max(1, math.ceil(n / SESSIONS_PER_TASK)))]
-            for group in groups:
-                streams.start_soon(_pace, group, t0, ticks)
+            tasks = max(1, math.ceil(n / SESSIONS_PER_TASK))
+            for g in range(tasks):  # interleaved, so each task's sessions spread over the period
+                streams.start_soon(_pace, sessions[g::tasks], t0, ticks)
             await trio.sleep_until(end)
             await mark(end, cpu_b)
         streaming = sampler.server()
@@ -544,21 +546,26 @@ def _server_report(n: int, base: procs.ProcSample | None, idle: procs.ProcSample
         return {"pid": None}
     cpu = procs.cpu_percent(a.get("server"), b.get("server"))
     ref = next((rss for t, rss in sampler.series if t >= growth_ref_at), None)
+    t_first = sampler.series[0][0] if sampler.series else 0.0
+    every = max(1, len(sampler.series) // 60)  # about 60 points, whatever the duration
     end_rss = streaming.rss if streaming else None
     growth = None if ref is None or end_rss is None else 100.0 * (end_rss - ref) / ref
     return {
         "pid": sampler.server_pid,
         "cpu_pct": _r1(cpu),
         "cpu_pct_per_session": None if cpu is None else round(cpu / n, 3),
+        "cpu_kernel_share_pct": _r1(procs.sys_percent(a.get("server"), b.get("server"))),
         "rss_base_mb": _mb(base.rss),
         "rss_idle_mb": _mb(idle.rss) if idle else None,
         "rss_streaming_mb": _mb(end_rss),
         "rss_after_mb": _mb(final.rss) if final else None,
-        "peak_rss_mb": _mb(final.hwm) if final else None,
+        "peak_rss_mb": _mb(max((rss for _, rss in sampler.series), default=None)),
+        "lifetime_peak_rss_mb": _mb(final.hwm) if final else None,
         "idle_kb_per_session": None if idle is None else round((idle.rss - base.rss) / n / 1e3, 1),
         "streaming_kb_per_session": None if end_rss is None
         else round((end_rss - base.rss) / n / 1e3, 1),
         "rss_growth_pct": None if growth is None else round(growth, 2),
+        "rss_series_mb": [[round(t - t_first, 1), _mb(rss)] for t, rss in sampler.series[::every]],
     }
 
 
@@ -568,18 +575,27 @@ def correct(r: dict[str, Any]) -> bool:
             and not r["unexpected_echoes"] and not r["misrouted_echoes"])
 
 
+def py_spy() -> str | None:
+    """The py-spy binary: on PATH, or where ``uv tool install py-spy`` puts it."""
+    found = shutil.which("py-spy")
+    if found is None and (Path.home() / ".local" / "bin" / "py-spy").is_file():
+        found = str(Path.home() / ".local" / "bin" / "py-spy")
+    return found
+
+
 def start_profiler(
     opts: BenchOptions, stack: Stack, seconds: float
 ) -> subprocess.Popen[bytes] | None:
-    exe = shutil.which("py-spy")
+    exe = py_spy()
     if exe is None or stack.server_pid is None or opts.profile is None:
-        print("speakflow bench: --profile needs py-spy on PATH (uv tool install py-spy) and "
-              "a server pid", file=sys.stderr)
         return None
-    fmt = "speedscope" if opts.profile.suffix == ".json" else "flamegraph"
+    fmt = {".json": "speedscope", ".svg": "flamegraph"}.get(opts.profile.suffix, "raw")
     return subprocess.Popen(
         [exe, "record", "--pid", str(stack.server_pid), "--duration", str(int(seconds)),
-         "--rate", "200", "--format", fmt, "--output", str(opts.profile), "--nonblocking"],
+         # --gil: samples where Python runs. On a busy 2-core box a wall-clock profile
+         # charges preemption to whatever syscall was running; CPU is what we can cut.
+         "--rate", "200", "--gil", "--format", fmt, "--output", str(opts.profile),
+         "--nonblocking"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 
@@ -588,6 +604,11 @@ def start_profiler(
 
 
 async def bench(opts: BenchOptions) -> dict[str, Any]:
+    if opts.profile is not None:
+        if py_spy() is None:
+            raise RuntimeError("--profile needs py-spy: `uv tool install py-spy`")
+        if opts.url and opts.server_pid is None:
+            raise RuntimeError("--profile with --url needs --server-pid")
     audio_dir = opts.audio_dir or default_audio_dir()
     pcm, audio_desc = load_tracks(audio_dir)
     tracks = {src: chunk_templates(pcm[src], opts.deflate) for src in SOURCES}
@@ -595,7 +616,7 @@ async def bench(opts: BenchOptions) -> dict[str, Any]:
     if stack.server_pid is not None:
         print(f"speakflow bench: server pid {stack.server_pid}"
               + (f", emulator pid {stack.emulator_pid}" if stack.emulator_pid else "")
-              + (f", logs in {stack.log_dir}" if stack.log_dir else ""), file=sys.stderr)
+              , file=sys.stderr)
     report: dict[str, Any] = {"url": stack.url, "audio": audio_desc,
                               "started_processes": stack.server is not None}
     try:
@@ -605,8 +626,12 @@ async def bench(opts: BenchOptions) -> dict[str, Any]:
             report.update(await find_capacity(opts, stack, tracks))
     finally:
         stack.stop()
-        if stack.log_dir is not None and not opts.keep_logs and report.get("correct", True):
-            shutil.rmtree(stack.log_dir, ignore_errors=True)
+        if stack.log_dir is not None:
+            if opts.keep_logs or not report.get("correct", False):
+                print(f"speakflow bench: server and emulator logs in {stack.log_dir}",
+                      file=sys.stderr)
+            else:
+                shutil.rmtree(stack.log_dir, ignore_errors=True)
     return report
 
 
@@ -618,8 +643,7 @@ async def find_capacity(opts: BenchOptions, stack: Stack,
     async def attempt(n: int) -> bool:
         r = await run_round(opts, stack, n, tracks)
         rounds.append(r)
-        if not opts.json:
-            print(_round_line(r, opts.bound_ms), file=sys.stderr, flush=True)
+        print(_round_line(r, opts.bound_ms), file=sys.stderr, flush=True)
         await trio.sleep(2)  # let the server settle between rounds
         return bool(r["ok"])
 
@@ -632,7 +656,7 @@ async def find_capacity(opts: BenchOptions, stack: Stack,
         else:
             bad = n
             break
-    while bad is not None and bad - good > max(2, good // 20):
+    while bad is not None and bad - good > max(1, good // 20):
         mid = (good + bad) // 2
         if await attempt(mid):
             good = mid
@@ -683,14 +707,21 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append("failures        " + "; ".join(r["failures"][:5]))
     if srv.get("pid"):
         lines += [
-            f"server          CPU {srv['cpu_pct']}% of a core ({srv['cpu_pct_per_session']}% per "
-            f"session); RSS base {srv['rss_base_mb']} MB, idle {srv['rss_idle_mb']} MB "
-            f"({srv['idle_kb_per_session']} kB/session), streaming {srv['rss_streaming_mb']} MB "
-            f"({srv['streaming_kb_per_session']} kB/session), peak {srv['peak_rss_mb']} MB, "
-            f"growth {srv['rss_growth_pct']}%",
+            f"server CPU      {srv['cpu_pct']}% of a core ({srv['cpu_pct_per_session']}% per "
+            f"session; {srv['cpu_kernel_share_pct']}% of it in the kernel)",
+            f"server memory   RSS base {srv['rss_base_mb']} MB; idle {srv['rss_idle_mb']} MB "
+            f"({srv['idle_kb_per_session']} kB per idle session); streaming "
+            f"{srv['rss_streaming_mb']} MB ({srv['streaming_kb_per_session']} kB per session); "
+            f"peak {srv['peak_rss_mb']} MB",
+            f"server growth   {srv['rss_growth_pct']}% RSS from 10% of the run (or the warm-up) "
+            "to its end",
         ]
     else:
         lines.append("server          not measured (external server: pass --server-pid)")
+    if r["chunks_sent"] and not r["chunks_echoed"]:
+        lines.append("hint            no chunk came back: the server's provider must echo (run it "
+                     "with SPEECH_PROVIDER=deepgram against `speakflow emulate deepgram --engine "
+                     "echo`, or leave out --url)")
     if emu.get("cpu_pct") is not None:
         lines.append(f"emulator        CPU {emu['cpu_pct']}% of a core")
     lines.append(f"generator       CPU {gen['cpu_pct']}% of a core")

@@ -3,36 +3,29 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
-def _speed(text: str) -> float:
-    value = float(text)
-    if value < 0 or value != value:
-        raise argparse.ArgumentTypeError("speed must be >= 0 (0: as fast as possible)")
-    return value
+def _at_least(cast: Callable[[str], float], low: float, *, strict: bool = False,
+              note: str = "") -> Callable[[str], Any]:
+    """An argparse type: ``cast(text)``, which must be >= ``low`` (> with ``strict``)."""
+
+    def parse(text: str) -> Any:
+        value = cast(text)
+        if not (value > low if strict else value >= low):  # also refuses NaN
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low:g}{note}")
+        return value
+
+    parse.__name__ = cast.__name__  # argparse's "invalid int value" message names it
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
-    return value
+_speed = _at_least(float, 0, note=" (0: as fast as possible)")
+_positive_int = _at_least(int, 1)
+_positive_float = _at_least(float, 0, strict=True)
+_non_negative_float = _at_least(float, 0)
 
 
 def register(sub: Any) -> None:
@@ -104,8 +97,8 @@ def register(sub: Any) -> None:
     bench.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                        help="extra setting for the server it starts (repeatable)")
     bench.add_argument("--profile", type=Path, default=None, metavar="FILE",
-                       help="record the server with py-spy during the measured window "
-                       "(.svg flame graph, or .json for speedscope)")
+                       help="record the server with py-spy during the measured window: "
+                       "FILE.svg flame graph, FILE.json speedscope, else collapsed stacks")
     bench.add_argument("--keep-logs", action="store_true",
                        help="keep the server and emulator logs (kept anyway on failure)")
     bench.set_defaults(func=_cmd_bench)

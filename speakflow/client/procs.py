@@ -29,6 +29,7 @@ class ProcSample:
     cpu_s: float  # user + system seconds so far
     rss: int  # bytes
     hwm: int  # peak RSS, bytes
+    sys_s: float = 0.0  # the system (kernel) part of cpu_s
 
 
 def sample_proc(pid: int) -> ProcSample | None:
@@ -40,21 +41,21 @@ def sample_proc(pid: int) -> ProcSample | None:
     except OSError:
         return None
     fields = stat.rpartition(")")[2].split()
-    cpu = (int(fields[11]) + int(fields[12])) / _TICK
+    user, system = int(fields[11]) / _TICK, int(fields[12]) / _TICK
     rss = hwm = 0
     for line in status.splitlines():
         if line.startswith("VmRSS:"):
             rss = int(line.split()[1]) * 1024
         elif line.startswith("VmHWM:"):
             hwm = int(line.split()[1]) * 1024
-    return ProcSample(t, cpu, rss, hwm)
+    return ProcSample(t, user + system, rss, hwm, system)
 
 
 def sample_self() -> ProcSample:
     t = os.times()
     s = sample_proc(os.getpid())
     rss = s.rss if s else 0
-    return ProcSample(time.monotonic(), t.user + t.system, rss, s.hwm if s else 0)
+    return ProcSample(time.monotonic(), t.user + t.system, rss, s.hwm if s else 0, t.system)
 
 
 def cpu_percent(a: ProcSample | None, b: ProcSample | None) -> float | None:
@@ -62,6 +63,13 @@ def cpu_percent(a: ProcSample | None, b: ProcSample | None) -> float | None:
     if a is None or b is None or b.t <= a.t:
         return None
     return 100.0 * (b.cpu_s - a.cpu_s) / (b.t - a.t)
+
+
+def sys_percent(a: ProcSample | None, b: ProcSample | None) -> float | None:
+    """The kernel's share (syscalls, network stack) of the CPU use between two samples, in %."""
+    if a is None or b is None or b.cpu_s <= a.cpu_s:
+        return None
+    return 100.0 * (b.sys_s - a.sys_s) / (b.cpu_s - a.cpu_s)
 
 
 def machine_jiffies() -> tuple[int, int] | None:

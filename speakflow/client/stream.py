@@ -8,10 +8,10 @@ time, ``--speed 0`` for as fast as the socket takes them), then
 permessage-deflate, answers the server's pings (trio-websocket does) and pings
 every 20 s itself, giving up if no pong comes within 10 s.
 
-Output: on a terminal, finals scroll with their source and time span while the
-bottom line shows each source's live partial and the progress; otherwise only
-finals are printed. ``--json`` prints every server message as one JSON object
-per line, then a ``{"type": "summary"}`` object. The summary gives, per
+Output: finals scroll with their source and time span; on a terminal the
+bottom line shows the progress and each source's live partial, overwritten in
+place (on stderr when stdout is redirected). ``--json`` prints every server
+message as one JSON object per line, then a ``{"type": "summary"}`` object. The summary gives, per
 source, the finals, the time to the first partial and the latency of each
 final, measured from sending the chunk that holds the end of its text.
 """
@@ -95,57 +95,70 @@ def split_chunks(pcm: bytes, size: int = CHUNK_BYTES) -> list[bytes]:
 
 
 class Display:
-    """Where messages go: JSON lines, a live terminal, or plain scrolling finals."""
+    """Where output goes.
+
+    Finals (or, with ``--json``, every server message) go to stdout. The live
+    line (progress and each source's partial, overwritten in place) goes to
+    stdout when it is a terminal and the output is text, else to stderr when
+    that is a terminal, else nowhere. Notes (errors) go to stderr.
+    """
 
     def __init__(self, json_mode: bool, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
         self.json = json_mode
         self.out = out
         self.err = err
-        self.live = not json_mode and out.isatty()
+        self.tty: TextIO | None = None
+        if not json_mode and out.isatty():
+            self.tty = out
+        elif err.isatty():
+            self.tty = err
         self._status = ""
+
+    @property
+    def live(self) -> bool:
+        return self.tty is not None
 
     def raw(self, text: str) -> None:
         if self.json:
-            self.out.write(text if "\n" not in text else json.dumps(json.loads(text)))
-            self.out.write("\n")
-            self.out.flush()
+            self._write(self.out, text if "\n" not in text else json.dumps(json.loads(text)))
 
     def final(self, source: str, msg: dict[str, Any]) -> None:
-        if self.json:
-            return
-        span = f"{_clock(msg.get('start_time', 0.0))}-{_clock(msg.get('end_time', 0.0))}"
-        self._line(f"[{LABELS.get(source, source)} {span}] {msg.get('text', '')}")
+        if not self.json:
+            span = f"{_clock(msg.get('start_time', 0.0))}-{_clock(msg.get('end_time', 0.0))}"
+            self._write(self.out, f"[{LABELS.get(source, source)} {span}] {msg.get('text', '')}")
+
+    def note(self, text: str) -> None:
+        self._write(self.err, text)
 
     def status(self, text: str) -> None:
-        if not self.live:
+        if self.tty is None:
             return
         width = shutil.get_terminal_size((100, 20)).columns - 1
         self._status = text[-width:] if len(text) > width else text
-        self.out.write("\r\x1b[K" + self._status)
-        self.out.flush()
-
-    def note(self, text: str) -> None:
-        """A message for the person (errors, progress on non-terminals): stderr."""
-        if self.live:
-            self.out.write("\r\x1b[K")
-            self.out.flush()
-        print(text, file=self.err, flush=True)
-        if self.live and self._status:
-            self.out.write(self._status)
-            self.out.flush()
-
-    def _line(self, text: str) -> None:
-        if self.live:
-            self.out.write("\r\x1b[K" + text + "\n" + self._status)
-        else:
-            self.out.write(text + "\n")
-        self.out.flush()
+        self.tty.write("\r\x1b[K" + self._status)
+        self.tty.flush()
 
     def clear(self) -> None:
-        if self.live:
-            self.out.write("\r\x1b[K")
-            self.out.flush()
+        if self.tty is not None:
+            self.tty.write("\r\x1b[K")
+            self.tty.flush()
             self._status = ""
+
+    def _write(self, stream: TextIO, line: str) -> None:
+        """A whole line, with the live line lifted off and put back if they share a screen."""
+        shared = self.tty is not None and self._status and (
+            stream is self.tty or (stream.isatty() and self.tty.isatty())
+        )
+        if shared:
+            assert self.tty is not None
+            self.tty.write("\r\x1b[K")
+            self.tty.flush()
+        stream.write(line + "\n")
+        stream.flush()
+        if shared:
+            assert self.tty is not None
+            self.tty.write(self._status)
+            self.tty.flush()
 
 
 def _clock(seconds: float) -> str:

@@ -129,6 +129,7 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # a line per decode
     faults = Faults.parse(args.fault)
     try:
         engine = build_engine(args.engine)

@@ -46,7 +46,8 @@ async def test_handshake_auth() -> None:
             err = await rejection(url, subprotocols=["token", "nope"])
             assert err.status_code == 401
     assert [r.status for r in dg.log.records] == [101, 101, 401, 401, 401]
-    assert [r.auth for r in dg.log.records] == ["header", "subprotocol", "header", "", "subprotocol"]
+    auths = [r.auth for r in dg.log.records]
+    assert auths == ["header", "subprotocol", "header", "", "subprotocol"]
 
 
 @pytest.mark.parametrize(
@@ -112,25 +113,29 @@ async def test_echo_results_then_close_stream() -> None:
 
 async def test_empty_binary_frame_ends_the_stream() -> None:
     with trio.fail_after(10):
-        async with running_deepgram() as dg:
-            async with open_websocket_url(f"{dg.url}?{LINEAR16}", extra_headers=token()) as ws:
-                await ws.send_message(FRAME)
-                await ws.send_message(b"")
-                kinds = []
-                with pytest.raises(ConnectionClosed) as closed:
-                    while True:
-                        kinds.append(loads(await ws.get_message())["type"])
+        async with (
+            running_deepgram() as dg,
+            open_websocket_url(f"{dg.url}?{LINEAR16}", extra_headers=token()) as ws,
+        ):
+            await ws.send_message(FRAME)
+            await ws.send_message(b"")
+            kinds = []
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    kinds.append(loads(await ws.get_message())["type"])
     assert kinds == ["Results", "Metadata"]
     assert closed.value.reason.code == 1000
 
 
 async def test_finalize_answers_from_finalize() -> None:
     with trio.fail_after(10):
-        async with running_deepgram() as dg:
-            async with open_websocket_url(f"{dg.url}?{LINEAR16}", extra_headers=token()) as ws:
-                await ws.send_message(FRAME)
-                await ws.send_message('{"type":"Finalize"}')
-                first, flushed = loads(await ws.get_message()), loads(await ws.get_message())
+        async with (
+            running_deepgram() as dg,
+            open_websocket_url(f"{dg.url}?{LINEAR16}", extra_headers=token()) as ws,
+        ):
+            await ws.send_message(FRAME)
+            await ws.send_message('{"type":"Finalize"}')
+            first, flushed = loads(await ws.get_message()), loads(await ws.get_message())
     assert first["from_finalize"] is False
     assert flushed["from_finalize"] is True and flushed["is_final"] is True
     assert flushed["start"] == 0.5
@@ -193,12 +198,14 @@ async def test_refuse_is_503_for_the_first_n_handshakes_of_the_process() -> None
 
 async def test_drop_after_cuts_tcp_without_a_close_frame() -> None:
     with trio.fail_after(10):
-        async with running_deepgram(faults=["drop-after=1"]) as dg:
-            async with open_websocket_url(f"{dg.url}?{LINEAR16}", extra_headers=token()) as ws:
-                with pytest.raises(ConnectionClosed) as closed:
-                    for _ in range(10):
-                        await ws.send_message(FRAME)
-                        await ws.get_message()
+        async with (
+            running_deepgram(faults=["drop-after=1"]) as dg,
+            open_websocket_url(f"{dg.url}?{LINEAR16}", extra_headers=token()) as ws,
+        ):
+            with pytest.raises(ConnectionClosed) as closed:
+                for _ in range(10):
+                    await ws.send_message(FRAME)
+                    await ws.get_message()
     assert closed.value.reason.code == 1006  # abnormal: no close frame came
     record = dg.log.records[0]
     assert record.closed_by == "drop" and record.faults == ["drop"]
@@ -207,12 +214,14 @@ async def test_drop_after_cuts_tcp_without_a_close_frame() -> None:
 
 async def test_error_after_is_1011_net_0000() -> None:
     with trio.fail_after(10):
-        async with running_deepgram(faults=["error-after=0.5"]) as dg:
-            async with open_websocket_url(f"{dg.url}?{LINEAR16}", extra_headers=token()) as ws:
-                await ws.send_message(FRAME)
-                with pytest.raises(ConnectionClosed) as closed:
-                    while True:
-                        await ws.get_message()
+        async with (
+            running_deepgram(faults=["error-after=0.5"]) as dg,
+            open_websocket_url(f"{dg.url}?{LINEAR16}", extra_headers=token()) as ws,
+        ):
+            await ws.send_message(FRAME)
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await ws.get_message()
     assert (closed.value.reason.code, closed.value.reason.reason) == (1011, "NET-0000")
 
 
@@ -237,12 +246,14 @@ async def test_stall_after_keeps_reading_but_sends_nothing() -> None:
 
 async def test_slow_delays_every_message() -> None:
     with trio.fail_after(10):
-        async with running_deepgram(faults=["slow=300"]) as dg:
-            async with open_websocket_url(f"{dg.url}?{LINEAR16}", extra_headers=token()) as ws:
-                sent = trio.current_time()
-                await ws.send_message(FRAME)
-                await ws.send_message(FRAME)
-                await ws.get_message()
-                first = trio.current_time() - sent
-                await ws.get_message()
+        async with (
+            running_deepgram(faults=["slow=300"]) as dg,
+            open_websocket_url(f"{dg.url}?{LINEAR16}", extra_headers=token()) as ws,
+        ):
+            sent = trio.current_time()
+            await ws.send_message(FRAME)
+            await ws.send_message(FRAME)
+            await ws.get_message()
+            first = trio.current_time() - sent
+            await ws.get_message()
     assert first >= 0.3

@@ -1,7 +1,8 @@
-"""The official deepgram-sdk accepts the emulator: it connects, streams, and parses every message."""
+"""The official deepgram-sdk accepts the emulator: it connects, streams, parses every message."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from pathlib import Path
@@ -81,7 +82,7 @@ async def test_sdk_streams_and_parses_every_message(
             )
     assert not [r for r in caplog.records if "Skipping unknown" in r.getMessage()]
     kinds = [type(m).__name__ for m in messages]
-    assert "ListenV1Metadata" == kinds[-1]
+    assert kinds[-1] == "ListenV1Metadata"
     assert {"ListenV1Results", "ListenV1SpeechStarted", "ListenV1UtteranceEnd"} <= set(kinds)
     for message in messages:  # full validation, not just the SDK's lenient construction
         type(message).model_validate(message.model_dump())
@@ -92,7 +93,7 @@ async def test_sdk_streams_and_parses_every_message(
     assert wer(utt["text"], text) <= 0.15, text
     assert any(r.speech_final for r in finals)
     words = [w for r in finals for w in r.channel.alternatives[0].words]
-    assert all(a.end <= b.start + 1e-6 for a, b in zip(words, words[1:], strict=False))
+    assert all(a.end <= b.start + 1e-6 for a, b in itertools.pairwise(words))
     assert words[0].start >= 0.2 and words[-1].end <= len(pcm) / 32000
     record = dg.log.records[0]
     assert record.close_code == 1000 and record.closed_by == "server"
@@ -106,7 +107,7 @@ async def test_sdk_is_refused_with_a_bad_key() -> None:
 
     with trio.fail_after(30):
         async with running_deepgram() as dg:
-            with pytest.raises(Exception) as info:  # noqa: PT011
+            with pytest.raises(Exception) as info:
                 await trio.to_thread.run_sync(connect, abandon_on_cancel=True)
     # The SDK maps a refused handshake to ApiError, except with websockets >= 14 where
     # its legacy exception check misses and websockets' InvalidStatus comes through.

@@ -98,3 +98,15 @@ async def test_unreadable_wav_is_a_usage_error(tmp_path: Path):
     proc = await run_cli("stream", "--mic", str(bad), "--url", "ws://127.0.0.1:9/x")
     assert proc.returncode == 2
     assert "not a WAV file" in proc.stderr.decode()
+
+
+async def test_client_offers_permessage_deflate_like_the_desktop():
+    from speakflow.client.ws import negotiated_extensions, open_ws
+
+    async with running_server() as server:
+        async with open_ws(server.ws, [(b"X-User-Id", b"u")]) as ws:
+            assert negotiated_extensions(ws) == ["permessage-deflate"]
+            await ws.send_message(b"\x00" * 10)  # compressed binary frame, decoded by Hypercorn
+            assert "unexpected_binary" in await ws.get_message()
+        async with open_ws(server.ws, [(b"X-User-Id", b"u")], deflate=False) as ws:
+            assert negotiated_extensions(ws) == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import httpx
+import numpy as np
 import pytest
 import trio
 from trio_websocket import ConnectionClosed
@@ -88,6 +90,59 @@ async def test_oversize_websocket_message_is_close_1009(kind: str) -> None:
                 assert not [m for m in msgs if m["type"] == "error"]
 
 
+@pytest.mark.parametrize("first", ["binary", "text"])
+async def test_frames_after_an_oversize_message_do_not_crash_the_server(first: str) -> None:
+    """Hypercorn 0.18 alone dies here (TypeError out of its connection task ends ``serve``):
+    an oversize message, then a message of the other kind before the close. See _hypercorn.py.
+    """
+    big: bytes | str = b"\x00" * 100_001 if first == "binary" else "x" * 100_001
+    late: list[bytes | str] = ["{}", b"\x00\x00", "x" * 100_001, b"\x00" * 100_001]
+    async with running_server(WS_MAX_MESSAGE_BYTES=100_000) as srv:
+        with trio.fail_after(20):
+            # All in one write, so the late frames are on the wire before the close comes.
+            assert await raw_frames_then_close_code(srv.ws, [big, *late]) == 1009
+            async with httpx.AsyncClient(base_url=srv.http) as http:
+                assert (await http.get("/v1/health")).json()["status"] == "ok"
+            async with srv.client() as c:
+                await clean_session(c, "still-serving")
+
+
+async def raw_frames_then_close_code(url: str, frames: list[bytes | str]) -> int:
+    """Handshake with wsproto, write ``frames`` in one ``send_all``, return the close code."""
+    from urllib.parse import urlsplit
+
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import (
+        AcceptConnection,
+        BytesMessage,
+        CloseConnection,
+        Request,
+        TextMessage,
+    )
+
+    parts = urlsplit(url)
+    stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+    ws = WSConnection(ConnectionType.CLIENT)
+    host = f"{parts.hostname}:{parts.port}"
+    headers = [(b"X-User-Id", b"raw")]
+    await stream.send_all(ws.send(Request(host=host, target=parts.path, extra_headers=headers)))
+    async with stream:
+        while True:
+            data = await stream.receive_some(65536)
+            assert data, "server closed TCP without a close frame"
+            ws.receive_data(data)
+            for ev in ws.events():
+                if isinstance(ev, AcceptConnection):
+                    payload = b"".join(
+                        ws.send(BytesMessage(data=f) if isinstance(f, bytes) else TextMessage(f))
+                        for f in frames
+                    )
+                    await stream.send_all(payload)
+                elif isinstance(ev, CloseConnection):
+                    await stream.send_all(ws.send(ev.response()))
+                    return ev.code
+
+
 async def test_chunk_size_bounds_follow_max_chunk_bytes() -> None:
     async with running_server(MAX_CHUNK_BYTES=32_000) as srv:
         with trio.fail_after(20):
@@ -102,7 +157,6 @@ async def test_chunk_size_bounds_follow_max_chunk_bytes() -> None:
                 await c.stop("s")
                 msgs = await c.until("session_ended")
                 assert not [m for m in msgs if m["type"] == "error"]
-                assert srv.state.metrics is not None
 
 
 # ---------------------------------------------------------------- audio rate
@@ -142,7 +196,6 @@ async def test_audio_far_faster_than_real_time_is_rate_limited() -> None:
                 await c.stop("s")
                 msgs = await c.until("session_ended")
                 assert not [m for m in msgs if m["type"] == "error"], msgs
-                assert srv.state.metrics is not None
 
 
 async def test_default_lead_allows_the_desktop_60s_replay_burst(server) -> None:
@@ -158,6 +211,14 @@ async def test_default_lead_allows_the_desktop_60s_replay_burst(server) -> None:
 
 
 # ---------------------------------------------------------------- time
+
+
+def without_trailing_silence(pcm: bytes) -> bytes:
+    """Cut the quiet tail so the utterance only ends (final) when the session stops."""
+    samples = np.frombuffer(pcm, dtype="<i2")
+    loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > 500)
+    end = min(len(samples), int(loud[-1]) + 800)  # 50 ms after the last loud sample
+    return samples[:end].tobytes()
 
 
 async def test_idle_connection_is_closed_1001() -> None:
@@ -180,8 +241,8 @@ async def test_idle_connection_is_closed_1001() -> None:
 
 async def test_max_session_duration_stops_like_stop_session(audio_dir, manifest) -> None:
     utt = manifest["utterances"][7]
-    pcm = read_wav(audio_dir / utt["file"])
-    async with running_server(MAX_SESSION_S=2) as srv:
+    pcm = without_trailing_silence(read_wav(audio_dir / utt["file"]))
+    async with running_server(MAX_SESSION_S=1.5) as srv:
         with trio.fail_after(60):
             async with srv.client() as c:
                 await c.start("long")
@@ -191,8 +252,10 @@ async def test_max_session_duration_stops_like_stop_session(audio_dir, manifest)
                 errors = [m for m in msgs if m["type"] == "error"]
                 assert [e["code"] for e in errors] == ["rate_limited"], msgs
                 assert "maximum duration" in errors[0]["message"]
-                print([(m["type"], m.get("is_final")) for m in msgs])
                 assert errors[0]["session_id"] == "long"
+                # No trailing silence, so no final before the session was stopped: it was flushed.
+                first_final = next(i for i, m in enumerate(msgs) if m.get("is_final"))
+                assert msgs.index(errors[0]) < first_final
                 finals = [m["text"] for m in msgs if m["type"] == "transcript" and m["is_final"]]
                 assert wer(utt["text"], " ".join(finals)) <= 0.15, finals  # flushed, not cut
                 await c.chunk("long", "microphone", PCM)  # it is over

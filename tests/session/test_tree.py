@@ -98,8 +98,10 @@ async def test_disconnect_ends_provider_streams(server, audio_dir) -> None:
             await c.stream("s", "microphone", pcm[: 32000 * 3])
             await c.stream("s", "system", PCM_SILENCE)
             await wait_until(lambda: len(state.streams) == 2)
-        # the client is gone, mid-utterance, without stop_session
-        await wait_until(lambda: not state.streams and not state.sessions and not state.connections)
+        # the client is gone, mid-utterance, without stop_session: every provider
+        # stream ends; only the session record stays, for a resume
+        await wait_until(lambda: not state.streams and not state.connections)
+        assert [s.conn for s in state.sessions.values()] == [None]
 
 
 async def test_source_joins_on_first_chunk(server) -> None:

@@ -24,8 +24,9 @@ error (reconnecting is the resilience layer's job, not this shell's).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+import math
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -36,11 +37,11 @@ from trio_websocket import (
     ConnectionTimeout,
     HandshakeError,
     WebSocketConnection,
-    open_websocket_url,
+    connect_websocket_url,
 )
 
 from ...config import Settings
-from ...errors import ProviderError, ProviderUnavailable
+from ...errors import ProviderUnavailable
 from ..base import AudioFrame, Emit, SpeechProvider, StreamConfig
 from . import codec
 from .codec import NAME, VENDOR
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 
 #: How long the shielded close waits for Deepgram's answer to our close frame.
 CLOSE_TIMEOUT = 2.0
+#: The same while cancelled: our close frame goes out, the answer can't be read.
+CANCELLED_CLOSE_TIMEOUT = 0.2
 #: Messages trio-websocket may buffer before our reader takes them.
 MESSAGE_QUEUE = 256
 
@@ -57,16 +60,62 @@ Headers = list[tuple[bytes, bytes]]
 Connector = Callable[[str, Headers, float], AbstractAsyncContextManager[WebSocketConnection]]
 
 
-def connect_websocket(
-    url: str, headers: Headers, timeout: float
-) -> AbstractAsyncContextManager[WebSocketConnection]:
-    return open_websocket_url(
-        url,
-        extra_headers=headers,
-        connect_timeout=timeout,
-        disconnect_timeout=CLOSE_TIMEOUT,
-        message_queue_size=MESSAGE_QUEUE,
-    )
+@asynccontextmanager
+async def connect_websocket(
+    url: str, headers: Headers, connect_timeout: float
+) -> AsyncIterator[WebSocketConnection]:
+    """An open trio-websocket client connection, with the whole handshake bounded.
+
+    ``open_websocket_url``'s own connect timeout does not cover a server that
+    accepts TCP and never answers (nor a TLS handshake that hangs: trio does
+    it in the connection's reader task), so the bound is our cancel scope.
+    Errors come out unwrapped, as from ``open_websocket_url``.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            with trio.move_on_after(connect_timeout) as connecting:
+                ws = await connect_websocket_url(
+                    nursery, url, extra_headers=headers, message_queue_size=MESSAGE_QUEUE
+                )
+            if connecting.cancelled_caught:
+                raise ConnectionTimeout
+            try:
+                yield ws
+            finally:
+                await close_quietly(ws)
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise _single(group) from None
+
+
+async def close_quietly(ws: WebSocketConnection) -> None:
+    """Close 1000 even when cancelled, so the vendor sees a clean end, not a dropped socket.
+
+    When we are being cancelled the connection's reader task is cancelled too
+    and can't take the vendor's answering close frame: ours is sent, and the
+    wait for the answer is kept short.
+    """
+    cancelled = trio.current_effective_deadline() == -math.inf
+    with trio.move_on_after(CANCELLED_CLOSE_TIMEOUT if cancelled else CLOSE_TIMEOUT) as scope:
+        scope.shield = True
+        await ws.aclose(1000)
+
+
+def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one real exception in a nursery's group (others being Cancelled), else the group."""
+    real = group.subgroup(lambda e: not isinstance(e, trio.Cancelled | BaseExceptionGroup))
+    if real is not None:
+        leaves = _leaves(real)
+        if len(leaves) == 1:
+            return leaves[0]
+    return group
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 class DeepgramBackend:
@@ -163,9 +212,7 @@ class DeepgramStream:
                 try:
                     await self._run(ws, audio, emit, config, options)
                 finally:
-                    with trio.move_on_after(CLOSE_TIMEOUT) as scope:
-                        scope.shield = True
-                        await ws.aclose(1000)
+                    await close_quietly(ws)
         except ConnectionRejected as err:
             raise codec.handshake_error(err.status_code, err.headers, err.body) from None
         except ConnectionTimeout:
@@ -219,10 +266,7 @@ class DeepgramStream:
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             # One task failed with a typed error; the others were cancelled by it.
-            errors = group.subgroup(ProviderError)
-            if errors is not None and len(errors.exceptions) == 1:
-                raise errors.exceptions[0] from None
-            raise
+            raise _single(group) from None
         finally:
             self.keepalives = state.keepalives
 
@@ -236,7 +280,7 @@ class DeepgramStream:
         state: _State,
         done: trio.Event,
     ) -> None:
-        message_seen = getattr(config.hooks, "vendor_message", None)
+        hooks = config.hooks
         while True:
             try:
                 raw = await ws.get_message()
@@ -250,8 +294,7 @@ class DeepgramStream:
                 if error is not None:
                     raise error from None
                 return
-            if message_seen is not None:
-                message_seen()
+            hooks.vendor_message()  # the resilience layer's stall watchdog listens
             msg = codec.decode(raw)
             if isinstance(msg, codec.Results):
                 event = mapper.results(msg, times)

@@ -239,11 +239,13 @@ class TimeMap:
         self._vendor_samples += samples
         self._next = offset + samples
 
-    def to_timeline(self, vendor_seconds: float) -> float:
+    def to_timeline(self, vendor_seconds: float, *, end: bool = False) -> float:
+        """Map a time; an ``end`` time on a segment boundary belongs to the earlier segment."""
         if not self._vendor_starts:
             return vendor_seconds
         sample = vendor_seconds * SAMPLE_RATE
-        i = max(0, bisect.bisect_right(self._vendor_starts, sample) - 1)
+        find = bisect.bisect_left if end else bisect.bisect_right
+        i = max(0, find(self._vendor_starts, sample) - 1)
         return vendor_to_timeline(
             self._timeline_starts[i], vendor_seconds - self._vendor_starts[i] / SAMPLE_RATE
         )
@@ -295,7 +297,7 @@ class TranscriptMapper:
             Word(
                 w.punctuated_word or w.word,
                 round(times.to_timeline(w.start), 3),
-                round(times.to_timeline(w.end), 3),
+                round(times.to_timeline(w.end, end=True), 3),
                 w.confidence,
             )
             for w in alt.words
@@ -303,7 +305,7 @@ class TranscriptMapper:
         if words:
             start, end = words[0].start, words[-1].end
         else:
-            start, end = times.to_timeline(msg.start), times.to_timeline(msg.end)
+            start, end = times.to_timeline(msg.start), times.to_timeline(msg.end, end=True)
         return TranscriptEvent(
             text=text,
             is_final=final,

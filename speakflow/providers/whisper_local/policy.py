@@ -9,9 +9,16 @@ choosing which audio to give it:
   hoped for.
 * While speech goes on, every ``partial_interval`` of new audio asks for a
   partial of the utterance so far.
+* ``pause`` of trailing non-speech (shorter than the endpoint) asks for a
+  *tentative* decode of exactly the audio the final would take, so the final's
+  model work starts while the endpoint is still being waited for; if nobody
+  speaks before the endpoint the final reuses it (see the provider).
 * ``endpoint`` of trailing non-speech ends the utterance: one final, never
-  revised. An utterance longer than ``max_utterance`` is committed at the
-  quietest recent window so words are not cut in half.
+  revised.
+* Long utterances are committed in pieces without cutting words: past
+  ``soft_max_utterance`` the endpoint shrinks to the pause, so the next short
+  pause ends the piece; at ``max_utterance`` the piece ends at the quietest
+  window of the last 1.5 s.
 
 Times are sample indices on the source timeline; the provider turns them
 into seconds.
@@ -43,6 +50,10 @@ class Utterance:
     start: int
     end: int
     final: bool
+    #: a decode at a pause whose audio equals the final's if no speech follows
+    tentative: bool = False
+    #: samples of it the VAD judged speech
+    speech: int = 0
 
 
 ProbFn = Callable[[np.ndarray], np.ndarray]
@@ -57,6 +68,8 @@ class VadSegmenter:
         endpoint_ms: int = 500,
         partial_interval_ms: int = 1000,
         max_utterance_s: float = 20.0,
+        pause_ms: int = 0,
+        soft_max_utterance_s: float = 0.0,
     ) -> None:
         self._probs = speech_probs
         self._on = threshold
@@ -64,6 +77,11 @@ class VadSegmenter:
         self._endpoint = endpoint_ms * SAMPLE_RATE // 1000
         self._partial_every = partial_interval_ms * SAMPLE_RATE // 1000
         self._max_len = int(max_utterance_s * SAMPLE_RATE)
+        #: 0: no tentative decodes. At least TAIL, so its audio equals the final's.
+        self._pause = max(pause_ms * SAMPLE_RATE // 1000, TAIL) if pause_ms else 0
+        self._pause = min(self._pause, self._endpoint) if self._pause else 0
+        self._soft_len = int(soft_max_utterance_s * SAMPLE_RATE) or self._max_len
+        self._paused = False  # a tentative was asked for this pause
         self._pending = np.zeros(0, dtype=np.float32)  # < one window, not yet judged
         self._context = np.zeros(VAD_CONTEXT, dtype=np.float32)
         self._pos = 0  # timeline index of the first sample of _pending
@@ -143,10 +161,20 @@ class VadSegmenter:
             self._last_speech_end = self._pos
             self._speech_samples += VAD_WINDOW
         silence = self._pos - self._last_speech_end
-        if silence >= self._endpoint:
+        if silence == 0:
+            self._paused = False
+        length = self._pos - self._utt_start
+        endpoint = self._endpoint
+        if length >= self._soft_len and self._pause:
+            endpoint = self._pause
+        if silence >= endpoint:
             return self._end_utterance()
-        if self._pos - self._utt_start >= self._max_len:
+        if length >= self._max_len:
             return self._cut_long_utterance()
+        if self._pause and silence >= self._pause and not self._paused:
+            self._paused = True
+            if self._speech_samples >= MIN_SPEECH:
+                return [self._request(final=False, end=self._final_end(), tentative=True)]
         if self._pos - self._last_partial >= self._partial_every and silence == 0:
             self._last_partial = self._pos
             return [self._request(final=False, end=self._pos)]
@@ -165,20 +193,24 @@ class VadSegmenter:
             return np.zeros(0, dtype=np.float32)
         return np.concatenate(self._history[:count])
 
-    def _request(self, *, final: bool, end: int) -> Utterance:
+    def _request(self, *, final: bool, end: int, tentative: bool = False) -> Utterance:
         return Utterance(
             index=self._index,
             audio=self._audio(end),
             start=self._utt_start,
             end=min(end, self._last_speech_end),
             final=final,
+            tentative=tentative,
+            speech=self._speech_samples,
         )
+
+    def _final_end(self) -> int:
+        return min(self._pos, self._last_speech_end + TAIL)
 
     def _end_utterance(self) -> list[Utterance]:
         out: list[Utterance] = []
         if self._speech_samples >= MIN_SPEECH:
-            end = min(self._pos, self._last_speech_end + TAIL)
-            out.append(self._request(final=True, end=end))
+            out.append(self._request(final=True, end=self._final_end()))
         self._index += 1
         self._reset_after(self._pos)
         return out
@@ -196,6 +228,7 @@ class VadSegmenter:
             start=self._utt_start,
             end=cut,
             final=True,
+            speech=self._speech_samples,
         )
         self._index += 1
         first_kept = quiet + 1
@@ -209,7 +242,56 @@ class VadSegmenter:
 
     def _reset_after(self, pos: int) -> None:
         self._speaking = False
+        self._paused = False
         self._speech_samples = 0
         keep = (PREROLL + VAD_WINDOW - 1) // VAD_WINDOW
         if len(self._history) > keep:
             self._trim_to(len(self._history) - keep)
+
+
+def _key(word: str) -> str:
+    return "".join(ch for ch in word.lower() if ch.isalnum())
+
+
+class StablePartials:
+    """Partials that never flicker: words two hypotheses agree on, only ever growing.
+
+    Whisper re-decodes the whole utterance for every partial, and the last
+    words of audio cut mid-speech change from one decode to the next. So a
+    word is shown once two consecutive hypotheses of the same utterance agree
+    on everything up to it (the LocalAgreement-2 rule), and a shown word is
+    never taken back: a partial is always the previous partial plus words.
+    A *complete* hypothesis (decoded at a pause, with the utterance's whole
+    audio) needs no second opinion. The final replaces all of it and may differ.
+    Agreement compares words without case and punctuation ("Hi," == "hi").
+    """
+
+    def __init__(self) -> None:
+        self._index = -1
+        self._previous: list[str] = []
+        self.shown: list[str] = []
+
+    def update(self, index: int, text: str, *, complete: bool = False) -> str | None:
+        """The partial to send for hypothesis ``text`` of utterance ``index``, or None."""
+        if index != self._index:
+            self._index, self._previous, self.shown = index, [], []
+        words = text.split()
+        if complete:
+            agreed = words
+        else:
+            agreed = []
+            for a, b in zip(self._previous, words, strict=False):
+                if _key(a) != _key(b):
+                    break
+                agreed.append(b)
+        self._previous = words
+        shown = self.shown
+        if len(agreed) <= len(shown):
+            return None
+        if [_key(w) for w in agreed[: len(shown)]] != [_key(w) for w in shown]:
+            return None
+        self.shown = shown + agreed[len(shown) :]
+        return " ".join(self.shown)
+
+    def reset(self) -> None:
+        self._index, self._previous, self.shown = -1, [], []

@@ -1,26 +1,54 @@
 """``whisper_local``: faster-whisper in this process, the default provider.
 
-Each stream owns a :class:`VadSegmenter` and a small job list; the model and
-the scheduler are shared by every stream of the process.
+Each stream owns a :class:`VadSegmenter` (what to decode, when) and a
+:class:`StablePartials` (what partial text to show); the model, the VAD and
+the :class:`BatchScheduler` in front of the model are shared by every stream
+of the process. A stream is admitted only while the model can serve it
+(:meth:`WhisperLocalBackend.admit`); otherwise ``stream()`` raises
+:class:`ProviderOverloaded` and the client gets ``rate_limited``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections import deque
-from functools import partial
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import trio
 
 from ...config import Settings
-from ...errors import ProviderRejected
+from ...errors import ProviderOverloaded, ProviderRejected
 from ..base import SAMPLE_RATE, AudioFrame, Emit, SpeechProvider, StreamConfig, TranscriptEvent
-from .engine import ModelScheduler, Segment, WhisperEngine, resolve_model, shared_engine
-from .policy import Utterance, VadSegmenter
+from .engine import (
+    COMPRESSION_RATIO_THRESHOLD,
+    Decoded,
+    DecodeJob,
+    Segment,
+    WhisperEngine,
+    resolve_model,
+    shared_engine,
+)
+from .policy import StablePartials, Utterance, VadSegmenter
+from .scheduler import BatchScheduler
 
 log = logging.getLogger(__name__)
 
 NAME = "whisper_local"
+
+#: A new stream is refused while a queued final has waited this long: the
+#: model is already behind, another stream would only add to the lag.
+ADMIT_MAX_FINAL_WAIT_S = 1.0
+#: Capacity estimate: a stream that talks non-stop ends an utterance about
+#: this often, and finals may take this share of the model, the rest being
+#: headroom for bursts and partials.
+UTTERANCE_PERIOD_S = 4.0
+TARGET_FINAL_LOAD = 0.5
+#: Before any real final was measured, a final is assumed to cost this many
+#: times the start-up calibration decode (4 s of noise decodes to few tokens).
+CALIBRATION_FACTOR = 3.0
 
 
 def usable_text(segments: list[Segment]) -> str:
@@ -39,61 +67,170 @@ def usable_text(segments: list[Segment]) -> str:
     return " ".join(p for p in parts if p).strip()
 
 
+def accepted_text(decoded: Decoded) -> str:
+    """The text of a decode, or "" when Whisper says nothing was said or it loops."""
+    if decoded.is_silence or decoded.compression_ratio > COMPRESSION_RATIO_THRESHOLD:
+        return ""
+    return decoded.text.strip()
+
+
 class WhisperLocalBackend:
     name = NAME
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.engine: WhisperEngine = shared_engine(
-            resolve_model(settings.WHISPER_MODEL),
+            resolve_model(settings.WHISPER_MODEL, settings.WHISPER_CACHE_DIR or None),
             settings.WHISPER_DEVICE,
             settings.WHISPER_COMPUTE_TYPE,
             settings.WHISPER_CPU_THREADS,
         )
-        self.scheduler = ModelScheduler()
+        self.scheduler: BatchScheduler[DecodeJob, Decoded] = BatchScheduler(
+            self._run_batch,
+            max_batch=settings.WHISPER_MAX_BATCH,
+            partial_max_wait=settings.WHISPER_PARTIAL_INTERVAL_MS / 1000,
+        )
         #: seconds of audio fed to this backend's streams (for the real-time factor)
         self.audio_seconds = 0.0
+        self.streams = 0
+        self.refused = 0
+        self._calibration: float | None = None
+
+    def _run_batch(self, jobs: Sequence[DecodeJob]) -> list[Decoded]:
+        return self.engine.decode_batch(jobs)
 
     async def start(self) -> None:
         await trio.to_thread.run_sync(self.engine.load)
-        log.info("whisper model loaded from %s", self.engine.model_path)
+        self._calibration = await trio.to_thread.run_sync(self._calibrate)
+        log.info(
+            "whisper model loaded from %s (calibration decode %.0f ms, capacity ~%d streams)",
+            self.engine.model_path,
+            self._calibration * 1000,
+            self.capacity,
+        )
+
+    def _calibrate(self) -> float:
+        """Warm the model up (the first call allocates) and time one short decode."""
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        audio = (rng.standard_normal(4 * SAMPLE_RATE) * 0.01).astype(np.float32)
+        job = DecodeJob(audio, None if self.engine.multilingual else "en", 4.0)
+        self.engine.decode_batch([job])
+        best = math.inf
+        for _ in range(2):
+            started = time.perf_counter()
+            self.engine.decode_batch([job])
+            best = min(best, time.perf_counter() - started)
+        return best
+
+    # ------------------------------------------------------------------ capacity
+
+    @property
+    def capacity(self) -> int:
+        """Streams this backend admits: WHISPER_MAX_STREAMS, or estimated from measured cost."""
+        if self.settings.WHISPER_MAX_STREAMS:
+            return self.settings.WHISPER_MAX_STREAMS
+        cost = self._cost_per_final()
+        if cost is None:
+            return 0  # not started: admit() is never reached before start()
+        return max(1, int(TARGET_FINAL_LOAD * UTTERANCE_PERIOD_S / cost))
+
+    def _cost_per_final(self) -> float | None:
+        """Model seconds per final: measured (per item of the batches finals ran in,
+        so it falls as load forms bigger batches), or the calibration guess."""
+        if self.scheduler.final_item_cost is not None:
+            return self.scheduler.final_item_cost
+        if self._calibration is not None:
+            return self._calibration * CALIBRATION_FACTOR
+        return None
+
+    def admit(self) -> None:
+        """Raise ProviderOverloaded unless the model can serve one more stream now."""
+        capacity = self.capacity
+        if capacity and self.streams >= capacity:
+            self.refused += 1
+            how = (
+                "WHISPER_MAX_STREAMS"
+                if self.settings.WHISPER_MAX_STREAMS
+                else "estimated from the model's measured speed on this machine"
+            )
+            raise ProviderOverloaded(
+                NAME,
+                f"local Whisper is serving {self.streams} streams, its capacity ({capacity}, "
+                f"{how}); try again later",
+            )
+        behind = self.scheduler.oldest_final_wait()
+        if behind > ADMIT_MAX_FINAL_WAIT_S:
+            self.refused += 1
+            raise ProviderOverloaded(
+                NAME,
+                f"local Whisper is {behind:.1f} s behind on final transcripts for its "
+                f"{self.streams} streams; not taking another stream now, try again later",
+            )
+
+    # ------------------------------------------------------------------ reporting
 
     def create(self) -> SpeechProvider:
         return WhisperLocalStream(self)
 
     def metrics(self) -> dict[str, float]:
         stats = self.scheduler.statistics()
-        rtf = self.scheduler.busy_seconds / self.audio_seconds if self.audio_seconds else 0.0
+        sched = self.scheduler
+        rtf = sched.busy_seconds / self.audio_seconds if self.audio_seconds else 0.0
+        load, final_load = sched.load()
         return {
             "speakflow_whisper_queue_depth": stats["waiting"],
             "speakflow_whisper_busy": stats["busy"],
             "speakflow_whisper_real_time_factor": rtf,
+            "speakflow_whisper_streams": self.streams,
+            "speakflow_whisper_capacity_streams": self.capacity,
+            "speakflow_whisper_load": load,
+            "speakflow_whisper_final_load": final_load,
+            "speakflow_whisper_oldest_final_wait_seconds": sched.oldest_final_wait(),
+            "speakflow_whisper_busy_seconds_total": sched.busy_seconds,
+            "speakflow_whisper_audio_seconds_total": self.audio_seconds,
+            "speakflow_whisper_batches_total": sched.batches,
+            "speakflow_whisper_decodes_total": sched.items,
+            "speakflow_whisper_final_decodes_total": sched.finals,
+            "speakflow_whisper_partials_dropped_total": sched.dropped_partials,
+            "speakflow_whisper_fallback_decodes_total": self.engine.fallbacks,
+            "speakflow_whisper_streams_refused_total": self.refused,
         }
 
     def status(self) -> dict[str, object]:
+        cost = self._cost_per_final()
         return {
             "model": self.settings.WHISPER_MODEL or "tiny.en (bundled)",
             "model_loaded": self.engine.loaded,
+            "device": self.engine.device,
+            "compute_type": self.engine.compute_type,
+            "streams": self.streams,
+            "capacity_streams": self.capacity,
+            "final_cost_ms": round(cost * 1000, 1) if cost is not None else None,
             **{f"scheduler_{k}": v for k, v in self.scheduler.statistics().items()},
         }
 
 
 class _Jobs:
-    """Finals in order; of partials only the newest, since older ones are stale."""
+    """Finals and tentatives in order; of partials only the newest, older ones are stale."""
 
     def __init__(self) -> None:
-        self.finals: deque[Utterance] = deque()
+        self.ordered: deque[Utterance] = deque()
         self.partial: Utterance | None = None
         self.closed = False
         self._wake = trio.Event()
 
     def put(self, utt: Utterance) -> None:
-        if utt.final:
-            self.finals.append(utt)
+        if utt.final or utt.tentative:
+            self.ordered.append(utt)
             self.partial = None
         else:
             self.partial = utt
         self._wake.set()
+
+    def final_queued(self, index: int) -> bool:
+        return any(u.final and u.index == index for u in self.ordered)
 
     def close(self) -> None:
         self.closed = True
@@ -101,8 +238,8 @@ class _Jobs:
 
     async def get(self) -> Utterance | None:
         while True:
-            if self.finals:
-                return self.finals.popleft()
+            if self.ordered:
+                return self.ordered.popleft()
             if self.partial is not None:
                 utt, self.partial = self.partial, None
                 return utt
@@ -110,6 +247,15 @@ class _Jobs:
                 return None
             self._wake = trio.Event()
             await self._wake.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class _Tentative:
+    index: int
+    start: int
+    end: int
+    samples: int
+    decoded: Decoded
 
 
 class WhisperLocalStream:
@@ -122,7 +268,7 @@ class WhisperLocalStream:
         engine = self._backend.engine
         lang = config.language.split("-")[0].lower() if config.language else None
         if engine.multilingual:
-            return None if lang in (None, "", "auto") else lang
+            return None if lang in (None, "", "auto", "multi") else lang
         if lang not in (None, "", "en", "auto"):
             raise ProviderRejected(
                 NAME,
@@ -139,57 +285,98 @@ class WhisperLocalStream:
     ) -> None:
         language = self._language(config)
         backend = self._backend
+        backend.admit()
         s = backend.settings
         segmenter = VadSegmenter(
-            self._backend.engine.speech_probs,
+            backend.engine.speech_probs,
             threshold=s.WHISPER_VAD_THRESHOLD,
             endpoint_ms=s.WHISPER_ENDPOINT_MS,
             partial_interval_ms=s.WHISPER_PARTIAL_INTERVAL_MS,
             max_utterance_s=s.WHISPER_MAX_UTTERANCE_S,
+            pause_ms=s.WHISPER_PAUSE_MS,
+            soft_max_utterance_s=s.WHISPER_SOFT_MAX_UTTERANCE_S,
         )
         jobs = _Jobs()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._work, jobs, emit, language or config.language)
-            try:
-                async with audio:
-                    async for frame in audio:
-                        backend.audio_seconds += frame.samples / SAMPLE_RATE
-                        for utt in segmenter.feed(frame.pcm, frame.offset):
-                            jobs.put(utt)
-                for utt in segmenter.flush():
-                    jobs.put(utt)
-            finally:
-                jobs.close()
+        key = object()  # this stream, for the scheduler
+        backend.streams += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._work, jobs, key, emit, language)
+                try:
+                    async with audio:
+                        async for frame in audio:
+                            backend.audio_seconds += frame.samples / SAMPLE_RATE
+                            for utt in segmenter.feed(frame.pcm, frame.offset):
+                                self._put(jobs, key, utt)
+                    for utt in segmenter.flush():
+                        self._put(jobs, key, utt)
+                finally:
+                    jobs.close()
+        finally:
+            backend.streams -= 1
 
-    async def _work(self, jobs: _Jobs, emit: Emit, language: str) -> None:
-        engine = self._backend.engine
+    def _put(self, jobs: _Jobs, key: object, utt: Utterance) -> None:
+        jobs.put(utt)
+        if utt.final or utt.tentative:
+            # the worker may be waiting on a queued partial: that one is stale now
+            self._backend.scheduler.supersede(key)
+
+    async def _work(self, jobs: _Jobs, key: object, emit: Emit, language: str | None) -> None:
         scheduler = self._backend.scheduler
         finalized = -1
-        last_partial = ""
+        tentative: _Tentative | None = None
+        partials = StablePartials()
         while (utt := await jobs.get()) is not None:
-            if not utt.final and utt.index <= finalized:
-                continue
-            priority = scheduler.FINAL if utt.final else scheduler.PARTIAL
-            segments = await scheduler.run(
-                partial(engine.transcribe, utt.audio, language if language != "auto" else None),
-                priority,
-            )
-            text = usable_text(segments)
+            if utt.index <= finalized:
+                continue  # a partial or tentative of an utterance already final
+            decoded: Decoded | None = None
+            if (
+                utt.final
+                and tentative is not None
+                and (tentative.index, tentative.start, tentative.end, tentative.samples)
+                == (utt.index, utt.start, utt.end, len(utt.audio))
+            ):
+                decoded = tentative.decoded  # nothing was said since the pause: same audio
+            else:
+                if utt.tentative and jobs.final_queued(utt.index):
+                    continue  # its final is already here: decode that one instead
+                job = DecodeJob(utt.audio, language, utt.speech / SAMPLE_RATE)
+                decoded = await scheduler.submit(key, job, final=utt.final or utt.tentative)
+                if decoded is None:
+                    continue  # a partial dropped as stale
+            text = accepted_text(decoded)
+            event_language = decoded.language or language
+            start, end = utt.start / SAMPLE_RATE, utt.end / SAMPLE_RATE
             if utt.final:
                 finalized = utt.index
-                last_partial = ""
-            elif utt.index <= finalized or text == last_partial:
+                tentative = None
+                partials.reset()
+                if text:
+                    await emit(
+                        TranscriptEvent(
+                            text=text,
+                            is_final=True,
+                            start=start,
+                            end=end,
+                            language=event_language,
+                            confidence=round(decoded.confidence, 3),
+                            segment_id=str(utt.index),
+                        )
+                    )
                 continue
-            else:
-                last_partial = text
-            if text:
+            if utt.tentative:
+                tentative = _Tentative(utt.index, utt.start, utt.end, len(utt.audio), decoded)
+                if jobs.final_queued(utt.index):
+                    continue
+            shown = partials.update(utt.index, text, complete=utt.tentative)
+            if shown:
                 await emit(
                     TranscriptEvent(
-                        text=text,
-                        is_final=utt.final,
-                        start=utt.start / SAMPLE_RATE,
-                        end=utt.end / SAMPLE_RATE,
-                        language=language,
+                        text=shown,
+                        is_final=False,
+                        start=start,
+                        end=end,
+                        language=event_language,
                         segment_id=str(utt.index),
                     )
                 )

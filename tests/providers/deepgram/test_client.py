@@ -6,6 +6,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,9 +27,8 @@ FRAME = bytes(range(1, 17)) * 1000  # 0.5 s
 
 
 def settings_for(url: str, **overrides: Any):  # type: ignore[no-untyped-def]
-    return make_settings(
-        SPEECH_PROVIDER="deepgram", DEEPGRAM_API_KEY="test-key", DEEPGRAM_URL=url, **overrides
-    )
+    values = {"SPEECH_PROVIDER": "deepgram", "DEEPGRAM_API_KEY": "test-key", "DEEPGRAM_URL": url}
+    return make_settings(**{**values, **overrides})
 
 
 async def run_stream(
@@ -138,7 +138,7 @@ async def test_connect_is_bounded_by_the_connect_timeout() -> None:
         await trio.sleep_forever()  # accepts TCP, never answers the upgrade
 
     async with trio.open_nursery() as nursery:
-        [listener] = await nursery.start(trio.serve_tcp, mute, 0, "127.0.0.1")
+        [listener] = await nursery.start(partial(trio.serve_tcp, mute, 0, host="127.0.0.1"))
         port = listener.socket.getsockname()[1]
         url = f"ws://127.0.0.1:{port}/v1/listen"
         backend = DeepgramBackend(settings_for(url, PROVIDER_CONNECT_TIMEOUT="0.3"))
@@ -211,20 +211,18 @@ def memory_connector(server: EmulatorServer, nursery: trio.Nursery) -> Connector
 
     @asynccontextmanager
     async def connect(
-        url: str, headers: list[tuple[bytes, bytes]], timeout: float
+        url: str, headers: list[tuple[bytes, bytes]], connect_timeout: float
     ) -> AsyncIterator[WebSocketConnection]:
         client, peer = trio.testing.memory_stream_pair()
         nursery.start_soon(server.serve_stream, peer)
         parts = urlsplit(url)
-        async with trio.open_nursery() as own:
-            ws = await wrap_client_stream(
-                own, client, parts.netloc, f"{parts.path}?{parts.query}", extra_headers=headers
-            )
-            try:
-                yield ws
-            finally:
-                await ws.aclose()
-                own.cancel_scope.cancel()
+        ws = await wrap_client_stream(
+            nursery, client, parts.netloc, f"{parts.path}?{parts.query}", extra_headers=headers
+        )
+        try:
+            yield ws
+        finally:
+            await ws.aclose()
 
     return connect
 

