@@ -44,8 +44,8 @@ from .providers.base import (
     SAMPLE_RATE,
     AudioFrame,
     ProviderBackend,
-    StreamConfig,
     SpeechProvider,
+    StreamConfig,
     StreamHooks,
     TranscriptEvent,
 )

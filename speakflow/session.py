@@ -102,15 +102,15 @@ class ServerState:
         """Forget detached sessions older than RESUME_WINDOW_S (called on each start)."""
         horizon = trio.current_time() - self.settings.RESUME_WINDOW_S
         for sid, session in list(self.sessions.items()):
-            if session.detached_at is not None and session.detached_at < horizon:
-                if session.finished.is_set():
-                    del self.sessions[sid]
+            detached = session.detached_at
+            if detached is not None and detached < horizon and session.finished.is_set():
+                del self.sessions[sid]
 
     @property
     def attached_sessions(self) -> int:
         return sum(1 for s in self.sessions.values() if s.conn is not None)
 
-    async def drain(self, timeout: float) -> None:
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 (a budget, not a cancel)
         """Graceful shutdown: finalize every session, deliver its last finals and
         ``session_ended``, then close each client socket with 1001.
 
@@ -230,6 +230,7 @@ class Session:
         self.undelivered: deque[str] = deque(maxlen=self.UNDELIVERED_MAX)
         self.detached_at: float | None = None
         self.resumes = 0
+        self.started_at = trio.current_time()  # MAX_SESSION_S counts across resumes
         self.new_run()
 
     def new_run(self) -> None:
@@ -374,10 +375,9 @@ class Connection:
             self._nursery.cancel_scope.cancel()
 
     async def send(self, msg: p.ServerMessage) -> None:
-        try:
+        # Closed only while shutting down: the socket is about to close anyway.
+        with contextlib.suppress(trio.ClosedResourceError):
             await self._out_send.send(p.encode(msg))
-        except trio.ClosedResourceError:
-            pass  # shutting down: the socket is about to close
 
     async def send_error(
         self, code: str, message: str, session_id: str | None = None, trace_id: str | None = None
@@ -694,9 +694,10 @@ class Connection:
         session_id_var.set(None)
 
     async def _stop_at_max_duration(self, session: Session) -> None:
-        """MAX_SESSION_S reached: stop as ``stop_session`` would (finals flushed,
-        then ``session_ended``), after an ``error`` ``rate_limited`` saying why.
-        The connection stays open, so the client can start a new session.
+        """MAX_SESSION_S after the session started (resumes don't restart the clock):
+        stop as ``stop_session`` would (finals flushed, then ``session_ended``),
+        after an ``error`` ``rate_limited`` saying why. The connection stays
+        open, so the client can start a new session.
         """
         limit = self.settings.MAX_SESSION_S
         await self.send_error(
@@ -736,7 +737,8 @@ class Connection:
             async with trio.open_nursery() as nursery:
                 session.nursery = nursery
                 task_status.started()
-                with trio.move_on_after(self.settings.MAX_SESSION_S or math.inf):
+                limit = self.settings.MAX_SESSION_S or math.inf
+                with trio.move_on_at(session.started_at + limit):
                     await session.stop_requested.wait()
                 if not session.stop_requested.is_set():
                     await self._stop_at_max_duration(session)

@@ -139,9 +139,7 @@ async def test_reconnect_replays_and_never_duplicates(autojump_clock) -> None:
 async def test_budget_spent_tells_client_once_and_keeps_retrying(autojump_clock) -> None:
     vendor = ScriptedBackend("v", [3, 0, 0, 0, 0, 0, 0, 0, None])
     policy = RetryPolicy(initial_s=0.5, max_s=2.0, attempts=3)
-    stream, out, errors = await run_stream(
-        {"v": vendor}, [frame(i) for i in range(40)], policy=policy
-    )
+    _, out, errors = await run_stream({"v": vendor}, [frame(i) for i in range(40)], policy=policy)
     assert [code for code, _ in errors] == ["provider_unavailable"]
     assert texts(out) == [f"w{i}" for i in range(40)]  # the buffer covered the outage
 
