@@ -9,7 +9,8 @@ import os
 import signal
 import sys
 import tomllib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -25,7 +26,9 @@ log = logging.getLogger("speakflow")
 #: returning an exit status. Keeps this file free of every tool's options.
 _SUBCOMMAND_MODULES: list[str] = [
     "speakflow.client.cli",
+    "speakflow.client.compare",
     "speakflow.emulation.cli",
+    "speakflow.providers.whisper_local.bench",
 ]
 
 
@@ -94,6 +97,9 @@ def hypercorn_config(
     config.worker_class = "trio"
     if "accesslog" not in given:
         config.accesslog = None
+    if "errorlog" not in given:
+        # Hypercorn's own lines go through our handler (JSON, redaction), once.
+        config.errorlog = logging.getLogger("hypercorn.error")
     derived = {
         "websocket_ping_interval": settings.WS_PING_INTERVAL,
         "websocket_max_message_size": settings.WS_MAX_MESSAGE_BYTES,
@@ -202,3 +208,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     code: int = args.func(args)
     return code
+
+
+@asynccontextmanager
+async def running_app(
+    settings: Settings, host: str = "127.0.0.1", port: int = 0, graceful_timeout: float = 1.0
+) -> AsyncIterator[tuple[Any, str]]:
+    """The app under Hypercorn's trio worker inside the caller's task tree.
+
+    Yields (app, base http URL); for tests and tools that need a real server
+    next to their own code (``compare``, the test suite). Configured as
+    ``serve`` configures it.
+    """
+    from hypercorn.trio import serve
+
+    from .app import create_app
+
+    app = create_app(settings)
+    config = hypercorn_config(settings, host, port)
+    config.graceful_timeout = graceful_timeout
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(
+            partial(serve, app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+        )
+        try:
+            yield app, binds[0]
+        finally:
+            shutdown.set()

@@ -5,16 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
-from hypercorn.trio import serve
 
-from speakflow.app import create_app
-from speakflow.cli import hypercorn_config
+from speakflow.cli import running_app
 from speakflow.config import Settings, load_settings
 
 from .client import TestClient
@@ -51,15 +47,8 @@ def make_settings(**overrides: Any) -> Settings:
 async def running_server(settings: Settings | None = None, **overrides: Any) -> AsyncIterator[Any]:
     """Start the real app under Hypercorn's trio worker on 127.0.0.1:<free port>."""
     settings = settings or make_settings(**overrides)
-    app = create_app(settings)
-    config = hypercorn_config(settings, "127.0.0.1", 0)  # as `speakflow serve` configures it
-    config.graceful_timeout = 1
-    shutdown = trio.Event()
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(partial(serve, app, config, shutdown_trigger=shutdown.wait))
-        base = binds[0]
+    async with running_app(settings) as (app, base):  # configured as `speakflow serve` does
         yield ServerHandle(app=app, http=base, ws=base.replace("http", "ws", 1) + "/v1/stt/stream")
-        shutdown.set()
 
 
 class ServerHandle:

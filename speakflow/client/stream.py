@@ -59,6 +59,8 @@ class StreamOptions:
     json: bool = False
     session_id: str = ""
     language: str | None = None
+    #: start_session.provider (honoured when the server allows overrides)
+    provider: str | None = None
     token: str | None = None
     deflate: bool = True
     start_timeout: float = 30.0
@@ -244,6 +246,7 @@ class StreamClient:
                     "sample_rate": TARGET_RATE, "channels": 1, "encoding": "pcm16le",
                 },
                 **({"language": self.opts.language} if self.opts.language else {}),
+                **({"provider": self.opts.provider} if self.opts.provider else {}),
             }))
             with trio.move_on_after(self.opts.start_timeout) as scope:
                 await self.started.wait()
