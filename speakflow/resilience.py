@@ -323,6 +323,18 @@ class ResilientStream:
                             f"failing over to {self.providers[chain_index]}",
                         )
                         continue
+                    if self._audio_done:
+                        # The stream is over and the budget spent: say what is lost
+                        # rather than hold the session's stop until its deadline.
+                        lost = self.buffer.seconds
+                        if lost:
+                            config.hooks.audio_dropped(lost)
+                        await report(
+                            "provider_unavailable",
+                            f"{name} is unreachable ({err}); the last {lost:.1f} s of "
+                            f"{config.source} audio could not be transcribed",
+                        )
+                        return
                     if not told:
                         told = True
                         await report(

@@ -183,10 +183,12 @@ async def cut(ws: WebSocketConnection) -> None:
 class EmulatedConnection:
     """What a vendor handler gets besides the request: its record and fault state."""
 
-    def __init__(self, record: ConnectionRecord, faults: Faults) -> None:
+    def __init__(
+        self, record: ConnectionRecord, faults: Faults, refusals: RefusalBudget | None = None
+    ) -> None:
         self.record = record
         self.faults = faults
-        self.tracker = FaultTracker(faults)
+        self.tracker = FaultTracker(faults, refusals)
 
     def outbox(self, ws: WebSocketConnection) -> Outbox:
         return Outbox(ws, self.record, self.faults.slow_ms / 1000)
@@ -220,6 +222,7 @@ class EmulatorServer:
         self.faults = faults or Faults()
         self.log = log_ or ConnectionLog()
         self.refusals = RefusalBudget(self.faults.refuse)
+        self._faulted = 0  # accepted connections that got the audio faults (``times``)
         self.port: int | None = None
         self.host = "127.0.0.1"
 
@@ -268,23 +271,27 @@ class EmulatorServer:
     async def handle(self, request: WebSocketRequest) -> None:
         """One connection; never raises, so one bad connection can't stop the server."""
         record = self.log.open(self.vendor.name, request.path, str(request.remote))
-        conn = EmulatedConnection(record, self.faults)
+        conn = EmulatedConnection(record, self.faults, self.refusals)
         try:
             if self.refusals.take():
                 record.faults.append("refuse")
                 await self.vendor.refuse(request, conn)
             else:
+                times = self.faults.times
+                if times is not None:
+                    if self._faulted >= times:
+                        conn = EmulatedConnection(record, self.faults.healthy(), self.refusals)
+                    self._faulted += 1
                 await self.vendor.handle(request, conn)
         except ConnectionClosed as closed:
             reason = closed.reason
             record.closed(
                 reason.code if reason else None, reason.reason if reason else None, "client"
             )
-        except trio.Cancelled:
-            record.closed(1001, "emulator shutting down", "server")
-            raise
         except Exception:
             log.exception("%s emulator: connection #%d failed", self.vendor.name, record.id)
             record.closed(1011, "emulator error", "server")
         finally:
+            if record.accepted and not record.closed_by:  # cancelled: the emulator stopped
+                record.closed(None, "emulator stopped", "server")
             self.log.finish(record)

@@ -49,3 +49,22 @@ def test_refusal_budget_is_spent_once() -> None:
     budget = RefusalBudget(2)
     assert [budget.take() for _ in range(4)] == [True, True, False, False]
     assert budget.refused == 2
+
+
+def test_times_and_outage_parse_and_describe() -> None:
+    from speakflow.emulation.faults import Faults
+
+    faults = Faults.parse(["drop-after=2", "times=1", "outage-after=3"])
+    assert faults.times == 1 and faults.outage_after == 3
+    assert faults.describe() == ["drop-after=2", "outage-after=3", "times=1"]
+    assert faults.healthy().drop_after is None and faults.healthy().outage_after is None
+
+
+def test_outage_refuses_every_later_handshake() -> None:
+    from speakflow.emulation.faults import FaultAction, Faults, FaultTracker, RefusalBudget
+
+    refusals = RefusalBudget(0)
+    tracker = FaultTracker(Faults.parse(["outage-after=1.5"]), refusals)
+    assert tracker.audio(1.0) == [] and not refusals.take()
+    assert tracker.audio(1.6) == [FaultAction.DROP]
+    assert all(refusals.take() for _ in range(100))
