@@ -19,6 +19,7 @@ from speakflow.auth import (
     Refusal,
     bearer_token,
     choose_subprotocol,
+    origin_allowed,
 )
 from speakflow.errors import ConfigError
 
@@ -73,11 +74,18 @@ def _matrix() -> list[tuple[str, dict[str, str], str]]:
     ]
 
 
-MATRIX = _matrix()
+# Tokens are minted when a test runs, not at import: a long suite must not age them.
+NAMES = [m[0] for m in _matrix()]
 
 
-@pytest.mark.parametrize(("name", "headers", "expected"), MATRIX, ids=[m[0] for m in MATRIX])
-def test_token_matrix(name: str, headers: dict[str, str], expected: str) -> None:
+def case(name: str) -> tuple[dict[str, str], str]:
+    [(headers, expected)] = [(h, e) for n, h, e in _matrix() if n == name]
+    return headers, expected
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_token_matrix(name: str) -> None:
+    headers, expected = case(name)
     result = hs256().authenticate(headers)
     if expected in GENERIC:
         assert isinstance(result, Refusal), name
@@ -209,11 +217,8 @@ async def jwt_server():
         yield srv
 
 
-LIVE = [m for m in MATRIX if m[2] in GENERIC]
-
-
 async def test_token_matrix_over_the_socket(jwt_server) -> None:
-    for name, headers, expected in LIVE:
+    for name, headers, expected in (m for m in _matrix() if m[2] in GENERIC):
         raw = [(k.encode(), v.encode()) for k, v in headers.items()]
         code, reason = await closed_with(jwt_server.ws, raw)
         # One generic reason whatever failed: expiry, signature, audience... go to the log only.
@@ -255,26 +260,41 @@ async def test_browser_token_subprotocol_over_the_socket(jwt_server) -> None:
 @pytest.mark.parametrize(
     ("cors", "origin", "allowed"),
     [
-        ("", None, True),  # native clients (the desktop) send no Origin
-        ("", "SAME", True),  # the server's own page
-        ("", "https://app.example", False),
-        ("https://app.example", "https://app.example", True),
-        ("https://app.example", "https://evil.example", False),
-        ("https://app.example", "null", False),
-        ("*", "https://evil.example", True),
+        ([], None, True),  # native clients (the desktop) send no Origin
+        ([], "http://127.0.0.1:8000", True),  # the server's own page
+        ([], "HTTP://127.0.0.1:8000/", True),
+        ([], "https://127.0.0.1:8000", False),  # another scheme is another origin
+        ([], "http://127.0.0.1:8001", False),
+        ([], "https://app.example", False),
+        (["https://app.example"], "https://app.example", True),
+        (["https://app.example"], "https://evil.example", False),
+        (["https://app.example"], "null", False),
+        (["*"], "https://evil.example", True),
     ],
 )
-async def test_origin_check(cors: str, origin: str | None, allowed: bool) -> None:
+def test_origin_allowed(cors: list[str], origin: str | None, allowed: bool) -> None:
+    assert origin_allowed(origin, "ws", "127.0.0.1:8000", cors) is allowed
+
+
+def test_origin_behind_a_tls_proxy() -> None:
+    assert origin_allowed("https://speak.example", "wss", "speak.example", [])
+    assert origin_allowed("https://speak.example", "https", "speak.example", [])
+    assert not origin_allowed("http://speak.example", "wss", "speak.example", [])
+
+
+@pytest.mark.parametrize("cors", ["https://app.example", "*"])
+async def test_origin_check_over_the_socket(cors: str) -> None:
     async with running_server(CORS_ORIGINS=cors) as srv:
-        if origin == "SAME":
-            origin = srv.http
-        headers = [(b"X-User-Id", b"u")]
-        if origin is not None:
-            headers.append((b"Origin", origin.encode()))
-        if allowed:
-            with trio.fail_after(10):
-                async with open_websocket_url(srv.ws, extra_headers=headers) as ws:
-                    await ws.send_message('{"type": "stop_session", "session_id": "x"}')
-                    assert '"unknown_session"' in await ws.get_message()
-        else:
-            assert await closed_with(srv.ws, headers) == (1008, "origin not allowed")
+        cases = [(None, True), (srv.http, True), ("https://app.example", True)]
+        cases.append(("https://evil.example", cors == "*"))
+        for origin, allowed in cases:
+            headers = [(b"X-User-Id", b"u")]
+            if origin is not None:
+                headers.append((b"Origin", origin.encode()))
+            if allowed:
+                with trio.fail_after(10):
+                    async with open_websocket_url(srv.ws, extra_headers=headers) as ws:
+                        await ws.send_message('{"type": "stop_session", "session_id": "x"}')
+                        assert '"unknown_session"' in await ws.get_message()
+            else:
+                assert await closed_with(srv.ws, headers) == (1008, "origin not allowed")
