@@ -102,7 +102,8 @@ def create_app(settings: Settings) -> Starlette:
             return Refusal(REASON_ORIGIN, f"origin {(origin or '')[:100]!r} is not allowed")
         headers: Mapping[str, str] = ws.headers
         if authenticator.mode == "header" and "x-user-id" not in headers:
-            # jwt mode: a browser sends its token as the subprotocol bearer.<jwt> (auth.py)
+            # a browser's stand-in for the header (in jwt mode its token comes as the
+            # subprotocol bearer.<jwt>, which the authenticator reads itself)
             user_id = browser_user_id(ws.query_params, subprotocols)
             if user_id is not None:
                 headers = {**dict(headers.items()), "x-user-id": user_id}

@@ -89,9 +89,9 @@ def hypercorn_config(
     """
     from hypercorn.config import Config
 
-    from ._hypercorn import install_ws_overflow_fix
+    from ._hypercorn import install_fixes
 
-    install_ws_overflow_fix()  # an oversize message must be a 1009, never a server crash
+    install_fixes()  # one client's bad frames must never end the server (see _hypercorn.py)
     given = read_hypercorn_file(config_file) if config_file else {}
     config = Config.from_toml(config_file) if config_file else Config()
     config.worker_class = "trio"
@@ -177,12 +177,31 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     log.debug("settings", extra={"event": "settings", "fields": dict(settings.safe_items())})
     try:
         trio.run(_serve, settings, args.host, args.port, args.config)
-    except ConfigError as err:
-        print(f"speakflow: configuration error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         pass
+    except (ConfigError, BaseExceptionGroup) as err:
+        # a provider's start-up (model load) fails inside Hypercorn's lifespan task group
+        found = _config_error(err)
+        if found is None:
+            raise
+        print(f"speakflow: configuration error: {found}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _config_error(err: BaseException | None, depth: int = 0) -> ConfigError | None:
+    """The ConfigError inside ``err``: Hypercorn reports a failed lifespan start-up as
+    its own error raised while handling ours, inside task groups."""
+    if err is None or depth > 10:
+        return None
+    if isinstance(err, ConfigError):
+        return err
+    if isinstance(err, BaseExceptionGroup):
+        for inner in err.exceptions:
+            found = _config_error(inner, depth + 1)
+            if found is not None:
+                return found
+    return _config_error(err.__cause__ or err.__context__, depth + 1)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -105,16 +105,20 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     WHISPER_COMPUTE_TYPE: str = "int8"
     WHISPER_CPU_THREADS: NonNegativeInt = 0
     #: trailing silence that ends an utterance (its final)
-    WHISPER_ENDPOINT_MS: PositiveInt = 500
+    WHISPER_ENDPOINT_MS: PositiveInt = 400
     #: a shorter silence at which the final's decode starts early (0: off)
-    WHISPER_PAUSE_MS: NonNegativeInt = 250
-    WHISPER_PARTIAL_INTERVAL_MS: PositiveInt = 1000
+    WHISPER_PAUSE_MS: NonNegativeInt = 150
+    WHISPER_PARTIAL_INTERVAL_MS: PositiveInt = 500
     #: past this an utterance ends at the next pause; at the max it is cut at a quiet spot
     WHISPER_SOFT_MAX_UTTERANCE_S: NonNegativeFloat = 10.0
     WHISPER_MAX_UTTERANCE_S: Annotated[float, msgspec.Meta(gt=0, le=28)] = 20.0
     WHISPER_VAD_THRESHOLD: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.5
     #: utterances of all streams decoded together in one model call
     WHISPER_MAX_BATCH: PositiveInt = 8
+    #: encoder window: auto (30 s for a lone final, utterance + 2 s when busy), full, short
+    WHISPER_WINDOW: str = "auto"
+    #: auto: the 30 s window only while one takes at most this long on this machine
+    WHISPER_FULL_WINDOW_BUDGET_MS: PositiveInt = 350
     #: streams admitted at once (0: estimated from the model's measured speed)
     WHISPER_MAX_STREAMS: NonNegativeInt = 0
 
@@ -130,10 +134,29 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     DEEPGRAM_KEEPALIVE_S: PositiveFloat = 4.0
 
     ASSEMBLYAI_API_KEY: str = ""
+    ASSEMBLYAI_URL: str = "wss://streaming.assemblyai.com/v3/ws"
+    #: universal-streaming-english becomes universal-streaming-multilingual for other languages
+    ASSEMBLYAI_SPEECH_MODEL: str = "universal-streaming-english"
+    #: punctuated, cased finals (each turn's second, formatted message)
+    ASSEMBLYAI_FORMAT_TURNS: bool = True
+    #: turn detection: confidence that a turn ended, and the silences (ms) that end it
+    ASSEMBLYAI_END_OF_TURN_CONFIDENCE: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.4
+    ASSEMBLYAI_MIN_TURN_SILENCE_MS: PositiveInt = 400
+    ASSEMBLYAI_MAX_TURN_SILENCE_MS: PositiveInt = 1280
+    #: how far audio may be sent ahead of real time (AssemblyAI closes 3007 past real time)
+    ASSEMBLYAI_MAX_LEAD_S: PositiveFloat = 1.0
     AWS_REGION: str = "us-east-1"
     AWS_ACCESS_KEY_ID: str = ""
     AWS_SECRET_ACCESS_KEY: str = ""
     AWS_SESSION_TOKEN: str = ""
+    #: default wss://transcribestreaming.<AWS_REGION>.amazonaws.com:8443
+    AWS_TRANSCRIBE_ENDPOINT: str = ""
+    #: when the session chose no language; empty: DEFAULT_LANGUAGE as AWS's code (en -> en-US)
+    AWS_TRANSCRIBE_LANGUAGE: str = ""
+    #: partial-results stabilization: low, medium, high, or off
+    AWS_TRANSCRIBE_STABILITY: str = "medium"
+    #: a silent source gets a little silence after this long without audio (AWS: 15 s limit)
+    AWS_TRANSCRIBE_KEEPALIVE_S: PositiveFloat = 5.0
     OPENAI_API_KEY: str = ""
 
     # Post-processing of finals (speakflow.postprocess): none | basic | langchain.

@@ -45,14 +45,15 @@ ERROR_DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.INVALID_AUDIO: "odd byte count, empty, or larger than the configured maximum",
     ErrorCode.UNKNOWN_SESSION: "`session_id` is not the active session of this connection",
     ErrorCode.SESSION_ACTIVE: "`start_session` with a different id while a session is active",
-    ErrorCode.USER_MISMATCH: "`user_id` differs from the handshake's `X-User-Id`, or the "
-    "session belongs to another user",
+    ErrorCode.USER_MISMATCH: "`user_id` differs from the connection's user (`X-User-Id`, or the "
+    "token's `sub`), or the session belongs to another user (start, chunk, stop or resume)",
     ErrorCode.UNKNOWN_SOURCE: "source other than `microphone` / `system`",
     ErrorCode.UNSUPPORTED_AUDIO_CONFIG: "sample rate, channels or encoding the server cannot "
     "honour",
     ErrorCode.PROVIDER_UNAVAILABLE: "the provider cannot be reached or cannot keep up",
     ErrorCode.PROVIDER_ERROR: "the provider rejected the stream (bad key, bad request)",
-    ErrorCode.RATE_LIMITED: "a limit was hit (sessions per user, audio far faster than real time)",
+    ErrorCode.RATE_LIMITED: "a limit was hit (sessions per user or in total, audio far faster "
+    "than real time, maximum session duration)",
     ErrorCode.INTERNAL_ERROR: "a bug; logged with a trace id that the message carries",
 }
 

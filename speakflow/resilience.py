@@ -38,7 +38,7 @@ import numpy as np
 import tenacity
 import trio
 
-from .errors import ProviderError, ProviderRejected, ProviderUnavailable
+from .errors import ProviderError, ProviderOverloaded, ProviderRejected, ProviderUnavailable
 from .observability.logs import event, provider_var
 from .providers.base import (
     SAMPLE_RATE,
@@ -281,7 +281,10 @@ class ResilientStream:
                     name, emit, config, self.reconnects > 0, on_fallback_since
                 )
                 came_back_from = None
-            except ProviderRejected as err:
+            except (ProviderRejected, ProviderOverloaded) as err:
+                # refused (bad request) or full (admission control): the next provider
+                # of the chain may take the stream; else the client hears err.code
+                # (provider_error, rate_limited)
                 config.hooks.vendor_error(err.code)
                 event(log, "provider.rejected", str(err), logging.WARNING)
                 if chain_index + 1 < len(self.providers):

@@ -22,7 +22,10 @@ from __future__ import annotations
 #: ``--engine`` choices (``speakflow.emulation.engines``)
 ENGINES = ("whisper", "echo")
 
-#: vendor name -> "module:factory"; the factory takes (engine, api_key=, idle_timeout=).
+#: vendor name -> "module:factory"; the factory takes (engine, idle_timeout=) and its
+#: vendor's credentials as keywords (api_key=; AWS: access_key=, secret_key=).
 EMULATORS: dict[str, str] = {
     "deepgram": "speakflow.emulation.deepgram:DeepgramEmulator",
+    "assemblyai": "speakflow.emulation.assemblyai:AssemblyAIEmulator",
+    "aws_transcribe": "speakflow.emulation.aws_transcribe:AwsTranscribeEmulator",
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import logging
 import os
 import signal
@@ -52,6 +53,17 @@ def register(sub: Any) -> None:
         "--api-key", default=None, help="the key clients must present (default: test-key)"
     )
     parser.add_argument(
+        "--access-key",
+        default=None,
+        help="aws_transcribe: the access key id URLs must be signed with "
+        "(default: test-access-key)",
+    )
+    parser.add_argument(
+        "--secret-key",
+        default=None,
+        help="aws_transcribe: the secret key URLs must be signed with (default: test-secret-key)",
+    )
+    parser.add_argument(
         "--engine",
         choices=ENGINES,
         default="whisper",
@@ -70,9 +82,25 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--idle-timeout",
         type=_positive_float,
-        default=10.0,
+        default=None,
         metavar="S",
-        help="close a connection that received nothing for S seconds (default 10, as the vendor)",
+        help="close a connection that received nothing for S seconds (default: the vendor's "
+        "limit, Deepgram 10, AWS 15; AssemblyAI none unless the client sets inactivity_timeout)",
+    )
+    parser.add_argument(
+        "--max-session-s",
+        type=_positive_float,
+        default=None,
+        metavar="S",
+        help="assemblyai: end a session after S seconds with 3008 (default 10800, as the vendor)",
+    )
+    parser.add_argument(
+        "--realtime-tolerance-s",
+        type=_positive_float,
+        default=None,
+        metavar="S",
+        help="assemblyai: close 3007 when the audio received runs more than S seconds ahead "
+        "of real time (default 2)",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default), WARNING")
     parser.set_defaults(func=_cmd_emulate)
@@ -96,15 +124,35 @@ def build_engine(name: str) -> Engine:
 
 
 def build_vendor(
-    vendor: str, engine: Engine, *, api_key: str | None = None, idle_timeout: float = 10.0
+    vendor: str,
+    engine: Engine,
+    *,
+    idle_timeout: float | None = None,
+    **credentials: str | float | None,
 ) -> Vendor:
+    """The vendor's emulator; ``credentials`` (api_key=, access_key=, ...) and options
+    (max_session_s=, ...) left None take the vendor's defaults. One the vendor does not
+    take is a ValueError."""
     module_name, _, attr = EMULATORS[vendor].partition(":")
     factory = getattr(importlib.import_module(module_name), attr)
-    kwargs: dict[str, Any] = {"idle_timeout": idle_timeout}
-    if api_key is not None:
-        kwargs["api_key"] = api_key
+    kwargs: dict[str, Any] = {k: v for k, v in credentials.items() if v is not None}
+    if idle_timeout is not None:
+        kwargs["idle_timeout"] = idle_timeout
+    accepted = inspect.signature(factory).parameters
+    for name in kwargs:
+        if name not in accepted:
+            raise ValueError(f"--{name.replace('_', '-')} does not apply to the {vendor} emulator")
     emulator: Vendor = factory(engine, **kwargs)
     return emulator
+
+
+def _default_credentials(args: argparse.Namespace) -> str:
+    """The banner's note on credentials the user did not set (test defaults)."""
+    if args.vendor == "aws_transcribe":
+        if args.access_key is None and args.secret_key is None:
+            return ", access key test-access-key, secret key test-secret-key"
+        return ""
+    return ", api key test-key" if args.api_key is None else ""
 
 
 async def _run(server: EmulatorServer, host: str, port: int, note: str) -> None:
@@ -138,9 +186,22 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
         return 2
     from .server import EmulatorServer
 
-    vendor = build_vendor(args.vendor, engine, api_key=args.api_key, idle_timeout=args.idle_timeout)
+    try:
+        vendor = build_vendor(
+            args.vendor,
+            engine,
+            idle_timeout=args.idle_timeout,
+            api_key=args.api_key,
+            access_key=args.access_key,
+            secret_key=args.secret_key,
+            max_session_s=args.max_session_s,
+            realtime_tolerance_s=args.realtime_tolerance_s,
+        )
+    except ValueError as err:
+        print(f"speakflow emulate: {err}", file=sys.stderr)
+        return 2
     server = EmulatorServer(vendor, faults)
-    note = f"engine {engine.name}" + (", api key test-key" if args.api_key is None else "")
+    note = f"engine {engine.name}" + _default_credentials(args)
     try:
         trio.run(_run, server, args.host, args.port, note)
     except KeyboardInterrupt:

@@ -40,8 +40,26 @@ class ProviderSpec:
         return factory(settings)
 
 
+def _check_whisper_local(settings: Settings) -> None:
+    from .whisper_local import check_settings
+
+    check_settings(settings)
+
+
 def _check_deepgram(settings: Settings) -> None:
     from .deepgram import check_settings
+
+    check_settings(settings)
+
+
+def _check_assemblyai(settings: Settings) -> None:
+    from .assemblyai import check_settings
+
+    check_settings(settings)
+
+
+def _check_aws_transcribe(settings: Settings) -> None:
+    from .aws_transcribe import check_settings
 
     check_settings(settings)
 
@@ -50,13 +68,28 @@ PROVIDERS: dict[str, ProviderSpec] = {
     spec.name: spec
     for spec in (
         ProviderSpec(
-            "whisper_local", "speakflow.providers.whisper_local.provider:WhisperLocalBackend"
+            "whisper_local",
+            "speakflow.providers.whisper_local.provider:WhisperLocalBackend",
+            extra_check=_check_whisper_local,
         ),
         ProviderSpec(
             "deepgram",
             "speakflow.providers.deepgram.client:DeepgramBackend",
             required=("DEEPGRAM_API_KEY",),
             extra_check=_check_deepgram,
+        ),
+        ProviderSpec(
+            "assemblyai",
+            "speakflow.providers.assemblyai.client:AssemblyAIBackend",
+            required=("ASSEMBLYAI_API_KEY",),
+            extra_check=_check_assemblyai,
+        ),
+        # Credentials may come from boto3's chain (profiles, roles), so no key is
+        # required here; the backend's start() fails clearly when none resolve.
+        ProviderSpec(
+            "aws_transcribe",
+            "speakflow.providers.aws_transcribe.client:AwsTranscribeBackend",
+            extra_check=_check_aws_transcribe,
         ),
     )
 }

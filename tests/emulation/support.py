@@ -32,6 +32,20 @@ async def running_deepgram(
         nursery.cancel_scope.cancel()
 
 
+@asynccontextmanager
+async def running_assemblyai(
+    engine: str = "echo", faults: Sequence[str] = (), **options: Any
+) -> AsyncIterator[EmulatorServer]:
+    from speakflow.emulation.assemblyai import AssemblyAIEmulator
+
+    server = EmulatorServer(AssemblyAIEmulator(make_engine(engine), **options),
+                            Faults.parse(faults))  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        yield server
+        nursery.cancel_scope.cancel()
+
+
 def token(key: str = "test-key") -> list[tuple[bytes, bytes]]:
     return [(b"Authorization", f"Token {key}".encode())]
 

@@ -55,11 +55,11 @@ async def test_emulator_process_serves_and_logs_each_connection() -> None:
                 assert msg["channel"]["alternatives"][0]["transcript"] == "1234123412341234"
                 await ws.send_message('{"type":"CloseStream"}')
                 assert loads(await ws.get_message())["type"] == "Metadata"
+            errors = b""
+            while b"connection deepgram #1" not in errors:  # logged once it is over
+                errors += await process.stderr.receive_some(65536)
             process.send_signal(signal.SIGINT)
             assert await process.wait() == 0
-            errors = b""
-            while chunk := await process.stderr.receive_some(65536):
-                errors += chunk
         finally:
             if process.returncode is None:
                 process.kill()

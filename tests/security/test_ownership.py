@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import pytest
 import trio
+from trio_websocket import ConnectionClosed
 
 from ..client import TestClient
 from ..conftest import running_server
 from .tokens import jwt_env, token
 
 PCM = b"\x01\x00" * 8000  # 500 ms
+LATER = 1_700_000_000_000 + 500  # the next chunk's timestamp (older ones are resume duplicates)
 
 
 async def expect_code(c: TestClient, code: str) -> dict:
@@ -57,7 +59,7 @@ async def owner_is_untouched(srv, alice: TestClient, sid: str, before: dict[str,
     with trio.move_on_after(0.3):
         msg = await alice.recv()
         pytest.fail(f"the owner got a message caused by another user: {msg}")
-    await alice.chunk(sid, "microphone", PCM)  # the owner's session still works
+    await alice.chunk(sid, "microphone", PCM, ts=LATER)  # the owner's session still works
     await alice.stop(sid)
     msgs = await alice.until("session_ended")
     assert not [m for m in msgs if m["type"] == "error"]
@@ -118,14 +120,48 @@ async def test_ownership_with_jwt_identities() -> None:
 
 
 async def test_same_user_other_connection_is_not_user_mismatch(server) -> None:
-    """The owner's second connection gets session_active / unknown_session, not user_mismatch."""
+    """The owner's second connection resumes (takes over) the session: no user_mismatch."""
     with trio.fail_after(30):
         async with server.client("alice") as one, server.client("alice") as two:
             await one.start("s", user="alice")
             await one.expect("session_started")
             await two.start("s", user="alice")
-            await expect_code(two, "session_active")
-            await two.chunk("s", "microphone", PCM)
-            await expect_code(two, "unknown_session")
-            await one.stop("s")
-            await one.until("session_ended")
+            started = await two.expect("session_started")
+            assert started.get("resumed") is True
+            with pytest.raises(ConnectionClosed) as info:  # the stale connection lets go
+                while True:
+                    await one.recv()
+            assert info.value.reason.code == 1000
+            await two.stop("s")
+            await two.until("session_ended")
+
+
+async def test_resume_of_another_users_detached_session() -> None:
+    """Alice's connection drops; her session waits for a resume. Bob can't take it."""
+    async with running_server() as srv:
+        with trio.fail_after(30):
+            async with srv.client("alice") as alice:
+                await alice.start("owned", user="alice")
+                await alice.expect("session_started")
+                await alice.chunk("owned", "microphone", PCM)
+                await barrier(alice)
+            while True:  # the record stays for RESUME_WINDOW_S, detached
+                session = srv.state.sessions.get("owned")
+                if session is not None and session.conn is None and session.finished.is_set():
+                    break
+                await trio.sleep(0.02)
+            before = samples(srv, "owned")
+            assert before == {"microphone": 8000}
+            async with srv.client("bob") as bob:
+                await attack(bob, "owned")
+            assert samples(srv, "owned") == before
+            async with srv.client("alice") as alice:
+                await alice.start("owned", user="alice")
+                started = await alice.expect("session_started")
+                assert started.get("resumed") is True
+                await alice.chunk("owned", "microphone", PCM, ts=LATER)
+                await barrier(alice)
+                assert samples(srv, "owned") == {"microphone": 16000}  # hers, and only hers
+                await alice.stop("owned")
+                msgs = await alice.until("session_ended")
+                assert not [m for m in msgs if m["type"] == "error"]

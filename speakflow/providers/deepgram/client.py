@@ -27,7 +27,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import trio
@@ -171,6 +171,10 @@ class _State:
     closing: bool = False
     last_sent: float = 0.0
     keepalives: int = 0
+    #: set by the reader when Deepgram closed the connection
+    done: trio.Event = field(default_factory=trio.Event)
+    #: set by the reader at the Metadata that follows CloseStream (or at the close)
+    flushed: trio.Event = field(default_factory=trio.Event)
 
 
 class DeepgramStream:
@@ -239,10 +243,10 @@ class DeepgramStream:
         state = _State(last_sent=trio.current_time())
         times = codec.TimeMap()
         mapper = codec.TranscriptMapper(options.language)
-        done = trio.Event()
+        done = state.done
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._reader, ws, emit, config, mapper, times, state, done)
+                nursery.start_soon(self._reader, ws, emit, config, mapper, times, state)
                 nursery.start_soon(self._keepalive, ws, state, s.DEEPGRAM_KEEPALIVE_S)
                 async with audio:
                     async for frame in audio:
@@ -256,11 +260,14 @@ class DeepgramStream:
                 if not (await _send(ws, codec.FINALIZE) and await _send(ws, codec.CLOSE_STREAM)):
                     await _lost(done)
                 with trio.move_on_after(s.PROVIDER_RESPONSE_TIMEOUT):
-                    await done.wait()
-                if not done.is_set():
+                    await state.flushed.wait()
+                if state.flushed.is_set():  # Deepgram closes right after Metadata: let it
+                    with trio.move_on_after(CLOSE_TIMEOUT):
+                        await done.wait()
+                else:
                     log.warning(
-                        "deepgram sent no close within %g s of CloseStream; last finals may be "
-                        "missing",
+                        "deepgram did not finish within %g s of CloseStream; last finals may "
+                        "be missing",
                         s.PROVIDER_RESPONSE_TIMEOUT,
                     )
                 nursery.cancel_scope.cancel()
@@ -278,7 +285,6 @@ class DeepgramStream:
         mapper: codec.TranscriptMapper,
         times: codec.TimeMap,
         state: _State,
-        done: trio.Event,
     ) -> None:
         hooks = config.hooks
         while True:
@@ -290,7 +296,8 @@ class DeepgramStream:
                 error = codec.close_error(
                     code, reason.reason if reason is not None else None, closing=state.closing
                 )
-                done.set()
+                state.done.set()
+                state.flushed.set()
                 if error is not None:
                     raise error from None
                 return
@@ -303,7 +310,7 @@ class DeepgramStream:
             elif isinstance(msg, codec.Metadata):
                 log.debug("deepgram metadata: request %s, %.1f s", msg.request_id, msg.duration)
                 if state.closing:  # Metadata is the last message after CloseStream
-                    done.set()
+                    state.flushed.set()
             elif isinstance(msg, codec.UtteranceEnd | codec.SpeechStarted):
                 log.debug("deepgram %s", type(msg).__name__)
             else:

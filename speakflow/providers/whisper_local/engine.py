@@ -44,11 +44,12 @@ from typing import Any, TypeVar
 import numpy as np
 import trio
 
+from ...errors import ConfigError
 from .models import bundled_model_path, resolve_model
 
 __all__ = [
-    "Decoded",
     "DecodeJob",
+    "Decoded",
     "ModelScheduler",
     "Segment",
     "WhisperEngine",
@@ -69,6 +70,8 @@ FULL_FRAMES = 3000
 PAD_FRAMES = 200
 #: windows are rounded up to this many frames so batches of similar lengths share a shape
 ROUND_FRAMES = 100
+#: while full windows are over budget, every this many lone finals still takes one
+PROBE_EVERY = 8
 
 # Whisper's own quality thresholds (faster-whisper's defaults).
 NO_SPEECH_THRESHOLD = 0.6
@@ -76,6 +79,11 @@ LOG_PROB_THRESHOLD = -1.0
 COMPRESSION_RATIO_THRESHOLD = 2.4
 #: more words than this per second of audio (+ slack) is a hallucination or a loop
 MAX_WORDS_PER_SECOND = 4.0
+#: decoding stops after this many tokens per second of audio (+ slack): speech
+#: needs ~4-7 (Spanish has more tokens per word); a loop on noise would run to
+#: Whisper's 224 tokens, seconds of model time for nothing
+MAX_TOKENS_PER_SECOND = 12
+MAX_TOKENS_SLACK = 10
 _WORD = re.compile(r"\w+")
 
 
@@ -96,6 +104,8 @@ class DecodeJob:
     language: str | None
     #: seconds of it the VAD judged speech (the hallucination guard's yardstick)
     speech_s: float = 0.0
+    #: a final (or what will likely be one): worth the full window when alone
+    final: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +177,11 @@ class WhisperEngine:
         self._suppress: list[int] = []
         #: decodes redone over the full window (see :func:`suspicious`)
         self.fallbacks = 0
+        #: seconds a lone final's full-window decode may take (window "auto")
+        self.full_window_budget = 0.35
+        #: moving average of measured lone full-window decodes, seconds
+        self.full_window_cost: float | None = None
+        self._skipped_full = 0
 
     @property
     def loaded(self) -> bool:
@@ -184,12 +199,18 @@ class WhisperEngine:
             from faster_whisper import WhisperModel
             from faster_whisper.vad import get_vad_model
 
-            model = WhisperModel(
-                str(self.model_path),
-                device=self.device,
-                compute_type=self.compute_type,
-                cpu_threads=self.cpu_threads,
-            )
+            try:
+                model = WhisperModel(
+                    str(self.model_path),
+                    device=self.device,
+                    compute_type=self.compute_type,
+                    cpu_threads=self.cpu_threads,
+                )
+            except (RuntimeError, ValueError, OSError) as err:
+                raise ConfigError(
+                    f"WHISPER_MODEL/WHISPER_DEVICE/WHISPER_COMPUTE_TYPE: cannot load "
+                    f"{self.model_path} on {self.device} as {self.compute_type}: {err}"
+                ) from None
             self._vad_session = get_vad_model().session
             self._model = model
 
@@ -248,13 +269,58 @@ class WhisperEngine:
                 self._suppress = list(get_suppressed_tokens(tok, [-1]))
         return tok
 
-    def decode_batch(self, jobs: Sequence[DecodeJob], *, full_window: bool = False) -> list[Decoded]:
+    def decode_batch(
+        self,
+        jobs: Sequence[DecodeJob],
+        *,
+        window: str = "auto",
+        busy: bool = False,
+        full_window: bool = False,
+        max_tokens: int | None = None,
+    ) -> list[Decoded]:
         """Blocking: transcribe every job in one encode + one generate call.
 
-        Suspicious short-window results are decoded again over the full window.
+        ``window``: ``full`` always uses Whisper's 30 s window (the offline
+        result, ~8x the encoder work), ``short`` the utterance plus 2 s, and
+        ``auto`` the full window for a final decoded alone while the model is
+        not ``busy`` and a full-window decode is measured to fit
+        ``full_window_budget`` (:meth:`_full_window_affordable`), short windows
+        for partials and when work queues (many streams finished utterances at
+        once). Suspicious short-window finals are decoded again over the full
+        window (partials are not worth it: a final replaces them).
         """
         if not jobs:
             return []
+        lone_final = len(jobs) == 1 and jobs[0].final
+        if window == "full" or (
+            window == "auto" and not busy and lone_final and self._full_window_affordable()
+        ):
+            full_window = True
+        started = time.perf_counter()
+        out = self._decode(jobs, full_window, max_tokens)
+        if full_window and lone_final:
+            cost = time.perf_counter() - started
+            old = self.full_window_cost
+            self.full_window_cost = cost if old is None else 0.7 * old + 0.3 * cost
+        return out
+
+    def _full_window_affordable(self) -> bool:
+        """Is a lone final's full-window decode quick enough on this machine now?
+
+        Measured (moving average of real decodes) against the budget; while
+        over it, one lone final in PROBE_EVERY still takes the full window so
+        the measurement follows the machine (a busy neighbour leaves, a GPU is
+        fast anyway).
+        """
+        cost = self.full_window_cost
+        if cost is None or cost <= self.full_window_budget:
+            return True
+        self._skipped_full += 1
+        return self._skipped_full % PROBE_EVERY == 0
+
+    def _decode(
+        self, jobs: Sequence[DecodeJob], full_window: bool, max_tokens: int | None
+    ) -> list[Decoded]:
         model = self._require()
         import ctranslate2
 
@@ -281,11 +347,14 @@ class WhisperEngine:
             languages = ["en"] * len(jobs)
         tokenizers = [self._tokenizer(lang) for lang in languages]
         prompts = [[*tok.sot_sequence, tok.no_timestamps] for tok in tokenizers]
+        if max_tokens is None:
+            seconds = max(len(job.audio) for job in jobs) / SAMPLE_RATE
+            max_tokens = int(MAX_TOKENS_PER_SECOND * seconds) + MAX_TOKENS_SLACK
         results = model.model.generate(
             encoded,
             prompts,
             beam_size=1,
-            max_length=model.max_length,
+            max_length=min(model.max_length, len(prompts[0]) + max_tokens),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
@@ -306,10 +375,14 @@ class WhisperEngine:
                 )
             )
         if frames < FULL_FRAMES:
-            again = [i for i, (d, job) in enumerate(zip(out, jobs, strict=True)) if suspicious(d, job)]
+            again = [
+                i
+                for i, (d, job) in enumerate(zip(out, jobs, strict=True))
+                if job.final and suspicious(d, job)
+            ]
             if again:
                 self.fallbacks += len(again)
-                redone = self.decode_batch([jobs[i] for i in again], full_window=True)
+                redone = self._decode([jobs[i] for i in again], True, None)
                 for i, d in zip(again, redone, strict=True):
                     out[i] = d
         return out
@@ -333,6 +406,10 @@ def shared_engine(
 
 class ModelScheduler:
     """Runs model calls one at a time, lowest priority number first, FIFO within one.
+
+    The simple serial path, for whole-file :meth:`WhisperEngine.transcribe`
+    calls (the vendor emulators); the provider batches through
+    :class:`~.scheduler.BatchScheduler` instead.
 
     Priority 0 is a final (someone waits for it), 1 a partial (nice to have).
     A waiter cancelled before its turn leaves the queue; one cancelled after

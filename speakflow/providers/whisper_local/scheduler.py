@@ -58,14 +58,20 @@ class _Work(Generic[P, R]):
 
 
 class BatchScheduler(Generic[P, R]):
-    """Runs ``run_batch(payloads) -> results`` (blocking) for many concurrent callers."""
+    """Runs ``run_batch(payloads, busy) -> results`` (blocking) for many concurrent callers.
+
+    ``busy`` tells the model call that work is queueing (the batch has more
+    than one item, more waits behind it, or its oldest item waited longer
+    than ``busy_wait``): a cue to trade a little quality for speed.
+    """
 
     def __init__(
         self,
-        run_batch: Callable[[Sequence[P]], Sequence[R]],
+        run_batch: Callable[[Sequence[P], bool], Sequence[R]],
         *,
         max_batch: int = 8,
         partial_max_wait: float = 1.0,
+        busy_wait: float = 0.1,
         load_window: float = 10.0,
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
@@ -74,6 +80,7 @@ class BatchScheduler(Generic[P, R]):
         self._run_batch = run_batch
         self.max_batch = max_batch
         self.partial_max_wait = partial_max_wait
+        self.busy_wait = busy_wait
         self.load_window = load_window
         self._clock = clock
         self._pending: list[_Work[P, R]] = []
@@ -88,8 +95,6 @@ class BatchScheduler(Generic[P, R]):
         self.finals = 0
         self.partials = 0
         self.dropped_partials = 0
-        #: model seconds per item of batches that carried finals (EWMA), None before any
-        self.final_item_cost: float | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -133,9 +138,8 @@ class BatchScheduler(Generic[P, R]):
 
     def oldest_final_wait(self) -> float:
         """Seconds the oldest queued final has waited (0 when none waits)."""
-        now = self._clock()
-        waits = [now - w.submitted for w in self._pending if w.priority == FINAL]
-        return max(waits, default=0.0)
+        finals = [w.submitted for w in self._pending if w.priority == FINAL]
+        return self._clock() - min(finals) if finals else 0.0
 
     def load(self) -> tuple[float, float]:
         """(all, finals only): share of the last ``load_window`` s the model was busy.
@@ -191,10 +195,15 @@ class BatchScheduler(Generic[P, R]):
         if not batch:
             return
         started = self._clock()
+        busy = (
+            len(batch) > 1
+            or bool(self._pending)
+            or started - min(w.submitted for w in batch) > self.busy_wait
+        )
         self._inflight = len(batch)
         try:
             results = await trio.to_thread.run_sync(
-                self._run_batch, [w.payload for w in batch]
+                self._run_batch, [w.payload for w in batch], busy
             )
             if len(results) != len(batch):
                 raise RuntimeError(
@@ -218,10 +227,6 @@ class BatchScheduler(Generic[P, R]):
             self.items += len(batch)
             self.finals += n_final
             self.partials += len(batch) - n_final
-            if n_final:
-                cost = (ended - started) / len(batch)
-                old = self.final_item_cost
-                self.final_item_cost = cost if old is None else 0.8 * old + 0.2 * cost
 
     def _pass_lead(self) -> None:
         """Wake the request that heads the next batch as the new leader, or go idle."""

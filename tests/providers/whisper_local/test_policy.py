@@ -93,3 +93,90 @@ def test_chunking_does_not_change_decisions() -> None:
     a = [(u.start, u.end, u.final) for u in feed_seconds(VadSegmenter(ScriptedVad(spans)), 5, 0.5)]
     b = [(u.start, u.end, u.final) for u in feed_seconds(VadSegmenter(ScriptedVad(spans)), 5, 0.13)]
     assert [x for x in a if x[2]] == [x for x in b if x[2]]
+
+
+def test_a_pause_asks_for_a_tentative_decode_of_exactly_the_finals_audio() -> None:
+    seg = VadSegmenter(ScriptedVad([(1.0, 3.0)]), endpoint_ms=500, pause_ms=150)
+    out = feed_seconds(seg, 5, chunk=0.032 * 2)
+    [tentative] = [u for u in out if u.tentative]
+    [final] = [u for u in out if u.final]
+    assert not tentative.final and out.index(tentative) < out.index(final)
+    assert (tentative.index, tentative.start, tentative.end) == (
+        final.index,
+        final.start,
+        final.end,
+    )
+    assert np.array_equal(tentative.audio, final.audio)
+    assert tentative.speech == final.speech > 0
+
+
+def test_speech_after_a_pause_gives_a_new_tentative_and_a_longer_final() -> None:
+    # a 300 ms gap inside the utterance: longer than the pause, shorter than the endpoint
+    seg = VadSegmenter(ScriptedVad([(1.0, 2.0), (2.3, 3.5)]), endpoint_ms=500, pause_ms=150)
+    out = feed_seconds(seg, 5)
+    tentatives = [u for u in out if u.tentative]
+    [final] = [u for u in out if u.final]
+    assert len(tentatives) == 2
+    assert len(tentatives[0].audio) < len(final.audio) == len(tentatives[1].audio)
+
+
+def test_no_tentatives_when_pause_is_off() -> None:
+    seg = VadSegmenter(ScriptedVad([(1.0, 3.0)]), endpoint_ms=500)
+    assert not [u for u in feed_seconds(seg, 5) if u.tentative]
+
+
+def test_past_the_soft_limit_the_next_short_pause_ends_the_piece() -> None:
+    # 200 ms gaps every 2 s: ignored at first (< endpoint), used once past 5 s
+    spans = [(0.5 + 2 * k, 2.3 + 2 * k) for k in range(6)]
+    seg = VadSegmenter(
+        ScriptedVad(spans),
+        endpoint_ms=500,
+        pause_ms=150,
+        soft_max_utterance_s=5.0,
+        max_utterance_s=20.0,
+    )
+    finals = [u for u in feed_seconds(seg, 13) + seg.flush() if u.final]
+    assert len(finals) >= 2
+    first = finals[0]
+    assert 5.0 <= (first.end - first.start) / SR < 7.5
+    # the piece ends in a gap, not inside a word
+    assert any(abs(first.end / SR - b) < 0.1 for _, b in spans)
+
+
+def test_stable_partials_show_only_agreed_words_and_never_take_one_back() -> None:
+    from speakflow.providers.whisper_local.policy import StablePartials
+
+    sp = StablePartials()
+    assert sp.update(0, "Good morn") is None  # nothing to agree with yet
+    assert sp.update(0, "Good morning every") == "Good"
+    assert sp.update(0, "Good morning everyone, thanks") == "Good morning"
+    # a hypothesis that disagrees with what is shown changes nothing
+    assert sp.update(0, "Could morning everyone, thanks for") is None
+    assert sp.update(0, "Good morning everyone, thanks for joining") is None
+    # agreement ignores case and punctuation; new words take the newest spelling
+    assert sp.update(0, "good Morning everyone thanks for joining the") == (
+        "Good morning everyone thanks for joining"
+    )
+    # a complete hypothesis (decoded at a pause) needs no second opinion
+    assert sp.update(0, "Good morning everyone, thanks for joining the call.", complete=True) == (
+        "Good morning everyone thanks for joining the call."
+    )
+    # a new utterance starts from nothing
+    assert sp.update(1, "Next") is None
+    assert sp.update(1, "Next one") == "Next"
+
+
+def test_stable_partials_are_prefix_monotonic_on_random_hypotheses() -> None:
+    from speakflow.providers.whisper_local.policy import StablePartials
+
+    rng = np.random.default_rng(7)
+    vocab = ["a", "b", "c", "d"]
+    sp = StablePartials()
+    shown: list[str] = []
+    for _ in range(300):
+        hyp = " ".join(rng.choice(vocab, size=int(rng.integers(0, 8))))
+        out = sp.update(0, hyp, complete=bool(rng.integers(0, 5) == 0))
+        if out is not None:
+            words = out.split()
+            assert words[: len(shown)] == shown and len(words) > len(shown)
+            shown = words

@@ -1,0 +1,512 @@
+"""An AssemblyAI Universal Streaming v3 (``/v3/ws``) emulator that speaks the real wire.
+
+Run it with ``speakflow emulate assemblyai``; point any v3 client at
+``ws://HOST:PORT`` (our provider, or the official ``assemblyai`` SDK with
+``api_host="ws://HOST:PORT"``).
+
+Handshake
+    The key in ``Authorization`` (bare, or ``Bearer <key>``) or as ``?token=``.
+    A missing or wrong key is accepted and then closed with 1008
+    ``Unauthorized Connection: ...``, as AssemblyAI documents. A query it
+    cannot serve (no ``speech_model``, a bad ``sample_rate``, an unknown
+    model or encoding) gets an ``Error`` and close 3006.
+Messages
+    ``Begin`` (``id``, ``expires_at``); ``Turn`` with ``turn_order``,
+    ``end_of_turn``, ``end_of_turn_confidence`` and ``words`` (each with
+    ``word_is_final``): the growing turn while speech goes on, then its end;
+    with ``format_turns=true`` the end comes twice, unformatted then
+    ``turn_is_formatted``. ``SpeechStarted`` at speech onsets. ``ForceEndpoint``
+    ends the turn now; ``Terminate`` sends the open turn's end, ``Termination``,
+    and closes 1000. ``KeepAlive`` and ``UpdateConfiguration`` are taken.
+Limits (each an ``Error`` with the same ``error_code``, then the close)
+    * 3007 ``Input Duration Violation`` for a binary message outside 50-1000 ms;
+    * 3007 ``Audio Transmission Rate Exceeded`` when the audio received runs
+      more than ``realtime_tolerance_s`` (default 2 s; ``--realtime-tolerance-s``)
+      ahead of the time since the session began. AssemblyAI documents no
+      tolerance, only "not faster than real time";
+    * 3006 for an unknown message type or text that is not JSON;
+    * 3008 ``Session Expired`` after ``max_session_s`` (3 h, ``--max-session-s``);
+    * ``inactivity_timeout`` (query) or ``--idle-timeout``: no audio or
+      KeepAlive for that long ends the session with Termination and close
+      1000 (*unsure*: AssemblyAI does not document the close). Without either,
+      as AssemblyAI, an idle session stays open.
+Faults (``--fault``)
+    ``refuse`` answers the handshake with HTTP 503; ``error-after`` sends
+    Error 3005 ``Session Cancelled: An error occurred`` and closes 3005;
+    ``drop-after``, ``stall-after`` and ``slow`` as every emulator does.
+
+Where the emulator knowingly differs: it transcribes ``pcm_s16le`` only;
+partial words are not immutable (the local model may revise a word it sent
+as final); word timings are spread over the utterance's speech.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+import uuid
+from dataclasses import dataclass, replace
+from urllib.parse import parse_qsl, urlsplit
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
+
+from .engines import AudioFormat, Engine, EngineEvent, EngineStream, Flushed, Hypothesis
+from .faults import FaultAction
+from .server import ConnectionRecord, EmulatedConnection, Outbox, cut
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_KEY = "test-key"
+PATH = "/v3/ws"
+#: AssemblyAI's maximum session length
+MAX_SESSION_S = 3 * 3600.0
+#: how far ahead of real time audio may run before 3007 (AssemblyAI documents none)
+REALTIME_TOLERANCE_S = 2.0
+MIN_FRAME_MS, MAX_FRAME_MS = 50, 1000
+#: shortest end-of-turn silence the emulator's engine works with
+MIN_ENDPOINT_MS = 250
+MODELS = frozenset(
+    {"universal-streaming-english", "universal-streaming-multilingual", "u3-rt-pro",
+     "u3-pro", "whisper-rt"}
+)  # fmt: skip
+ENCODINGS = frozenset({"pcm_s16le", "pcm_mulaw"})
+_WORD_CHARS = re.compile(r"[^\w'-]+")
+_TEXT_TYPES = ("Terminate", "ForceEndpoint", "KeepAlive", "UpdateConfiguration")
+
+
+class QueryError(ValueError):
+    """A query the emulator answers with Error + close 3006."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamQuery:
+    speech_model: str
+    sample_rate: int = 16000
+    encoding: str = "pcm_s16le"
+    format_turns: bool = False
+    end_of_turn_confidence_threshold: float = 0.4
+    min_turn_silence: int = 400
+    max_turn_silence: int = 1280
+    inactivity_timeout: int | None = None
+    language_detection: bool = False
+    keyterms_prompt: tuple[str, ...] = ()
+
+
+def parse_query(query: str) -> StreamQuery:
+    """The ``/v3/ws`` query as the emulator validates it."""
+    q = dict(parse_qsl(query, keep_blank_values=True))
+
+    def boolean(name: str, default: bool = False) -> bool:
+        value = q.get(name)
+        if value is None:
+            return default
+        if value.lower() not in ("true", "false"):
+            raise QueryError(f"Invalid value for '{name}': expected true or false")
+        return value.lower() == "true"
+
+    def number(name: str, default: float, low: float, high: float, kind: type = int) -> float:
+        if name not in q:
+            return default
+        try:
+            value = kind(q[name])
+        except ValueError:
+            raise QueryError(f"Invalid value for '{name}': {q[name]!r}") from None
+        if not low <= value <= high:
+            raise QueryError(f"Invalid value for '{name}': must be between {low:g} and {high:g}")
+        return float(value)
+
+    model = q.get("speech_model", "")
+    if not model:
+        raise QueryError("Invalid Configuration: 'speech_model' is required")
+    if model not in MODELS:
+        raise QueryError(f"Invalid Configuration: unknown speech_model {model!r}")
+    encoding = q.get("encoding", "pcm_s16le")
+    if encoding not in ENCODINGS:
+        raise QueryError(f"Invalid value for 'encoding': {encoding!r}")
+    if encoding != "pcm_s16le":
+        raise QueryError(f"this emulator transcribes encoding=pcm_s16le only (got {encoding!r})")
+    if "sample_rate" not in q:
+        raise QueryError("Invalid Configuration: 'sample_rate' is required for PCM audio")
+    min_silence = q.get("min_turn_silence", q.get("min_end_of_turn_silence_when_confident"))
+    if min_silence is not None:
+        q["min_turn_silence"] = min_silence
+    inactivity = q.get("inactivity_timeout")
+    keyterms: tuple[str, ...] = ()
+    if "keyterms_prompt" in q:
+        try:
+            terms = json.loads(q["keyterms_prompt"])
+        except ValueError:
+            terms = None
+        if not isinstance(terms, list) or not all(isinstance(t, str) for t in terms):
+            raise QueryError("Invalid value for 'keyterms_prompt': expected a JSON list of strings")
+        keyterms = tuple(terms)
+    return StreamQuery(
+        speech_model=model,
+        sample_rate=int(number("sample_rate", 16000, 8000, 48000)),
+        encoding=encoding,
+        format_turns=boolean("format_turns"),
+        end_of_turn_confidence_threshold=number(
+            "end_of_turn_confidence_threshold", 0.4, 0.0, 1.0, float
+        ),
+        min_turn_silence=int(number("min_turn_silence", 400, 0, 60_000)),
+        max_turn_silence=int(number("max_turn_silence", 1280, 0, 60_000)),
+        inactivity_timeout=(
+            None if inactivity is None else int(number("inactivity_timeout", 0, 5, 3600))
+        ),
+        language_detection=boolean("language_detection"),
+        keyterms_prompt=keyterms,
+    )
+
+
+def credentials(request: WebSocketRequest) -> tuple[str | None, str]:
+    """(key, how it came): the Authorization header, else ``?token=``."""
+    for name, value in request.headers:
+        if name.lower() == b"authorization":
+            key = value.decode("latin-1").strip()
+            if key.lower().startswith("bearer "):
+                key = key[7:].strip()
+            return key or None, "header"
+    token = dict(parse_qsl(urlsplit(request.path).query)).get("token")
+    if token:
+        return token, "token"
+    return None, ""
+
+
+def _dumps(obj: object) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+class AssemblyAIEmulator:
+    """The AssemblyAI vendor for :class:`~speakflow.emulation.server.EmulatorServer`."""
+
+    name = "assemblyai"
+    path = PATH
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        api_key: str = DEFAULT_API_KEY,
+        idle_timeout: float | None = None,
+        max_session_s: float = MAX_SESSION_S,
+        realtime_tolerance_s: float = REALTIME_TOLERANCE_S,
+        partial_interval_ms: int = 1000,
+    ) -> None:
+        self.engine = engine
+        self.api_key = api_key
+        self.idle_timeout = idle_timeout
+        self.max_session_s = max_session_s
+        self.realtime_tolerance_s = realtime_tolerance_s
+        self.partial_interval_ms = partial_interval_ms
+
+    async def start(self) -> None:
+        await self.engine.start()
+
+    async def refuse(self, request: WebSocketRequest, conn: EmulatedConnection) -> None:
+        conn.record.status = 503
+        await request.reject(
+            503,
+            extra_headers=[(b"content-type", b"application/json")],
+            body=_dumps({"error": "Service Unavailable: please retry later"}).encode(),
+        )
+
+    async def handle(self, request: WebSocketRequest, conn: EmulatedConnection) -> None:
+        record = conn.record
+        target = urlsplit(request.path)
+        if target.path.rstrip("/") != PATH:
+            record.status = 404
+            body = _dumps({"error": f"No route for {target.path}"}).encode()
+            await request.reject(404, body=body)
+            return
+        key, record.auth = credentials(request)
+        ws = await request.accept()
+        record.status = 101
+        if key is None or key != self.api_key:
+            # AssemblyAI accepts the socket, then closes it.
+            why = "Missing Authorization header" if key is None else "Invalid API key"
+            await _close(ws, record, 1008, f"Unauthorized Connection: {why}")
+            return
+        try:
+            query = parse_query(target.query)
+        except QueryError as err:
+            await _error(ws, record, 3006, str(err))
+            return
+        await _Session(self, ws, conn, query).run()
+
+
+async def _close(ws: WebSocketConnection, record: ConnectionRecord, code: int, reason: str) -> None:
+    record.closed(code, reason or None, "server")
+    with trio.move_on_after(3) as scope:
+        await ws.aclose(code, reason[:123] or None)
+    if scope.cancelled_caught:
+        await cut(ws)
+
+
+async def _error(ws: WebSocketConnection, record: ConnectionRecord, code: int, text: str) -> None:
+    """An Error message, then the close with the same code (what every v3 failure looks like)."""
+    try:
+        await ws.send_message(_dumps({"type": "Error", "error_code": code, "error": text}))
+        record.messages_sent += 1
+    except ConnectionClosed:
+        return
+    reason = text if len(text.encode()) <= 123 else "See Error message for details"
+    await _close(ws, record, code, reason)
+
+
+class _Session:
+    """One accepted connection: the read loop, the engine, the turns on the wire."""
+
+    def __init__(
+        self,
+        emulator: AssemblyAIEmulator,
+        ws: WebSocketConnection,
+        conn: EmulatedConnection,
+        query: StreamQuery,
+    ) -> None:
+        self.emulator = emulator
+        self.ws = ws
+        self.conn = conn
+        self.record: ConnectionRecord = conn.record
+        self.q = query
+        self.id = str(uuid.uuid4())
+        self.outbox: Outbox = conn.outbox(ws)
+        self.fmt = AudioFormat(query.sample_rate, 1)
+        self.began = trio.current_time()
+        self.began_wall = time.time()
+        self.bytes = 0
+        self.turn_order = 0
+        self.stream: EngineStream | None = None
+        self.engine_done = trio.Event()
+        self.nursery: trio.Nursery | None = None
+        self.last_input = self.began
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            nursery.start_soon(self.outbox.run)
+            self._send(
+                {
+                    "type": "Begin",
+                    "id": self.id,
+                    "expires_at": int(self.began_wall + self.emulator.max_session_s),
+                }
+            )
+            self.stream = self.emulator.engine.open(
+                self.fmt,
+                endpoint_ms=max(self.q.min_turn_silence, MIN_ENDPOINT_MS),
+                partial_interval_ms=self.emulator.partial_interval_ms,
+                language=None if self.q.language_detection else "en",
+            )
+            nursery.start_soon(self._engine_task, self.stream)
+            try:
+                await self._read_loop()
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _engine_task(self, stream: EngineStream) -> None:
+        try:
+            await stream.run(self._on_event)
+        finally:
+            self.engine_done.set()
+
+    def _idle_limit(self) -> float:
+        if self.outbox.stalled:
+            return math.inf
+        if self.q.inactivity_timeout is not None:
+            return float(self.q.inactivity_timeout)
+        return self.emulator.idle_timeout or math.inf
+
+    async def _read_loop(self) -> None:
+        expires = self.began + self.emulator.max_session_s
+        while True:
+            deadline = min(self.last_input + self._idle_limit(), expires)
+            with trio.move_on_at(deadline) as scope:
+                try:
+                    message = await self.ws.get_message()
+                except ConnectionClosed as closed:
+                    self._client_closed(closed)
+                    return
+            if scope.cancelled_caught:
+                if trio.current_time() >= expires:
+                    await self._fail(3008, "Session Expired: Maximum session duration exceeded")
+                else:
+                    await self._finish()  # inactivity_timeout
+                return
+            if isinstance(message, bytes):
+                if not await self._audio(message):
+                    return
+                continue
+            kind = _message_type(message)
+            self.record.count_text(kind)
+            if kind not in _TEXT_TYPES:
+                if kind == "(not json)":
+                    await self._fail(3006, f"Invalid JSON: {message[:100]}")
+                else:
+                    await self._fail(3006, f"Invalid Message Type: {kind}")
+                return
+            self.last_input = trio.current_time()
+            if kind == "Terminate":
+                await self._finish()
+                return
+            if kind == "ForceEndpoint" and self.stream is not None:
+                self.stream.flush("force")
+            elif kind == "UpdateConfiguration":
+                self._update(message)
+
+    def _update(self, message: str) -> None:
+        data = json.loads(message)
+        if isinstance(data.get("format_turns"), bool):
+            self.q = replace(self.q, format_turns=data["format_turns"])
+
+    async def _audio(self, data: bytes) -> bool:
+        """Take one binary message; False when the session ended because of it."""
+        record = self.record
+        record.bytes_received += len(data)
+        record.binary_messages += 1
+        now = trio.current_time()
+        self.last_input = now
+        ms = len(data) / self.fmt.bytes_per_second * 1000
+        if not MIN_FRAME_MS <= ms <= MAX_FRAME_MS:
+            await self._fail(
+                3007,
+                f"Input Duration Error: Input Duration Violation: {ms:.1f} ms. "
+                f"Expected between {MIN_FRAME_MS} and {MAX_FRAME_MS} ms",
+            )
+            return False
+        self.bytes += len(data)
+        received = self.bytes / self.fmt.bytes_per_second
+        elapsed = now - self.began
+        if received > elapsed + self.emulator.realtime_tolerance_s:
+            await self._fail(
+                3007,
+                f"Input Duration Error: Audio Transmission Rate Exceeded: Received "
+                f"{received:.1f} sec. audio in {elapsed:.6f} sec",
+            )
+            return False
+        stream = self.stream
+        assert stream is not None
+        for onset in stream.feed(data):
+            self._send({"type": "SpeechStarted", "timestamp": round(onset.at * 1000)})
+        record.audio_seconds = stream.position
+        for action in self.conn.tracker.audio(stream.position):
+            record.faults.append(action.value)
+            if action is FaultAction.DROP:
+                record.closed(None, None, "drop")
+                await cut(self.ws)
+                return False
+            if action is FaultAction.ERROR:
+                await self._fail(3005, "Session Cancelled: An error occurred")
+                return False
+            self.outbox.stall()
+        return True
+
+    async def _finish(self) -> None:
+        """Terminate: the open turn's end, Termination, close 1000."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._discard)  # keep draining what the client still sends
+            if self.stream is not None:
+                self.stream.close()
+                await self.engine_done.wait()
+            self._send(
+                {
+                    "type": "Termination",
+                    "audio_duration_seconds": round(self.bytes / self.fmt.bytes_per_second),
+                    "session_duration_seconds": round(trio.current_time() - self.began),
+                }
+            )
+            await self.outbox.drain()
+            nursery.cancel_scope.cancel()
+        if self.outbox.stalled:  # a stalled server sends nothing, not even a close
+            await self._discard()
+            return
+        await _close(self.ws, self.record, 1000, "")
+
+    async def _fail(self, code: int, text: str) -> None:
+        """Error + close ``code``: what goes out after queued messages (unless stalled)."""
+        if self.outbox.stalled:
+            self.record.closed(code, text, "server")
+            await cut(self.ws)
+            return
+        self._send({"type": "Error", "error_code": code, "error": text})
+        await self.outbox.drain()
+        reason = text if len(text.encode()) <= 123 else "See Error message for details"
+        await _close(self.ws, self.record, code, reason)
+
+    async def _discard(self) -> None:
+        while True:
+            try:
+                message = await self.ws.get_message()
+            except ConnectionClosed as closed:
+                self._client_closed(closed)
+                return
+            if isinstance(message, str):
+                self.record.count_text(_message_type(message))
+
+    def _client_closed(self, closed: ConnectionClosed) -> None:
+        reason = closed.reason
+        self.record.closed(
+            reason.code if reason else None, reason.reason if reason else None, "client"
+        )
+
+    # ------------------------------------------------------------------ messages
+
+    def _send(self, obj: dict[str, object]) -> None:
+        self.outbox.send(_dumps(obj))
+
+    async def _on_event(self, event: EngineEvent) -> None:
+        if isinstance(event, Flushed):
+            return  # ForceEndpoint with no speech: no turn to end
+        if not event.final:
+            self._send(self._turn(event, end=False))
+            return
+        self._send(self._turn(event, end=True))
+        if self.q.format_turns:
+            self._send(self._turn(event, end=True, formatted=True))
+        self.turn_order += 1
+
+    def _turn(self, hyp: Hypothesis, *, end: bool, formatted: bool = False) -> dict[str, object]:
+        words = []
+        for w in hyp.words:
+            text = w.text if formatted else _WORD_CHARS.sub("", w.text.lower()).strip("'-")
+            if text:
+                words.append(
+                    {
+                        "start": round(w.start * 1000),
+                        "end": round(w.end * 1000),
+                        "text": text,
+                        "confidence": w.confidence,
+                        "word_is_final": True,
+                    }
+                )
+        if not end and words:
+            words[-1]["word_is_final"] = False  # the word being spoken may still change
+        final_words = [str(w["text"]) for w in words if w["word_is_final"]]
+        transcript = hyp.text.strip() if formatted else " ".join(final_words)
+        turn: dict[str, object] = {
+            "type": "Turn",
+            "turn_order": self.turn_order,
+            "turn_is_formatted": formatted,
+            "end_of_turn": end,
+            "transcript": transcript,
+            "end_of_turn_confidence": round(hyp.confidence if end else 0.05, 4),
+            "words": words,
+            "utterance": transcript if end else "",
+        }
+        if self.q.language_detection:
+            turn.update(language_code="en", language_confidence=0.99)
+        return turn
+
+
+def _message_type(text: str) -> str:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return "(not json)"
+    kind = data.get("type") if isinstance(data, dict) else None
+    return kind if isinstance(kind, str) else "(no type)"

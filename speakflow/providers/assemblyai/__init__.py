@@ -1,0 +1,35 @@
+"""AssemblyAI Universal Streaming v3: ``codec`` (the wire, pure) and ``client`` (the Trio shell).
+
+The emulator that speaks the same wire for offline work and tests is
+``speakflow.emulation.assemblyai`` (``speakflow emulate assemblyai``).
+
+This module stays import-light: the registry calls :func:`check_settings` at
+startup even when another provider is selected.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from ...config import Settings
+from ...errors import ConfigError
+
+
+def check_settings(settings: Settings) -> None:
+    """Startup checks beyond "the key is set": the URL and the turn-detection options."""
+    url = urlsplit(settings.ASSEMBLYAI_URL)
+    if url.scheme not in ("ws", "wss") or not url.hostname:
+        raise ConfigError(
+            f"ASSEMBLYAI_URL: expected a ws:// or wss:// URL (got {settings.ASSEMBLYAI_URL!r})"
+        )
+    low, high = settings.ASSEMBLYAI_MIN_TURN_SILENCE_MS, settings.ASSEMBLYAI_MAX_TURN_SILENCE_MS
+    if low > high:
+        raise ConfigError(
+            f"ASSEMBLYAI_MIN_TURN_SILENCE_MS ({low}) must not exceed "
+            f"ASSEMBLYAI_MAX_TURN_SILENCE_MS ({high})"
+        )
+    if settings.ASSEMBLYAI_MAX_LEAD_S < 1.0:
+        raise ConfigError(
+            "ASSEMBLYAI_MAX_LEAD_S: must be at least 1 (one 1000 ms frame ahead of real time); "
+            f"got {settings.ASSEMBLYAI_MAX_LEAD_S:g}"
+        )

@@ -1,0 +1,317 @@
+"""AssemblyAI Universal Streaming v3: the Trio shell around :mod:`.codec`.
+
+One WebSocket to ``/v3/ws`` per (session, source), opened when the source
+starts and kept for the whole stream::
+
+    AssemblyAIStream.stream
+    └── connection (trio-websocket, connect bounded by PROVIDER_CONNECT_TIMEOUT)
+        └── nursery
+            ├── _reader   always drains the socket: Begin, Turns -> emit, Error, Termination;
+            │             the close -> a typed error
+            └── (body)    frames -> Reframer (50-1000 ms) -> Pacer (real time) -> binary
+                          messages; at the end ForceEndpoint + Terminate, then wait
+                          (PROVIDER_RESPONSE_TIMEOUT) for the last Turn and Termination
+
+Pacing is why this shell pulls a frame from the channel only when the
+previous one may go: a backlog (a client's reconnect replay, the resilience
+layer's replay after a vendor reconnect) waits in the bounded channels
+upstream, never in an unbounded buffer here, and AssemblyAI never sees
+audio more than ASSEMBLYAI_MAX_LEAD_S ahead of real time (it closes with
+3007 otherwise). While a backlog drains, this stream lags real time by the
+backlog's length.
+
+Session expiry: AssemblyAI ends a session after 3 h with 3008 (``Begin``
+says when, in ``expires_at``). Today that close is ``ProviderUnavailable``
+and ResilientStream reconnects and replays the audio not yet final; the
+resilience issue's rollover hooks in at :attr:`AssemblyAIStream.expires_at`
+(open the next connection shortly before, switch at a turn boundary).
+
+The socket is closed with 1000 in a shielded scope on every exit, so even a
+cancelled stream gives AssemblyAI a clean close.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    ConnectionTimeout,
+    HandshakeError,
+    WebSocketConnection,
+)
+
+from ...config import Settings
+from ...errors import ProviderUnavailable
+from ..base import AudioFrame, Emit, SpeechProvider, StreamConfig
+from ..deepgram.client import Connector, _single, close_quietly, connect_websocket
+from . import codec
+from .codec import NAME, VENDOR
+
+log = logging.getLogger(__name__)
+
+#: How long the close waits for AssemblyAI's answer (and a sender for the reader's verdict).
+CLOSE_TIMEOUT = 2.0
+#: How long an unformatted end of turn waits for its formatted twin before it is sent as is.
+FORMAT_WAIT_S = 1.5
+
+
+class AssemblyAIBackend:
+    """Process-wide AssemblyAI settings; one :class:`AssemblyAIStream` per source."""
+
+    name = NAME
+
+    def __init__(self, settings: Settings, connect: Connector = connect_websocket) -> None:
+        self.settings = settings
+        self.connect = connect
+        self.streams_open = 0
+        self.connections = 0
+        self.paced_s = 0.0
+
+    async def start(self) -> None:
+        """Nothing to load; the key is checked by AssemblyAI on the first stream."""
+
+    def create(self) -> SpeechProvider:
+        return AssemblyAIStream(self)
+
+    def status(self) -> dict[str, object]:
+        parts = urlsplit(self.settings.ASSEMBLYAI_URL)
+        return {
+            "url": f"{parts.scheme}://{parts.netloc}{parts.path}",
+            "speech_model": self.settings.ASSEMBLYAI_SPEECH_MODEL,
+            "streams_open": self.streams_open,
+            "connections": self.connections,
+            "paced_s": round(self.paced_s, 3),
+        }
+
+    def language_for(self, config: StreamConfig) -> str:
+        return config.language or self.settings.DEFAULT_LANGUAGE
+
+    def options_for(self, config: StreamConfig) -> codec.StreamOptions:
+        s = self.settings
+        model, detect = codec.model_for(s.ASSEMBLYAI_SPEECH_MODEL, self.language_for(config))
+        return codec.StreamOptions(
+            speech_model=model,
+            sample_rate=config.sample_rate,
+            format_turns=s.ASSEMBLYAI_FORMAT_TURNS,
+            end_of_turn_confidence_threshold=s.ASSEMBLYAI_END_OF_TURN_CONFIDENCE,
+            min_turn_silence_ms=s.ASSEMBLYAI_MIN_TURN_SILENCE_MS,
+            max_turn_silence_ms=s.ASSEMBLYAI_MAX_TURN_SILENCE_MS,
+            language_detection=detect,
+        )
+
+
+@dataclass
+class _State:
+    closing: bool = False
+    #: the Error message AssemblyAI sent before closing, if any
+    error: codec.Error | None = None
+    #: set by the reader when the connection closed
+    done: trio.Event = field(default_factory=trio.Event)
+    #: set by the reader at Termination (or at the close)
+    terminated: trio.Event = field(default_factory=trio.Event)
+
+
+class AssemblyAIStream:
+    """One (session, source) stream over one AssemblyAI session."""
+
+    name = NAME
+
+    def __init__(self, backend: AssemblyAIBackend) -> None:
+        self._backend = backend
+        self.session_id = ""
+        #: unix time at which AssemblyAI will end this session (3008), from Begin
+        self.expires_at: float | None = None
+        self.frames_sent = 0
+
+    async def stream(
+        self,
+        audio: trio.MemoryReceiveChannel[AudioFrame],
+        emit: Emit,
+        config: StreamConfig,
+    ) -> None:
+        backend = self._backend
+        s = backend.settings
+        options = backend.options_for(config)
+        url = codec.stream_url(s.ASSEMBLYAI_URL, options)
+        host = urlsplit(url).netloc
+        started = trio.current_time()
+        backend.streams_open += 1
+        try:
+            async with backend.connect(
+                url, codec.auth_headers(s.ASSEMBLYAI_API_KEY), s.PROVIDER_CONNECT_TIMEOUT
+            ) as ws:
+                backend.connections += 1
+                config.hooks.vendor_connected(trio.current_time() - started)
+                log.info("assemblyai connected to %s (model %s)", host, options.speech_model)
+                try:
+                    await self._run(ws, audio, emit, config, options)
+                finally:
+                    await close_quietly(ws)
+        except ConnectionRejected as err:
+            raise codec.handshake_error(err.status_code, err.body) from None
+        except ConnectionTimeout:
+            raise ProviderUnavailable(
+                NAME,
+                f"cannot reach {VENDOR} at {host}: no connection within "
+                f"{s.PROVIDER_CONNECT_TIMEOUT:g} s",
+            ) from None
+        except (HandshakeError, OSError) as err:
+            cause = err.__cause__ or err
+            raise ProviderUnavailable(NAME, f"cannot reach {VENDOR} at {host}: {cause}") from None
+        finally:
+            backend.streams_open -= 1
+
+    async def _run(
+        self,
+        ws: WebSocketConnection,
+        audio: trio.MemoryReceiveChannel[AudioFrame],
+        emit: Emit,
+        config: StreamConfig,
+        options: codec.StreamOptions,
+    ) -> None:
+        s = self._backend.settings
+        state = _State()
+        times = codec.TimeMap()
+        mapper = codec.TurnMapper(
+            self._backend.language_for(config), format_turns=options.format_turns
+        )
+        pacer = codec.Pacer(s.ASSEMBLYAI_MAX_LEAD_S)
+        reframer = codec.Reframer(options.sample_rate)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._reader, ws, emit, config, mapper, times, state)
+                async with audio:
+                    async for frame in audio:
+                        for out in reframer.push(frame):
+                            await self._send_audio(ws, out, pacer, times, state)
+                for out in reframer.flush():
+                    await self._send_audio(ws, out, pacer, times, state)
+                state.closing = True
+                if not (await _send(ws, codec.FORCE_ENDPOINT) and await _send(ws, codec.TERMINATE)):
+                    await _lost(state.done)
+                with trio.move_on_after(s.PROVIDER_RESPONSE_TIMEOUT):
+                    await state.terminated.wait()
+                if state.terminated.is_set():  # AssemblyAI closes right after Termination
+                    with trio.move_on_after(CLOSE_TIMEOUT):
+                        await state.done.wait()
+                else:
+                    log.warning(
+                        "assemblyai sent no Termination within %g s of Terminate; the last "
+                        "finals may be missing",
+                        s.PROVIDER_RESPONSE_TIMEOUT,
+                    )
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # One task failed with a typed error; the others were cancelled by it.
+            raise _single(group) from None
+
+    async def _send_audio(
+        self,
+        ws: WebSocketConnection,
+        out: codec.VendorFrame,
+        pacer: codec.Pacer,
+        times: codec.TimeMap,
+        state: _State,
+    ) -> None:
+        wait = pacer.wait(out.seconds, trio.current_time())
+        if wait > 0:
+            self._backend.paced_s += wait
+            await trio.sleep(wait)
+        pacer.sent(out.seconds, trio.current_time())
+        for offset, samples in out.spans:
+            times.sent(offset, samples)
+        if not await _send(ws, out.pcm):
+            await _lost(state.done)
+        self.frames_sent += 1
+
+    async def _reader(
+        self,
+        ws: WebSocketConnection,
+        emit: Emit,
+        config: StreamConfig,
+        mapper: codec.TurnMapper,
+        times: codec.TimeMap,
+        state: _State,
+    ) -> None:
+        hooks = config.hooks
+        while True:
+            with trio.move_on_after(FORMAT_WAIT_S if mapper.pending else math.inf) as waiting:
+                try:
+                    raw = await ws.get_message()
+                except ConnectionClosed as closed:
+                    reason = closed.reason
+                    code = reason.code if reason is not None else None
+                    error = codec.close_error(
+                        code,
+                        reason.reason if reason is not None else None,
+                        error=state.error,
+                        closing=state.closing,
+                    )
+                    ended = state.closing and error is None
+                    for ev in mapper.finish(times) if ended else mapper.flush_pending(times):
+                        await emit(ev)
+                    state.done.set()
+                    state.terminated.set()
+                    if error is not None:
+                        raise error from None
+                    return
+            if waiting.cancelled_caught:  # the formatted twin is late: send what we have
+                for ev in mapper.flush_pending(times):
+                    await emit(ev)
+                continue
+            hooks.vendor_message()  # the resilience layer's stall watchdog listens
+            msg = codec.decode(raw)
+            if isinstance(msg, codec.Turn):
+                for ev in mapper.turn(msg, times):
+                    await emit(ev)
+            elif isinstance(msg, codec.Begin):
+                self.session_id = mapper.session = msg.id
+                self.expires_at = _unix(msg.expires_at)
+                log.info("assemblyai session %s began (expires at %s)", msg.id, msg.expires_at)
+            elif isinstance(msg, codec.Termination):
+                for ev in mapper.finish(times):
+                    await emit(ev)
+                log.debug(
+                    "assemblyai session %s terminated: %s s of audio",
+                    self.session_id,
+                    msg.audio_duration_seconds,
+                )
+                state.terminated.set()
+            elif isinstance(msg, codec.Error):
+                state.error = msg  # the close that follows says what it means
+                log.warning("assemblyai error %s: %s", msg.error_code, msg.error)
+            elif isinstance(msg, codec.VendorWarning):
+                log.warning("assemblyai warning %s: %s", msg.warning_code, msg.warning)
+            elif isinstance(msg, codec.SpeechStarted):
+                log.debug("assemblyai speech started at %d ms", msg.timestamp)
+            else:
+                log.debug("assemblyai sent an unknown message %r", msg.raw[:200])
+
+
+def _unix(value: object) -> float | None:
+    if isinstance(value, int | float):
+        return float(value)
+    return None
+
+
+async def _send(ws: WebSocketConnection, message: str | bytes) -> bool:
+    """Send; False when the connection is closed (the reader says why)."""
+    try:
+        await ws.send_message(message)
+    except ConnectionClosed:
+        return False
+    return True
+
+
+async def _lost(done: trio.Event) -> None:
+    """The socket closed under a sender: the reader raises the typed error; wait for it."""
+    with trio.move_on_after(CLOSE_TIMEOUT):
+        await done.wait()
+        await trio.sleep(CLOSE_TIMEOUT)  # the reader raises right after setting done
+    raise ProviderUnavailable(NAME, f"connection to {VENDOR} lost")

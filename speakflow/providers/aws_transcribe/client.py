@@ -1,0 +1,406 @@
+"""AWS Transcribe streaming: the Trio shell around :mod:`.codec` and :mod:`.signing`.
+
+One WebSocket to ``/stream-transcription-websocket`` per (session, source),
+opened with a freshly presigned URL when the source starts::
+
+    AwsTranscribeStream.stream
+    ├── credentials frozen in a worker thread (a role's may need a refresh)
+    └── connection (trio-websocket, connect bounded by PROVIDER_CONNECT_TIMEOUT)
+        └── nursery
+            ├── _reader     always drains the socket: TranscriptEvent -> emit;
+            │               exception frame or unexpected close -> typed error
+            ├── _keepalive  a short AudioEvent of silence when no audio went out
+            │               for AWS_TRANSCRIBE_KEEPALIVE_S
+            └── (body)      frames -> AudioEvents of at most 1 s; at the end the
+                            empty AudioEvent, then wait (PROVIDER_RESPONSE_TIMEOUT)
+                            for the last finals and AWS's close
+
+Why silence: a muted or unused source sends no chunks, and AWS ends a stream
+that received no audio for 15 s (a BadRequestException). The WebSocket
+transport has no keepalive message, so the shell sends
+:data:`KEEPALIVE_SILENCE_S` of digital silence after AWS_TRANSCRIBE_KEEPALIVE_S
+(default 5 s) without audio: about 5% of an idle source's time is streamed
+(and billed) as silence. The silence takes vendor time but no source time
+(:meth:`.codec.TimeMap.padded`), so later timestamps stay on the source
+timeline.
+
+The socket is closed with 1000 in a shielded scope on every exit. A lost
+connection is raised as a typed error; reconnecting is the resilience layer's job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+from urllib.parse import urlsplit
+
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    ConnectionTimeout,
+    HandshakeError,
+    WebSocketConnection,
+)
+
+from ...config import Settings
+from ...errors import ConfigError, ProviderError, ProviderUnavailable
+from ..base import BYTES_PER_SAMPLE, AudioFrame, Emit, SpeechProvider, StreamConfig
+from ..deepgram.client import Connector, close_quietly, connect_websocket
+from . import NO_CREDENTIALS, codec, endpoint, signing
+from .codec import NAME, VENDOR
+
+log = logging.getLogger(__name__)
+
+#: Silence sent per keepalive (vendor time only; see the module docstring).
+KEEPALIVE_SILENCE_S = 0.25
+#: How long a lost sender waits for the reader to say why the socket closed.
+CLOSE_TIMEOUT = 2.0
+
+#: () -> botocore credentials or None (blocking; run in a worker thread)
+CredentialSource = Callable[[], Any]
+
+
+class AwsTranscribeBackend:
+    """Process-wide AWS settings and credentials; one :class:`AwsTranscribeStream` per source."""
+
+    name = NAME
+
+    def __init__(
+        self,
+        settings: Settings,
+        connect: Connector = connect_websocket,
+        credentials: CredentialSource | None = None,
+    ) -> None:
+        self.settings = settings
+        self.connect = connect
+        self.endpoint = endpoint(settings)
+        self._source = credentials
+        #: frozen credentials that never change (AWS_ACCESS_KEY_ID/..._SECRET_ACCESS_KEY)
+        self._static: signing.Credentials | None = None
+        #: botocore credentials from boto3's chain, maybe refreshable (roles, SSO)
+        self._chain: Any = None
+        self.credentials_method = ""
+        self._lock = trio.Lock()
+        self.streams_open = 0
+        self.connections = 0
+        self.keepalives = 0
+
+    async def start(self) -> None:
+        """Resolve credentials; none at all is a ConfigError that stops startup.
+
+        AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (with AWS_SESSION_TOKEN)
+        are used as they are. Without them boto3's standard chain is resolved
+        in a worker thread (it reads files and may ask an instance or
+        container endpoint for a role's keys).
+        """
+        async with self._lock:
+            if self._static is not None or self._chain is not None:
+                return
+            s = self.settings
+            if self._source is None and s.AWS_ACCESS_KEY_ID and s.AWS_SECRET_ACCESS_KEY:
+                self._static = signing.Credentials(
+                    s.AWS_ACCESS_KEY_ID, s.AWS_SECRET_ACCESS_KEY, s.AWS_SESSION_TOKEN or None
+                )
+                self.credentials_method = "settings"
+            else:
+                source = self._source or partial(signing.resolve_credentials, s.AWS_REGION)
+                chain = await trio.to_thread.run_sync(source)
+                if chain is None:
+                    raise ConfigError(NO_CREDENTIALS)
+                try:
+                    await trio.to_thread.run_sync(signing.frozen, chain)
+                except Exception as err:  # an expired SSO session, a broken profile, ...
+                    raise ConfigError(f"AWS credentials: cannot be used: {err}") from None
+                self._chain = chain
+                self.credentials_method = str(getattr(chain, "method", "") or "boto3")
+            log.info(
+                "aws_transcribe: credentials from %s, region %s, endpoint %s",
+                self.credentials_method,
+                s.AWS_REGION,
+                self.endpoint,
+            )
+
+    async def credentials(self) -> signing.Credentials:
+        """Frozen credentials for one connection; refreshing a role's may block, so
+        refreshable ones are frozen in a worker thread."""
+        if self._static is None and self._chain is None:
+            try:
+                await self.start()
+            except ConfigError as err:
+                raise ProviderUnavailable(NAME, str(err)) from None
+        if self._static is not None:
+            return self._static
+        chain = self._chain
+        try:
+            if hasattr(chain, "refresh_needed"):
+                return await trio.to_thread.run_sync(signing.frozen, chain)
+            return signing.frozen(chain)
+        except Exception as err:
+            raise ProviderUnavailable(NAME, f"cannot refresh AWS credentials: {err}") from None
+
+    def create(self) -> SpeechProvider:
+        return AwsTranscribeStream(self)
+
+    def status(self) -> dict[str, object]:
+        parts = urlsplit(self.endpoint)
+        return {
+            "endpoint": f"{parts.scheme}://{parts.netloc}",
+            "region": self.settings.AWS_REGION,
+            "credentials": self.credentials_method or None,
+            "streams_open": self.streams_open,
+            "connections": self.connections,
+            "keepalives": self.keepalives,
+        }
+
+    def language_for(self, config: StreamConfig) -> str:
+        """start_session.language, else AWS_TRANSCRIBE_LANGUAGE, else DEFAULT_LANGUAGE,
+        as AWS's code (``en`` -> ``en-US``).
+
+        The session resolves a missing ``language`` to DEFAULT_LANGUAGE, so a
+        stream language equal to that default is taken as "not chosen".
+        """
+        s = self.settings
+        if s.AWS_TRANSCRIBE_LANGUAGE and config.language in ("", s.DEFAULT_LANGUAGE):
+            return codec.aws_language(s.AWS_TRANSCRIBE_LANGUAGE)
+        return codec.aws_language(config.language or s.DEFAULT_LANGUAGE)
+
+    def options_for(self, config: StreamConfig) -> codec.StreamOptions:
+        stability = self.settings.AWS_TRANSCRIBE_STABILITY
+        return codec.StreamOptions(
+            language=self.language_for(config),
+            sample_rate=config.sample_rate,
+            stabilization=stability != "off",
+            stability=stability if stability != "off" else "medium",
+        )
+
+
+@dataclass
+class _State:
+    closing: bool = False
+    last_sent: float = 0.0
+    keepalives: int = 0
+    #: set by the reader when the connection closed (or failed)
+    done: trio.Event = field(default_factory=trio.Event)
+    #: one sender at a time, so the TimeMap sees frames in wire order
+    send_lock: trio.Lock = field(default_factory=trio.Lock)
+
+
+class AwsTranscribeStream:
+    """One (session, source) stream over one AWS Transcribe connection."""
+
+    name = NAME
+
+    def __init__(self, backend: AwsTranscribeBackend) -> None:
+        self._backend = backend
+        self.session_id = ""
+        self.request_id = ""
+        self.keepalives = 0
+
+    async def stream(
+        self,
+        audio: trio.MemoryReceiveChannel[AudioFrame],
+        emit: Emit,
+        config: StreamConfig,
+    ) -> None:
+        backend = self._backend
+        s = backend.settings
+        options = backend.options_for(config)
+        started = trio.current_time()
+        credentials = await backend.credentials()
+        url = signing.presign(
+            codec.stream_url(backend.endpoint, options), credentials, s.AWS_REGION
+        )
+        host = urlsplit(url).netloc  # the URL itself is a bearer secret: never logged
+        backend.streams_open += 1
+        try:
+            async with backend.connect(url, [], s.PROVIDER_CONNECT_TIMEOUT) as ws:
+                backend.connections += 1
+                config.hooks.vendor_connected(trio.current_time() - started)
+                headers = ws.handshake_headers
+                self.session_id = _header(headers, b"x-amzn-transcribe-session-id")
+                self.request_id = _header(headers, b"x-amzn-request-id")
+                log.info(
+                    "aws_transcribe connected to %s (session %s, language %s)",
+                    host,
+                    self.session_id or "?",
+                    options.language,
+                )
+                try:
+                    await self._run(ws, audio, emit, config, options)
+                finally:
+                    await close_quietly(ws)
+        except ConnectionRejected as err:
+            raise codec.handshake_error(err.status_code, err.headers, err.body) from None
+        except ConnectionTimeout:
+            raise ProviderUnavailable(
+                NAME,
+                f"cannot reach {VENDOR} at {host}: no connection within "
+                f"{s.PROVIDER_CONNECT_TIMEOUT:g} s",
+            ) from None
+        except (HandshakeError, OSError) as err:
+            cause = err.__cause__ or err
+            raise ProviderUnavailable(NAME, f"cannot reach {VENDOR} at {host}: {cause}") from None
+        finally:
+            backend.streams_open -= 1
+
+    async def _run(
+        self,
+        ws: WebSocketConnection,
+        audio: trio.MemoryReceiveChannel[AudioFrame],
+        emit: Emit,
+        config: StreamConfig,
+        options: codec.StreamOptions,
+    ) -> None:
+        s = self._backend.settings
+        state = _State(last_sent=trio.current_time())
+        times = codec.TimeMap()
+        mapper = codec.TranscriptMapper(options.language)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._reader, ws, emit, config, mapper, times, state)
+                nursery.start_soon(
+                    self._keepalive, ws, state, times, config, s.AWS_TRANSCRIBE_KEEPALIVE_S
+                )
+                async with audio:
+                    async for frame in audio:
+                        if not frame.pcm:  # an empty AudioEvent would end the stream
+                            continue
+                        async with state.send_lock:
+                            times.sent(frame.offset, frame.samples)
+                            for event in codec.audio_events(frame.pcm, config.sample_rate):
+                                if not await _send(ws, event):
+                                    await _lost(state.done)
+                            state.last_sent = trio.current_time()
+                async with state.send_lock:
+                    state.closing = True
+                    if not await _send(ws, codec.END_OF_STREAM):
+                        await _lost(state.done)
+                with trio.move_on_after(s.PROVIDER_RESPONSE_TIMEOUT):
+                    await state.done.wait()  # AWS sends the last finals, then closes
+                if not state.done.is_set():
+                    log.warning(
+                        "aws_transcribe did not close within %g s of the end of the audio; "
+                        "last finals may be missing",
+                        s.PROVIDER_RESPONSE_TIMEOUT,
+                    )
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # One task failed with a typed error; the others were cancelled by it.
+            raise _single(group) from None
+        finally:
+            self.keepalives = state.keepalives
+            self._backend.keepalives += state.keepalives
+
+    async def _reader(
+        self,
+        ws: WebSocketConnection,
+        emit: Emit,
+        config: StreamConfig,
+        mapper: codec.TranscriptMapper,
+        times: codec.TimeMap,
+        state: _State,
+    ) -> None:
+        hooks = config.hooks
+        try:
+            while True:
+                try:
+                    raw = await ws.get_message()
+                except ConnectionClosed as closed:
+                    reason = closed.reason
+                    error = codec.close_error(
+                        reason.code if reason is not None else None,
+                        reason.reason if reason is not None else None,
+                        closing=state.closing,
+                    )
+                    if error is not None:
+                        raise error from None
+                    return
+                hooks.vendor_message()  # the resilience layer's stall watchdog listens
+                if isinstance(raw, str):
+                    log.debug("aws_transcribe sent a text message %r", raw[:200])
+                    continue
+                try:
+                    msg = codec.decode(raw)
+                except codec.FrameError as err:
+                    raise ProviderUnavailable(
+                        NAME, f"{VENDOR} sent a corrupt event-stream frame ({err})"
+                    ) from None
+                if isinstance(msg, codec.Transcript):
+                    for event in mapper.transcript(msg, times):
+                        await emit(event)
+                elif isinstance(msg, codec.VendorException):
+                    raise codec.exception_error(msg.name, msg.message)
+                else:
+                    log.debug("aws_transcribe sent an unexpected message %r", msg)
+        finally:
+            state.done.set()
+
+    async def _keepalive(
+        self,
+        ws: WebSocketConnection,
+        state: _State,
+        times: codec.TimeMap,
+        config: StreamConfig,
+        interval: float,
+    ) -> None:
+        samples = int(KEEPALIVE_SILENCE_S * config.sample_rate)
+        silence = codec.audio_event(bytes(samples * BYTES_PER_SAMPLE))
+        while not state.closing:
+            await trio.sleep_until(state.last_sent + interval)
+            async with state.send_lock:
+                if state.closing:
+                    return
+                if trio.current_time() - state.last_sent < interval * 0.99:
+                    continue  # audio went out meanwhile
+                times.padded(samples)
+                if not await _send(ws, silence):
+                    return  # the reader reports the closed connection
+                state.keepalives += 1
+                state.last_sent = trio.current_time()
+
+
+async def _send(ws: WebSocketConnection, message: bytes) -> bool:
+    """Send; False when the connection is closed (the reader says why)."""
+    try:
+        await ws.send_message(message)
+    except ConnectionClosed:
+        return False
+    return True
+
+
+async def _lost(done: trio.Event) -> None:
+    """The socket closed under a sender: the reader raises the typed error; wait for it."""
+    with trio.move_on_after(CLOSE_TIMEOUT):
+        await done.wait()
+        await trio.sleep(CLOSE_TIMEOUT)  # the reader raises right after setting done
+    raise ProviderUnavailable(NAME, f"connection to {VENDOR} lost")
+
+
+def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The typed error in a nursery's group (others being Cancelled), else the group."""
+    real = group.subgroup(lambda e: not isinstance(e, trio.Cancelled | BaseExceptionGroup))
+    if real is None:
+        return group
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [real]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    typed = [e for e in leaves if isinstance(e, ProviderError)]
+    if len(typed) >= 1:
+        return typed[0]
+    return leaves[0] if len(leaves) == 1 else group
+
+
+def _header(headers: tuple[tuple[bytes, bytes], ...], name: bytes) -> str:
+    for key, value in headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return ""

