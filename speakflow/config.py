@@ -72,7 +72,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     RETRY_ATTEMPTS: PositiveInt = 5
     RETRY_HEALTHY_S: PositiveFloat = 60.0
     PRIMARY_RETRY_S: PositiveFloat = 300.0
-    REPLAY_BUFFER_S: PositiveFloat = 60.0
+    #: above MAX_AUDIO_LEAD_S, so a client's replay burst never pushes out audio still owed
+    REPLAY_BUFFER_S: PositiveFloat = 100.0
     #: how long a dropped client's session can be resumed
     RESUME_WINDOW_S: PositiveFloat = 120.0
     #: SIGTERM: time allowed to flush every session before sockets close

@@ -192,8 +192,9 @@ class ResilientStream:
         self.failovers = 0
         self._inner: trio.MemorySendChannel[AudioFrame] | None = None
         self._audio_done = False
-        self._last_loud = -math.inf
-        self._last_vendor = -math.inf
+        #: when speech was first passed on since the vendor last said anything
+        #: (None: the vendor has answered everything so far); the watchdog's clock
+        self._unanswered_since: float | None = None
         self._reported_drop = 0.0
 
     def statistics(self) -> dict[str, object]:
@@ -230,7 +231,8 @@ class ResilientStream:
             async for frame in audio:
                 loud = is_loud(frame.pcm)
                 if loud:
-                    self._last_loud = trio.current_time()
+                    if self._unanswered_since is None:
+                        self._unanswered_since = trio.current_time()
                 self.buffer.append(frame, loud)
                 inner = self._inner  # read before any await: a reconnect replays this frame
                 if inner is not None:
@@ -369,12 +371,12 @@ class ResilientStream:
         inner, replayed = self._open_inner()
         if reconnect and replayed:
             config.hooks.audio_replayed(replayed)
-        self._last_vendor = trio.current_time()
+        self.heard_vendor()  # a new connection starts with a clean slate
         go_primary = False
 
         async def wrapped(ev: TranscriptEvent) -> None:
             nonlocal go_primary
-            self._last_vendor = trio.current_time()
+            self.heard_vendor()
             if ev.end <= self.last_final_end + DUPLICATE_EPSILON_S:
                 return  # replayed audio produced it again
             if ev.is_final:
@@ -420,18 +422,19 @@ class ResilientStream:
     _stalled = False
 
     def heard_vendor(self) -> None:
-        self._last_vendor = trio.current_time()
+        self._unanswered_since = None
 
     async def _watchdog(self, scope: trio.CancelScope) -> None:
+        """Speech went out and the vendor said nothing for ``response_timeout``.
+
+        Measured from the first loud frame after the vendor's last message, so
+        a long silence (vendors like AssemblyAI send nothing then) never counts.
+        """
         timeout = self.response_timeout
         while True:
             await trio.sleep(min(1.0, timeout / 4))
-            now = trio.current_time()
-            if (
-                now - self._last_vendor > timeout
-                and self._last_loud > self._last_vendor
-                and now - self._last_loud < timeout
-            ):
+            since = self._unanswered_since
+            if since is not None and trio.current_time() - since > timeout:
                 self._stalled = True
                 scope.cancel()
                 return

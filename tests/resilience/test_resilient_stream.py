@@ -33,8 +33,15 @@ class ScriptedBackend:
     """Each connection dies after ``fail_after[k]`` frames (None: never)."""
 
     def __init__(
-        self, name: str, fail_after: list[int | None], *, stall: bool = False, reject: bool = False
+        self,
+        name: str,
+        fail_after: list[int | None],
+        *,
+        stall: bool = False,
+        reject: bool = False,
+        quiet_in_silence: bool = False,
     ) -> None:
+        self.quiet_in_silence = quiet_in_silence
         self.name = name
         self.fail_after = list(fail_after)
         self.stall = stall
@@ -69,7 +76,7 @@ class ScriptedProvider:
             if limit is not None and len(got) >= limit:
                 raise ProviderUnavailable(b.name, "connection lost")
             got.append(index_of(f) if f.offset % FRAME == 0 else -1)
-            if b.stall:
+            if b.stall or (b.quiet_in_silence and index_of(f) < 0):
                 continue  # takes the audio, says nothing back
             config.hooks.vendor_message()
             if f.offset % FRAME == 0:
@@ -210,3 +217,13 @@ def test_replay_buffer_bound_counts_what_it_drops() -> None:
     for i in range(10):
         buf.append(frame(i), loud=True)
     assert buf.seconds == 2.0 and buf.dropped_seconds == 3.0
+
+
+async def test_speech_after_a_long_silence_is_not_a_stall(autojump_clock) -> None:
+    """A vendor that says nothing during 40 s of silence is not dead (AssemblyAI-like)."""
+
+    vendor = ScriptedBackend("v", [None], quiet_in_silence=True)
+    frames = [frame(i, loud=False) for i in range(80)] + [frame(i) for i in range(80, 90)]
+    stream, out, _ = await run_stream({"v": vendor}, frames, response_timeout=3.0)
+    assert stream.reconnects == 0
+    assert texts(out)[-10:] == [f"w{i}" for i in range(80, 90)]
