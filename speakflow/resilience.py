@@ -230,9 +230,8 @@ class ResilientStream:
         async with audio:
             async for frame in audio:
                 loud = is_loud(frame.pcm)
-                if loud:
-                    if self._unanswered_since is None:
-                        self._unanswered_since = trio.current_time()
+                if loud and self._unanswered_since is None:
+                    self._unanswered_since = trio.current_time()
                 self.buffer.append(frame, loud)
                 inner = self._inner  # read before any await: a reconnect replays this frame
                 if inner is not None:

@@ -31,9 +31,7 @@ import msgspec
 
 from ...errors import ProviderError, ProviderRejected, ProviderUnavailable
 from ..base import BYTES_PER_SAMPLE, SAMPLE_RATE, AudioFrame, TranscriptEvent, Word
-from ..deepgram.codec import TimeMap
-
-__all__ = ["TimeMap"]
+from ..deepgram.codec import TimeMap as TimeMap  # the same per-run mapping, re-exported
 
 NAME = "assemblyai"
 #: How the vendor is named in messages a person reads.

@@ -482,6 +482,7 @@ async def run_round(
         "final_decodes": delta("speakflow_whisper_final_decodes_total"),
         "partials_dropped": delta("speakflow_whisper_partials_dropped_total"),
         "fallback_decodes": delta("speakflow_whisper_fallback_decodes_total"),
+        "loops_cut": delta("speakflow_whisper_loops_cut_total"),
         "max_queue": max((p.get("speakflow_whisper_queue_depth", 0.0) for p in polls), default=0),
         "max_final_wait_s": max(
             (p.get("speakflow_whisper_oldest_final_wait_seconds", 0.0) for p in polls), default=0
@@ -608,6 +609,7 @@ async def bench(opts: Options, out: Any = sys.stdout) -> dict[str, Any]:
     finally:
         if server is not None:
             server.stop()
+            say(f"server log: {server.log}")
     report["targets"] = targets(report)
     if opts.json:
         print(json.dumps(report, indent=2, default=str), file=out)
@@ -647,6 +649,7 @@ def format_round(s: dict[str, Any]) -> str:
         f"dropped as stale {s['partials_dropped']:.0f}",
         f"  model RTF {_f(s['model_rtf'], '', 3)}, batches {s['batches']:.0f} "
         f"(mean {_f(s['mean_batch'], '', 2)}), fallbacks {s['fallback_decodes']:.0f}, "
+        f"loops cut {s['loops_cut']:.0f}, "
         f"max queue {s['max_queue']:.0f}, max final wait {_f(s['max_final_wait_s'], ' s')}",
         f"  CPU: server {_f(s['server_cpu_pct'], '%', 0)} of a core "
         f"({_f(s['server_cpu_per_audio_s'], ' s', 3)} per audio s), machine "

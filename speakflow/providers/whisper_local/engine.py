@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import re
+import logging
 import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -59,6 +59,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 VAD_WINDOW = 512
@@ -84,7 +85,6 @@ MAX_WORDS_PER_SECOND = 4.0
 #: Whisper's 224 tokens, seconds of model time for nothing
 MAX_TOKENS_PER_SECOND = 12
 MAX_TOKENS_SLACK = 10
-_WORD = re.compile(r"\w+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +106,9 @@ class DecodeJob:
     speech_s: float = 0.0
     #: a final (or what will likely be one): worth the full window when alone
     final: bool = False
+    #: decoded at a pause in case it becomes the final: no fallback decode for it
+    #: (the provider checks it with :func:`suspicious` if it does become the final)
+    tentative: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +118,7 @@ class Decoded:
     avg_logprob: float
     compression_ratio: float
     language: str | None
-    #: decoded again over the full 30 s window
+    #: decoded over the full 30 s window (the offline result)
     fallback: bool = False
 
     @property
@@ -133,9 +136,15 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
-def has_loop(words: Sequence[str]) -> bool:
-    """A phrase of 2-8 words said three times in a row, or of 4+ words twice in a row."""
+def _key(token: str) -> str:
+    return "".join(ch for ch in token.lower() if ch.isalnum())
+
+
+def find_loop(words: Sequence[str]) -> int | None:
+    """Where a loop's first repetition starts: a phrase of 2-8 words said three times
+    in a row, or of 4+ words twice in a row (single words may repeat: "no, no")."""
     n = len(words)
+    best: int | None = None
     for size in range(2, 9):
         need = 3 if size < 4 else 2
         for start in range(0, n - size * need + 1):
@@ -143,8 +152,25 @@ def has_loop(words: Sequence[str]) -> bool:
             if all(
                 words[start + k * size : start + (k + 1) * size] == phrase for k in range(1, need)
             ):
-                return True
-    return False
+                cut = start + size
+                best = cut if best is None else min(best, cut)
+                break
+    return best
+
+
+def has_loop(words: Sequence[str]) -> bool:
+    return find_loop(words) is not None
+
+
+def cut_loop(text: str) -> str | None:
+    """``text`` up to where it starts repeating itself, or None when it does not.
+
+    Whisper over a short window sometimes says the utterance again and again
+    instead of ending; the first saying is the transcript.
+    """
+    tokens = text.split()
+    cut = find_loop([_key(t) for t in tokens])
+    return " ".join(tokens[:cut]) if cut is not None else None
 
 
 def suspicious(decoded: Decoded, job: DecodeJob) -> bool:
@@ -153,7 +179,7 @@ def suspicious(decoded: Decoded, job: DecodeJob) -> bool:
         return True
     if decoded.avg_logprob < LOG_PROB_THRESHOLD and not decoded.is_silence:
         return True
-    words = [w.lower() for w in _WORD.findall(decoded.text)]
+    words = [_key(t) for t in decoded.text.split()]
     seconds = max(job.speech_s, len(job.audio) / SAMPLE_RATE * 0.5)
     if len(words) > MAX_WORDS_PER_SECOND * seconds + 2:
         return True
@@ -177,6 +203,8 @@ class WhisperEngine:
         self._suppress: list[int] = []
         #: decodes redone over the full window (see :func:`suspicious`)
         self.fallbacks = 0
+        #: short-window texts cut where they started repeating (see :func:`cut_loop`)
+        self.loops_cut = 0
         #: seconds a lone final's full-window decode may take (window "auto")
         self.full_window_budget = 0.35
         #: moving average of measured lone full-window decodes, seconds
@@ -375,13 +403,30 @@ class WhisperEngine:
                 )
             )
         if frames < FULL_FRAMES:
+            for i, d in enumerate(out):
+                cut = cut_loop(d.text)
+                if cut is not None:
+                    self.loops_cut += 1
+                    out[i] = replace(d, text=cut, compression_ratio=compression_ratio(cut))
             again = [
                 i
                 for i, (d, job) in enumerate(zip(out, jobs, strict=True))
-                if job.final and suspicious(d, job)
+                if job.final and not job.tentative and suspicious(d, job)
             ]
             if again:
                 self.fallbacks += len(again)
+                for i in again:
+                    d = out[i]
+                    log.debug(
+                        "short-window decode redone over the full window: %r (logprob %.2f, "
+                        "no_speech %.2f, compression %.2f, %.1f s speech, %d in batch)",
+                        d.text[:120],
+                        d.avg_logprob,
+                        d.no_speech_prob,
+                        d.compression_ratio,
+                        jobs[i].speech_s,
+                        len(jobs),
+                    )
                 redone = self._decode([jobs[i] for i in again], True, None)
                 for i, d in zip(again, redone, strict=True):
                     out[i] = d

@@ -31,6 +31,7 @@ from .engine import (
     WhisperEngine,
     resolve_model,
     shared_engine,
+    suspicious,
 )
 from .policy import StablePartials, Utterance, VadSegmenter
 from .scheduler import BatchScheduler
@@ -142,18 +143,26 @@ class WhisperLocalBackend:
     # ------------------------------------------------------------------ capacity
 
     @property
+    def final_cost(self) -> float | None:
+        """Model seconds per final when the model is busy: measured on real busy
+        batches once there were some (it follows the machine: a neighbour taking
+        CPU makes it rise), else the start-up calibration."""
+        return self.scheduler.busy_item_cost or self._calibration
+
+    @property
     def capacity(self) -> int:
-        """Streams admitted at once: WHISPER_MAX_STREAMS, else estimated at start-up.
+        """Streams admitted at once: WHISPER_MAX_STREAMS, else estimated.
 
         The estimate: every stream talks non-stop, so each needs a final about
         every UTTERANCE_PERIOD_S; finals may use TARGET_FINAL_LOAD of the
-        model at the calibrated cost of a final in a busy batch.
+        model at :attr:`final_cost` each.
         """
         if self.settings.WHISPER_MAX_STREAMS:
             return self.settings.WHISPER_MAX_STREAMS
-        if self._calibration is None:
+        cost = self.final_cost
+        if cost is None:
             return 0  # not started: admit() is never reached before start()
-        return max(1, int(TARGET_FINAL_LOAD * UTTERANCE_PERIOD_S / self._calibration))
+        return max(1, int(TARGET_FINAL_LOAD * UTTERANCE_PERIOD_S / cost))
 
     def admit(self) -> None:
         """Raise ProviderOverloaded unless the model can serve one more stream now."""
@@ -176,6 +185,14 @@ class WhisperLocalBackend:
             raise ProviderOverloaded(
                 NAME,
                 f"local Whisper is {behind:.1f} s behind on final transcripts for its "
+                f"{self.streams} streams; not taking another stream now, try again later",
+            )
+        _, final_load = self.scheduler.load()
+        if self.streams and final_load > TARGET_FINAL_LOAD:
+            self.refused += 1
+            raise ProviderOverloaded(
+                NAME,
+                f"local Whisper spends {final_load:.0%} of its time on finals for its "
                 f"{self.streams} streams; not taking another stream now, try again later",
             )
 
@@ -205,12 +222,13 @@ class WhisperLocalBackend:
             "speakflow_whisper_final_decodes_total": sched.finals,
             "speakflow_whisper_partials_dropped_total": sched.dropped_partials,
             "speakflow_whisper_fallback_decodes_total": self.engine.fallbacks,
+            "speakflow_whisper_loops_cut_total": self.engine.loops_cut,
             "speakflow_whisper_full_window_seconds": self.engine.full_window_cost or 0.0,
             "speakflow_whisper_streams_refused_total": self.refused,
         }
 
     def status(self) -> dict[str, object]:
-        cost = self._calibration
+        cost = self.final_cost
         return {
             "model": self.settings.WHISPER_MODEL or "tiny.en (bundled)",
             "model_loaded": self.engine.loaded,
@@ -218,7 +236,7 @@ class WhisperLocalBackend:
             "compute_type": self.engine.compute_type,
             "streams": self.streams,
             "capacity_streams": self.capacity,
-            "calibrated_final_ms": round(cost * 1000, 1) if cost is not None else None,
+            "final_cost_ms": round(cost * 1000, 1) if cost is not None else None,
             "full_window_ms": (
                 round(self.engine.full_window_cost * 1000, 1)
                 if self.engine.full_window_cost is not None
@@ -346,19 +364,24 @@ class WhisperLocalStream:
             if utt.index <= finalized:
                 continue  # a partial or tentative of an utterance already final
             decoded: Decoded | None = None
+            job = DecodeJob(
+                utt.audio,
+                language,
+                utt.speech / SAMPLE_RATE,
+                final=utt.final or utt.tentative,
+                tentative=utt.tentative,
+            )
             if (
                 utt.final
                 and tentative is not None
                 and (tentative.index, tentative.start, tentative.end, tentative.samples)
                 == (utt.index, utt.start, utt.end, len(utt.audio))
+                and (tentative.decoded.fallback or not suspicious(tentative.decoded, job))
             ):
                 decoded = tentative.decoded  # nothing was said since the pause: same audio
             else:
                 if utt.tentative and jobs.final_queued(utt.index):
                     continue  # its final is already here: decode that one instead
-                job = DecodeJob(
-                    utt.audio, language, utt.speech / SAMPLE_RATE, utt.final or utt.tentative
-                )
                 decoded = await scheduler.submit(key, job, final=utt.final or utt.tentative)
                 if decoded is None:
                     continue  # a partial dropped as stale

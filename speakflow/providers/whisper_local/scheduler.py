@@ -95,6 +95,9 @@ class BatchScheduler(Generic[P, R]):
         self.finals = 0
         self.partials = 0
         self.dropped_partials = 0
+        #: model seconds per item of busy batches that carried finals (moving
+        #: average): what a final costs when many streams want the model
+        self.busy_item_cost: float | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -146,6 +149,8 @@ class BatchScheduler(Generic[P, R]):
 
         Finals' share counts each batch's time in proportion to its final items.
         """
+        if not self._history:
+            return 0.0, 0.0
         now = self._clock()
         horizon = now - self.load_window
         while self._history and self._history[0][1] < horizon:
@@ -227,6 +232,10 @@ class BatchScheduler(Generic[P, R]):
             self.items += len(batch)
             self.finals += n_final
             self.partials += len(batch) - n_final
+            if busy and n_final:
+                cost = (ended - started) / len(batch)
+                old = self.busy_item_cost
+                self.busy_item_cost = cost if old is None else 0.8 * old + 0.2 * cost
 
     def _pass_lead(self) -> None:
         """Wake the request that heads the next batch as the new leader, or go idle."""

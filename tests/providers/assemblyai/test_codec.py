@@ -6,7 +6,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from speakflow.errors import ProviderRejected, ProviderUnavailable
+from speakflow.config import load_settings
+from speakflow.errors import ConfigError, ProviderRejected, ProviderUnavailable
 from speakflow.providers.assemblyai import codec
 from speakflow.providers.base import AudioFrame, Word
 
@@ -81,6 +82,28 @@ def test_model_follows_the_session_language() -> None:
     assert codec.model_for("u3-rt-pro", "es") == ("u3-rt-pro", False)  # the operator's choice
     q = codec.StreamOptions(speech_model=codec.MULTILINGUAL_MODEL, language_detection=True).query()
     assert q["language_detection"] == "true"
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [({}, "ASSEMBLYAI_API_KEY: required"),
+     ({"ASSEMBLYAI_URL": "https://x/v3/ws"}, "ASSEMBLYAI_URL"),
+     ({"ASSEMBLYAI_MIN_TURN_SILENCE_MS": "2000"}, "must not exceed"),
+     ({"ASSEMBLYAI_MAX_LEAD_S": "0.5"}, "ASSEMBLYAI_MAX_LEAD_S"),
+     ({"ASSEMBLYAI_END_OF_TURN_CONFIDENCE": "2"}, "ASSEMBLYAI_END_OF_TURN_CONFIDENCE")],
+)  # fmt: skip
+def test_settings_are_checked_at_startup(env: dict[str, str], says: str) -> None:
+    base = (
+        {"SPEECH_PROVIDER": "assemblyai", "ASSEMBLYAI_API_KEY": "k"}
+        if env
+        else {"SPEECH_PROVIDER": "assemblyai"}
+    )
+    with pytest.raises(ConfigError, match=says):
+        load_settings(environ={**base, **env}, env_file=None)
+    settings = load_settings(
+        environ={"SPEECH_PROVIDER": "assemblyai", "ASSEMBLYAI_API_KEY": "k"}, env_file=None
+    )
+    assert "k" not in repr(settings).split("ASSEMBLYAI_API_KEY=")[1].split(",")[0]
 
 
 def test_auth_is_the_bare_key() -> None:

@@ -64,3 +64,19 @@ async def test_the_client_hears_rate_limited_and_the_admitted_source_still_works
     assert "capacity" in errors[0]["message"] and "WHISPER_MAX_STREAMS" in errors[0]["message"]
     finals = [m for m in msgs if m["type"] == "transcript" and m["is_final"]]
     assert finals and len({f["source"] for f in finals}) == 1
+
+
+def test_a_model_busy_with_finals_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = WhisperLocalBackend(make_settings(WHISPER_MAX_STREAMS=50))
+    backend.streams = 10
+    monkeypatch.setattr(backend.scheduler, "load", lambda: (0.9, 0.7))
+    with pytest.raises(ProviderOverloaded, match="70% of its time on finals"):
+        backend.admit()
+
+
+def test_the_estimate_follows_the_measured_cost_of_busy_batches() -> None:
+    backend = WhisperLocalBackend(make_settings(WHISPER_MAX_STREAMS=0))
+    backend._calibration = 0.05
+    assert backend.capacity == 40
+    backend.scheduler.busy_item_cost = 0.2  # the machine got slower under real load
+    assert backend.capacity == 10

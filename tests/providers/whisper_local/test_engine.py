@@ -94,11 +94,22 @@ def test_noise_that_reaches_the_model_cannot_run_on(engine) -> None:
     assert len(partial.text.split()) <= 12 * 2 + 10
 
 
+def test_a_loop_is_cut_at_its_first_repetition() -> None:
+    from speakflow.providers.whisper_local.engine import cut_loop
+
+    looped = "Great, let's review the checklist. Great, let's review the checklist. Great,"
+    assert cut_loop(looped) == "Great, let's review the checklist."
+    assert cut_loop("We still need two more reviewers.") is None
+
+
 def test_loop_detector() -> None:
-    assert has_loop("the plan is ready the plan is ready".split())
-    assert has_loop("go go go now".split()) is False  # single words may repeat
-    assert has_loop("yes sir yes sir yes sir".split())
-    assert not has_loop("the marketing page is ready but the pricing table".split())
+    def words(text: str) -> list[str]:
+        return text.split()
+
+    assert has_loop(words("the plan is ready the plan is ready"))
+    assert not has_loop(words("go go go now"))  # single words may repeat
+    assert has_loop(words("yes sir yes sir yes sir"))
+    assert not has_loop(words("the marketing page is ready but the pricing table"))
 
 
 def _decoded(text: str, logprob: float = -0.2, no_speech: float = 0.01) -> Decoded:
@@ -111,6 +122,6 @@ def test_what_counts_as_suspicious() -> None:
     job = DecodeJob(np.zeros(3 * SAMPLE_RATE, dtype=np.float32), "en", 2.5, final=True)
     assert not suspicious(_decoded("We still need two more reviewers."), job)
     assert suspicious(_decoded("word " * 20), job)  # too many words for 2.5 s of speech
-    assert suspicious(_decoded("Great, let's review. Great, let's review."), job)  # a loop
+    assert suspicious(_decoded("Great, let's review it. Great, let's review it."), job)  # loop
     assert suspicious(_decoded("mumble", logprob=-1.5), job)  # unsure, yet not silence
     assert not suspicious(_decoded("you", logprob=-1.5, no_speech=0.9), job)  # silence
