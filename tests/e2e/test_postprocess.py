@@ -81,7 +81,7 @@ async def test_langchain_processor_slow_answer_keeps_order(
                 OPENAI_API_KEY="test-key",
                 LLM_BASE_URL=stub.url,
                 LLM_MODEL="tiny-punctuator",
-                LLM_TIMEOUT=4,
+                LLM_TIMEOUT=8,  # room for the next utterance's partials, even on a busy machine
             ) as server:
                 transcripts, _ = await run_session(server, "pp-llm", pcm, pace=0.25)
     finals = [m for m in transcripts if m["is_final"]]
