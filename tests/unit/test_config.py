@@ -66,8 +66,6 @@ def test_secrets_never_in_repr() -> None:
 
 
 def test_bad_whisper_model_dir(tmp_path) -> None:
-    from speakflow.providers.whisper_local.provider import WhisperLocalBackend
-
-    s = load_settings(environ={"WHISPER_MODEL": str(tmp_path)}, env_file=None)
+    # checked while settings load (the registry's check), before the server starts
     with pytest.raises(ConfigError, match=r"^WHISPER_MODEL:"):
-        WhisperLocalBackend(s)
+        load_settings(environ={"WHISPER_MODEL": str(tmp_path)}, env_file=None)

@@ -307,8 +307,13 @@ async def _run_session(
                 target = by_source.get(msg.get("source", ""))
                 for r in [target] if target is not None else records:
                     r.messages.append((now, msg))
-                    if msg.get("type") == "error" and msg.get("code") == "rate_limited":
-                        r.refused = msg.get("message", "rate_limited")
+                    text = str(msg.get("message", ""))
+                    if (
+                        msg.get("type") == "error"
+                        and msg.get("code") == "rate_limited"
+                        and f"the {r.source} stream" in text
+                    ):
+                        r.refused = text
                 if msg.get("type") == "session_ended":
                     ended.set()
                     return
@@ -650,7 +655,8 @@ def format_round(s: dict[str, Any]) -> str:
         f"  model RTF {_f(s['model_rtf'], '', 3)}, batches {s['batches']:.0f} "
         f"(mean {_f(s['mean_batch'], '', 2)}), fallbacks {s['fallback_decodes']:.0f}, "
         f"loops cut {s['loops_cut']:.0f}, "
-        f"max queue {s['max_queue']:.0f}, max final wait {_f(s['max_final_wait_s'], ' s')}",
+        f"max queue {s['max_queue']:.0f}, max final wait {_f(s['max_final_wait_s'], ' s')}, "
+        f"capacity estimate {_f(s['capacity_streams'], '', 0)} streams",
         f"  CPU: server {_f(s['server_cpu_pct'], '%', 0)} of a core "
         f"({_f(s['server_cpu_per_audio_s'], ' s', 3)} per audio s), machine "
         f"{_f(s['machine_cpu_pct'], '%', 0)}, bench client {_f(s['bench_cpu_pct'], '%', 0)}",

@@ -74,6 +74,10 @@ def accepted_text(decoded: Decoded) -> str:
     return decoded.text.strip()
 
 
+#: (engine id, calibration settings) -> seconds of model time per final (see _calibrate)
+_calibrations: dict[tuple[int, tuple[int]], float] = {}
+
+
 class WhisperLocalBackend:
     name = NAME
 
@@ -103,7 +107,14 @@ class WhisperLocalBackend:
 
     async def start(self) -> None:
         await trio.to_thread.run_sync(self.engine.load)
-        self._calibration = await trio.to_thread.run_sync(self._calibrate)
+        # One calibration per engine (the model is shared by every backend of the
+        # process), so an app started again in the same process starts in ~0 s.
+        key = (self.settings.WHISPER_MAX_BATCH,)
+        cached = _calibrations.get((id(self.engine), key))
+        if cached is None:
+            cached = await trio.to_thread.run_sync(self._calibrate)
+            _calibrations[(id(self.engine), key)] = cached
+        self._calibration = cached
         log.info(
             "whisper model loaded from %s: a final costs %.0f ms in a busy batch, %.0f ms "
             "alone over the full window; capacity %d streams",
@@ -164,8 +175,12 @@ class WhisperLocalBackend:
             return 0  # not started: admit() is never reached before start()
         return max(1, int(TARGET_FINAL_LOAD * UTTERANCE_PERIOD_S / cost))
 
-    def admit(self) -> None:
-        """Raise ProviderOverloaded unless the model can serve one more stream now."""
+    def admit(self, source: str = "audio") -> None:
+        """Raise ProviderOverloaded unless the model can serve one more stream now.
+
+        The message names the refused ``source``: the client may have another
+        source of the same session that was admitted.
+        """
         capacity = self.capacity
         if capacity and self.streams >= capacity:
             self.refused += 1
@@ -177,7 +192,7 @@ class WhisperLocalBackend:
             raise ProviderOverloaded(
                 NAME,
                 f"local Whisper is serving {self.streams} streams, its capacity ({capacity}, "
-                f"{how}); try again later",
+                f"{how}); the {source} stream is not transcribed, try again later",
             )
         behind = self.scheduler.oldest_final_wait()
         if behind > ADMIT_MAX_FINAL_WAIT_S:
@@ -185,7 +200,8 @@ class WhisperLocalBackend:
             raise ProviderOverloaded(
                 NAME,
                 f"local Whisper is {behind:.1f} s behind on final transcripts for its "
-                f"{self.streams} streams; not taking another stream now, try again later",
+                f"{self.streams} streams; the {source} stream is not transcribed, "
+                "try again later",
             )
         _, final_load = self.scheduler.load()
         if self.streams and final_load > TARGET_FINAL_LOAD:
@@ -193,7 +209,8 @@ class WhisperLocalBackend:
             raise ProviderOverloaded(
                 NAME,
                 f"local Whisper spends {final_load:.0%} of its time on finals for its "
-                f"{self.streams} streams; not taking another stream now, try again later",
+                f"{self.streams} streams; the {source} stream is not transcribed, "
+                "try again later",
             )
 
     # ------------------------------------------------------------------ reporting
@@ -319,7 +336,7 @@ class WhisperLocalStream:
     ) -> None:
         language = self._language(config)
         backend = self._backend
-        backend.admit()
+        backend.admit(config.source)
         s = backend.settings
         segmenter = VadSegmenter(
             backend.engine.speech_probs,
