@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import logging
 import os
@@ -158,6 +159,12 @@ async def _serve(
         binds = await nursery.start(
             partial(serve, app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
         )
+        if os.environ.get("SPEAKFLOW_GC_FREEZE", "1") != "0":
+            # Everything allocated so far (modules, the model's Python side, the
+            # app) lives as long as the process: keep it out of the collector's
+            # full passes, which otherwise stall every connection at once.
+            gc.collect()
+            gc.freeze()
         for url in binds:
             log.info("speakflow listening on %s (provider %s)", url, settings.SPEECH_PROVIDER)
             log.info(
