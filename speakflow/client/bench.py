@@ -116,8 +116,9 @@ def load_tracks(audio_dir: Path | None) -> tuple[dict[str, bytes], str]:
     """PCM per source: the corpus meeting (both tracks), or synthetic speech."""
     if audio_dir is not None:
         try:
-            return {src: load_wav(audio_dir / f"meeting_a_{src}.wav") for src in SOURCES}, \
-                f"{audio_dir}/meeting_a_*.wav"
+            return {
+                src: load_wav(audio_dir / f"meeting_a_{src}.wav") for src in SOURCES
+            }, f"{audio_dir}/meeting_a_*.wav"
         except WavError as err:
             print(f"speakflow bench: {err}; using synthetic speech", file=sys.stderr)
     return {src: synthetic_speech(24.0, i) for i, src in enumerate(SOURCES)}, "synthetic speech"
@@ -127,8 +128,10 @@ def chunk_templates(pcm: bytes, deflate: bool) -> list[ChunkTemplate]:
     """Every whole 500 ms chunk of ``pcm`` (the last one padded with silence), pre-built."""
     if len(pcm) % CHUNK_BYTES:
         pcm += bytes(CHUNK_BYTES - len(pcm) % CHUNK_BYTES)
-    return [ChunkTemplate.build(pcm[i:i + CHUNK_BYTES], deflate=deflate)
-            for i in range(0, len(pcm), CHUNK_BYTES)]
+    return [
+        ChunkTemplate.build(pcm[i : i + CHUNK_BYTES], deflate=deflate)
+        for i in range(0, len(pcm), CHUNK_BYTES)
+    ]
 
 
 def make_tag(session: int, seq: int) -> bytes:
@@ -163,8 +166,15 @@ _decode = msgspec.json.Decoder(_Msg).decode
 class BenchSession:
     """One desktop client: a connection, one session, two sources."""
 
-    def __init__(self, idx: int, run_id: str, url: str, deflate: bool, phase: float,
-                 tracks: dict[str, list[ChunkTemplate]]) -> None:
+    def __init__(
+        self,
+        idx: int,
+        run_id: str,
+        url: str,
+        deflate: bool,
+        phase: float,
+        tracks: dict[str, list[ChunkTemplate]],
+    ) -> None:
         self.idx = idx
         self.url = url
         self.deflate = deflate
@@ -201,14 +211,17 @@ class BenchSession:
     async def open(self, nursery: trio.Nursery) -> None:
         try:
             with trio.fail_after(OPEN_TIMEOUT):
-                self.ws = await RawWebSocket.connect(self.url, [("X-User-Id", self.user)],
-                                                     deflate=self.deflate)
+                self.ws = await RawWebSocket.connect(
+                    self.url, [("X-User-Id", self.user)], deflate=self.deflate
+                )
         except (OSError, HandshakeFailed, trio.TooSlowError) as err:
             self.failure = f"connect: {err!r}"
             return
         nursery.start_soon(self._reader)
         start = {
-            "type": "start_session", "session_id": self.sid, "user_id": self.user,
+            "type": "start_session",
+            "session_id": self.sid,
+            "user_id": self.user,
             "sources": list(SOURCES),
             "audio_config": {"sample_rate": TARGET_RATE, "channels": 1, "encoding": "pcm16le"},
         }
@@ -236,12 +249,14 @@ class BenchSession:
         j = (self.offset + k) % len(self.mic)
         seq = 2 * k
         mic, sys_ = self.mic[j], self.sys[j]
-        data = b"".join((
-            text_frame(f'{self._meta["microphone"]}{ts},"size":{mic.size}}}'),
-            mic.frame(make_tag(self.idx, seq)),
-            text_frame(f'{self._meta["system"]}{ts},"size":{sys_.size}}}'),
-            sys_.frame(make_tag(self.idx, seq + 1)),
-        ))
+        data = b"".join(
+            (
+                text_frame(f'{self._meta["microphone"]}{ts},"size":{mic.size}}}'),
+                mic.frame(make_tag(self.idx, seq)),
+                text_frame(f'{self._meta["system"]}{ts},"size":{sys_.size}}}'),
+                sys_.frame(make_tag(self.idx, seq + 1)),
+            )
+        )
         if k and k % PING_EVERY_TICKS == 0:
             data += frame_header(OP_PING, 0)
         self.pending[seq] = now
@@ -337,8 +352,18 @@ async def start_stack(opts: BenchOptions) -> Stack:
     env = dict(os.environ)
     emulator = procs.Managed(
         "emulator",
-        procs.python_module_argv("emulate", "deepgram", "--engine", "echo", "--host", host,
-                                 "--port", str(emu_port), "--log-level", "WARNING"),
+        procs.python_module_argv(
+            "emulate",
+            "deepgram",
+            "--engine",
+            "echo",
+            "--host",
+            host,
+            "--port",
+            str(emu_port),
+            "--log-level",
+            "WARNING",
+        ),
         env,
         log_dir / "emulator.log",
     )
@@ -357,8 +382,9 @@ async def start_stack(opts: BenchOptions) -> Stack:
         }
         stack.server = procs.Managed(
             "server",
-            procs.python_module_argv("serve", "--host", host, "--port", str(srv_port),
-                                     "--env-file", os.devnull),
+            procs.python_module_argv(
+                "serve", "--host", host, "--port", str(srv_port), "--env-file", os.devnull
+            ),
             server_env,
             log_dir / "server.log",
         )
@@ -404,11 +430,13 @@ def _mb(n: float | None) -> float | None:
     return None if n is None else round(n / 1e6, 2)
 
 
-async def run_round(opts: BenchOptions, stack: Stack, n: int,
-                    tracks: dict[str, list[ChunkTemplate]]) -> dict[str, Any]:
+async def run_round(
+    opts: BenchOptions, stack: Stack, n: int, tracks: dict[str, list[ChunkTemplate]]
+) -> dict[str, Any]:
     run_id = f"{os.getpid():x}{int(time.time() * 1000) % 10**6:06d}"
-    sessions = [BenchSession(i, run_id, stack.url, opts.deflate, PERIOD * i / n, tracks)
-                for i in range(n)]
+    sessions = [
+        BenchSession(i, run_id, stack.url, opts.deflate, PERIOD * i / n, tracks) for i in range(n)
+    ]
     sampler = _Sampler(stack.server_pid, stack.emulator_pid)
     ticks = max(1, round(opts.duration / PERIOD))
     ramp = opts.ramp_s(n)
@@ -437,8 +465,12 @@ async def run_round(opts: BenchOptions, stack: Stack, n: int,
 
         async def mark(at: float, into: dict[str, Any]) -> None:
             await trio.sleep_until(at)
-            into.update(server=sampler.server(), emulator=sampler.emulator(),
-                        generator=procs.sample_self(), machine=procs.machine_jiffies())
+            into.update(
+                server=sampler.server(),
+                emulator=sampler.emulator(),
+                generator=procs.sample_self(),
+                machine=procs.machine_jiffies(),
+            )
 
         async def profile_at(at: float) -> None:
             nonlocal profiler
@@ -495,27 +527,44 @@ async def run_round(opts: BenchOptions, stack: Stack, n: int,
         chunks_lost=sent - echoed,
         unexpected_echoes=sum(s.unexpected for s in sessions),
         misrouted_echoes=sum(s.misrouted for s in sessions),
-        rtt_ms={"n": len(rtt), "p50": _pct(rtt, 50), "p95": _pct(rtt, 95), "p99": _pct(rtt, 99),
-                "max": round(float(rtt.max()), 2) if len(rtt) else None},
-        rtt_warmup_ms={"n": len(rtt_warm), "p99": _pct(rtt_warm, 99),
-                       "max": round(float(rtt_warm.max()), 2) if len(rtt_warm) else None},
-        pacing_lag_ms={"p50": _pct(lag, 50), "p99": _pct(lag, 99),
-                       "max": round(float(lag.max()), 2) if len(lag) else None},
+        rtt_ms={
+            "n": len(rtt),
+            "p50": _pct(rtt, 50),
+            "p95": _pct(rtt, 95),
+            "p99": _pct(rtt, 99),
+            "max": round(float(rtt.max()), 2) if len(rtt) else None,
+        },
+        rtt_warmup_ms={
+            "n": len(rtt_warm),
+            "p99": _pct(rtt_warm, 99),
+            "max": round(float(rtt_warm.max()), 2) if len(rtt_warm) else None,
+        },
+        pacing_lag_ms={
+            "p50": _pct(lag, 50),
+            "p99": _pct(lag, 99),
+            "max": round(float(lag.max()), 2) if len(lag) else None,
+        },
         errors=errors,
         failures=failures[:20],
         measured_s=round(wall, 2) if wall else None,
     )
-    out["server"] = _server_report(n, base, idle, streaming, final, cpu_a, cpu_b, sampler,
-                                   growth_ref_at)
-    out["emulator"] = {"cpu_pct": _r1(procs.cpu_percent(cpu_a.get("emulator"),
-                                                        cpu_b.get("emulator")))}
-    out["generator"] = {"cpu_pct": _r1(procs.cpu_percent(cpu_a.get("generator"),
-                                                         cpu_b.get("generator")))}
+    out["server"] = _server_report(
+        n, base, idle, streaming, final, cpu_a, cpu_b, sampler, growth_ref_at
+    )
+    out["emulator"] = {
+        "cpu_pct": _r1(procs.cpu_percent(cpu_a.get("emulator"), cpu_b.get("emulator")))
+    }
+    out["generator"] = {
+        "cpu_pct": _r1(procs.cpu_percent(cpu_a.get("generator"), cpu_b.get("generator")))
+    }
     machine = procs.machine_percent(cpu_a.get("machine"), cpu_b.get("machine"))
     out["machine"] = {"cores": os.cpu_count(), "busy_pct": _r1(machine)}
     out["correct"] = correct(out)
-    out["ok"] = out["correct"] and out["rtt_ms"]["p99"] is not None \
+    out["ok"] = (
+        out["correct"]
+        and out["rtt_ms"]["p99"] is not None
         and out["rtt_ms"]["p99"] <= opts.bound_ms
+    )
     return out
 
 
@@ -538,10 +587,17 @@ def _r1(x: float | None) -> float | None:
     return None if x is None else round(x, 1)
 
 
-def _server_report(n: int, base: procs.ProcSample | None, idle: procs.ProcSample | None,
-                   streaming: procs.ProcSample | None, final: procs.ProcSample | None,
-                   a: dict[str, Any], b: dict[str, Any], sampler: _Sampler,
-                   growth_ref_at: float) -> dict[str, Any]:
+def _server_report(
+    n: int,
+    base: procs.ProcSample | None,
+    idle: procs.ProcSample | None,
+    streaming: procs.ProcSample | None,
+    final: procs.ProcSample | None,
+    a: dict[str, Any],
+    b: dict[str, Any],
+    sampler: _Sampler,
+    growth_ref_at: float,
+) -> dict[str, Any]:
     if base is None:
         return {"pid": None}
     cpu = procs.cpu_percent(a.get("server"), b.get("server"))
@@ -562,7 +618,8 @@ def _server_report(n: int, base: procs.ProcSample | None, idle: procs.ProcSample
         "peak_rss_mb": _mb(max((rss for _, rss in sampler.series), default=None)),
         "lifetime_peak_rss_mb": _mb(final.hwm) if final else None,
         "idle_kb_per_session": None if idle is None else round((idle.rss - base.rss) / n / 1e3, 1),
-        "streaming_kb_per_session": None if end_rss is None
+        "streaming_kb_per_session": None
+        if end_rss is None
         else round((end_rss - base.rss) / n / 1e3, 1),
         "rss_growth_pct": None if growth is None else round(growth, 2),
         "rss_series_mb": [[round(t - t_first, 1), _mb(rss)] for t, rss in sampler.series[::every]],
@@ -571,8 +628,13 @@ def _server_report(n: int, base: procs.ProcSample | None, idle: procs.ProcSample
 
 def correct(r: dict[str, Any]) -> bool:
     """Every session held, every chunk echoed once on its own source, no error."""
-    return (r["sessions_held"] == r["sessions"] and r["chunks_lost"] == 0 and not r["errors"]
-            and not r["unexpected_echoes"] and not r["misrouted_echoes"])
+    return (
+        r["sessions_held"] == r["sessions"]
+        and r["chunks_lost"] == 0
+        and not r["errors"]
+        and not r["unexpected_echoes"]
+        and not r["misrouted_echoes"]
+    )
 
 
 def py_spy() -> str | None:
@@ -591,12 +653,26 @@ def start_profiler(
         return None
     fmt = {".json": "speedscope", ".svg": "flamegraph"}.get(opts.profile.suffix, "raw")
     return subprocess.Popen(
-        [exe, "record", "--pid", str(stack.server_pid), "--duration", str(int(seconds)),
-         # --gil: samples where Python runs. On a busy 2-core box a wall-clock profile
-         # charges preemption to whatever syscall was running; CPU is what we can cut.
-         "--rate", "200", "--gil", "--format", fmt, "--output", str(opts.profile),
-         "--nonblocking"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            exe,
+            "record",
+            "--pid",
+            str(stack.server_pid),
+            "--duration",
+            str(int(seconds)),
+            # --gil: samples where Python runs. On a busy 2-core box a wall-clock profile
+            # charges preemption to whatever syscall was running; CPU is what we can cut.
+            "--rate",
+            "200",
+            "--gil",
+            "--format",
+            fmt,
+            "--output",
+            str(opts.profile),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -614,11 +690,16 @@ async def bench(opts: BenchOptions) -> dict[str, Any]:
     tracks = {src: chunk_templates(pcm[src], opts.deflate) for src in SOURCES}
     stack = await start_stack(opts)
     if stack.server_pid is not None:
-        print(f"speakflow bench: server pid {stack.server_pid}"
-              + (f", emulator pid {stack.emulator_pid}" if stack.emulator_pid else "")
-              , file=sys.stderr)
-    report: dict[str, Any] = {"url": stack.url, "audio": audio_desc,
-                              "started_processes": stack.server is not None}
+        print(
+            f"speakflow bench: server pid {stack.server_pid}"
+            + (f", emulator pid {stack.emulator_pid}" if stack.emulator_pid else ""),
+            file=sys.stderr,
+        )
+    report: dict[str, Any] = {
+        "url": stack.url,
+        "audio": audio_desc,
+        "started_processes": stack.server is not None,
+    }
     try:
         if not opts.find_capacity:
             report.update(await run_round(opts, stack, opts.sessions, tracks))
@@ -628,15 +709,17 @@ async def bench(opts: BenchOptions) -> dict[str, Any]:
         stack.stop()
         if stack.log_dir is not None:
             if opts.keep_logs or not report.get("correct", False):
-                print(f"speakflow bench: server and emulator logs in {stack.log_dir}",
-                      file=sys.stderr)
+                print(
+                    f"speakflow bench: server and emulator logs in {stack.log_dir}", file=sys.stderr
+                )
             else:
                 shutil.rmtree(stack.log_dir, ignore_errors=True)
     return report
 
 
-async def find_capacity(opts: BenchOptions, stack: Stack,
-                        tracks: dict[str, list[ChunkTemplate]]) -> dict[str, Any]:
+async def find_capacity(
+    opts: BenchOptions, stack: Stack, tracks: dict[str, list[ChunkTemplate]]
+) -> dict[str, Any]:
     """Grow N by half until a round fails, then bisect to within 5%."""
     rounds: list[dict[str, Any]] = []
 
@@ -662,24 +745,38 @@ async def find_capacity(opts: BenchOptions, stack: Stack,
             good = mid
         else:
             bad = mid
-    return {"capacity": good, "first_failing": bad, "bound_ms": opts.bound_ms, "rounds": rounds,
-            "ok": good > 0, "correct": all(r["correct"] for r in rounds[:-1])}
+    return {
+        "capacity": good,
+        "first_failing": bad,
+        "bound_ms": opts.bound_ms,
+        "rounds": rounds,
+        "ok": good > 0,
+        "correct": all(r["correct"] for r in rounds[:-1]),
+    }
 
 
 def _round_line(r: dict[str, Any], bound: float) -> str:
     rtt = r["rtt_ms"]
     srv = r["server"]
-    return (f"  N={r['sessions']:4d}: {'ok  ' if r['ok'] else 'FAIL'} p99 {rtt['p99']} ms "
-            f"(bound {bound:g}), max {rtt['max']} ms, lost {r['chunks_lost']}, "
-            f"errors {sum(r['errors'].values())}, held {r['sessions_held']}, "
-            f"server CPU {srv.get('cpu_pct')}%")
+    return (
+        f"  N={r['sessions']:4d}: {'ok  ' if r['ok'] else 'FAIL'} p99 {rtt['p99']} ms "
+        f"(bound {bound:g}), max {rtt['max']} ms, lost {r['chunks_lost']}, "
+        f"errors {sum(r['errors'].values())}, held {r['sessions_held']}, "
+        f"server CPU {srv.get('cpu_pct')}%"
+    )
 
 
 def format_report(r: dict[str, Any]) -> str:
     if "capacity" in r:
-        lines = [f"capacity: {r['capacity']} sessions held p99 <= {r['bound_ms']:g} ms with no "
-                 f"loss" + (f" (first failing: {r['first_failing']})" if r["first_failing"]
-                            else " (no failure up to the limit)")]
+        lines = [
+            f"capacity: {r['capacity']} sessions held p99 <= {r['bound_ms']:g} ms with no "
+            f"loss"
+            + (
+                f" (first failing: {r['first_failing']})"
+                if r["first_failing"]
+                else " (no failure up to the limit)"
+            )
+        ]
         lines += [_round_line(x, r["bound_ms"]) for x in r["rounds"]]
         if r["rounds"]:
             best = [x for x in r["rounds"] if x["sessions"] == r["capacity"]]
@@ -693,8 +790,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"real time, deflate {'on' if r['deflate'] else 'off'}, {r['url']}",
         f"sessions held   {r['sessions_held']}/{r['sessions']} (connected in {r['connect_s']} s)",
         f"chunks          sent {r['chunks_sent']}, echoed {r['chunks_echoed']}, lost "
-        f"{r['chunks_lost']}" + (f", unexpected {r['unexpected_echoes']}"
-                                 if r["unexpected_echoes"] else "")
+        f"{r['chunks_lost']}"
+        + (f", unexpected {r['unexpected_echoes']}" if r["unexpected_echoes"] else "")
         + (f", misrouted {r['misrouted_echoes']}" if r["misrouted_echoes"] else ""),
         f"round trip ms   p50 {rtt['p50']}  p95 {rtt['p95']}  p99 {rtt['p99']}  max {rtt['max']}"
         f"  ({rtt['n']} chunks after the {r['warmup_s']:g} s warm-up; warm-up p99 "
@@ -719,9 +816,11 @@ def format_report(r: dict[str, Any]) -> str:
     else:
         lines.append("server          not measured (external server: pass --server-pid)")
     if r["chunks_sent"] and not r["chunks_echoed"]:
-        lines.append("hint            no chunk came back: the server's provider must echo (run it "
-                     "with SPEECH_PROVIDER=deepgram against `speakflow emulate deepgram --engine "
-                     "echo`, or leave out --url)")
+        lines.append(
+            "hint            no chunk came back: the server's provider must echo (run it "
+            "with SPEECH_PROVIDER=deepgram against `speakflow emulate deepgram --engine "
+            "echo`, or leave out --url)"
+        )
     if emu.get("cpu_pct") is not None:
         lines.append(f"emulator        CPU {emu['cpu_pct']}% of a core")
     lines.append(f"generator       CPU {gen['cpu_pct']}% of a core")
@@ -741,8 +840,9 @@ def run_bench(opts: BenchOptions) -> int:
     try:
         report = trio.run(bench, opts)
     except (RuntimeError, trio.TooSlowError) as err:
-        print(f"speakflow bench: {err or 'a process did not become ready in time'}",
-              file=sys.stderr)
+        print(
+            f"speakflow bench: {err or 'a process did not become ready in time'}", file=sys.stderr
+        )
         return 1
     except KeyboardInterrupt:
         return 130

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 
-def _at_least(cast: Callable[[str], float], low: float, *, strict: bool = False,
-              note: str = "") -> Callable[[str], Any]:
+def _at_least(
+    cast: Callable[[str], float], low: float, *, strict: bool = False, note: str = ""
+) -> Callable[[str], Any]:
     """An argparse type: ``cast(text)``, which must be >= ``low`` (> with ``strict``)."""
 
     def parse(text: str) -> Any:
@@ -38,25 +39,37 @@ def register(sub: Any) -> None:
         "partials and finals live and a summary at the end. WAV files of any rate and "
         "channel count are converted to 16 kHz mono PCM16.",
     )
-    stream.add_argument("--mic", required=True, type=Path, metavar="WAV",
-                        help="audio of the microphone source")
-    stream.add_argument("--system", type=Path, metavar="WAV",
-                        help="audio of the system source (optional)")
-    stream.add_argument("--url", default=DEFAULT_URL,
-                        help=f"stream endpoint (default {DEFAULT_URL})")
-    stream.add_argument("--user-id", default=None,
-                        help="X-User-Id header and user_id (default: your login name)")
-    stream.add_argument("--speed", type=_speed, default=1.0,
-                        help="pace: 1 real time (default), N times real time, "
-                        "0 as fast as possible")
-    stream.add_argument("--json", action="store_true",
-                        help="print every server message as one JSON object per line, then a "
-                        "summary object")
+    stream.add_argument(
+        "--mic", required=True, type=Path, metavar="WAV", help="audio of the microphone source"
+    )
+    stream.add_argument(
+        "--system", type=Path, metavar="WAV", help="audio of the system source (optional)"
+    )
+    stream.add_argument(
+        "--url", default=DEFAULT_URL, help=f"stream endpoint (default {DEFAULT_URL})"
+    )
+    stream.add_argument(
+        "--user-id", default=None, help="X-User-Id header and user_id (default: your login name)"
+    )
+    stream.add_argument(
+        "--speed",
+        type=_speed,
+        default=1.0,
+        help="pace: 1 real time (default), N times real time, 0 as fast as possible",
+    )
+    stream.add_argument(
+        "--json",
+        action="store_true",
+        help="print every server message as one JSON object per line, then a summary object",
+    )
     stream.add_argument("--session-id", default="", help="session id (default: a new UUID)")
     stream.add_argument("--language", default=None, help="language extension, e.g. en, es")
     stream.add_argument("--token", default=None, help="send Authorization: Bearer TOKEN")
-    stream.add_argument("--no-deflate", action="store_true",
-                        help="do not offer permessage-deflate (the desktop offers it)")
+    stream.add_argument(
+        "--no-deflate",
+        action="store_true",
+        help="do not offer permessage-deflate (the desktop offers it)",
+    )
     stream.set_defaults(func=_cmd_stream)
 
     bench = sub.add_parser(
@@ -67,40 +80,93 @@ def register(sub: Any) -> None:
         "With no --url, starts the emulator and a server as separate processes and reports "
         "their CPU and memory.",
     )
-    bench.add_argument("--sessions", type=_positive_int, default=10,
-                       help="concurrent sessions (start value with --find-capacity; default 10)")
-    bench.add_argument("--duration", type=_positive_float, default=30.0,
-                       help="seconds of streaming per round (default 30)")
-    bench.add_argument("--url", default=None,
-                       help="an already running server (its provider must echo, e.g. deepgram "
-                       "against `speakflow emulate deepgram --engine echo`); default: start one")
-    bench.add_argument("--server-pid", type=int, default=None,
-                       help="with --url: the server's pid, to report its CPU and memory")
-    bench.add_argument("--ramp", type=_non_negative_float, default=None,
-                       help="seconds over which sessions connect (default N/100, at least 1)")
-    bench.add_argument("--warmup", type=_non_negative_float, default=2.0,
-                       help="seconds of streaming left out of the round-trip percentiles "
-                       "(default 2)")
+    bench.add_argument(
+        "--sessions",
+        type=_positive_int,
+        default=10,
+        help="concurrent sessions (start value with --find-capacity; default 10)",
+    )
+    bench.add_argument(
+        "--duration",
+        type=_positive_float,
+        default=30.0,
+        help="seconds of streaming per round (default 30)",
+    )
+    bench.add_argument(
+        "--url",
+        default=None,
+        help="an already running server (its provider must echo, e.g. deepgram "
+        "against `speakflow emulate deepgram --engine echo`); default: start one",
+    )
+    bench.add_argument(
+        "--server-pid",
+        type=int,
+        default=None,
+        help="with --url: the server's pid, to report its CPU and memory",
+    )
+    bench.add_argument(
+        "--ramp",
+        type=_non_negative_float,
+        default=None,
+        help="seconds over which sessions connect (default N/100, at least 1)",
+    )
+    bench.add_argument(
+        "--warmup",
+        type=_non_negative_float,
+        default=2.0,
+        help="seconds of streaming left out of the round-trip percentiles (default 2)",
+    )
     bench.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    bench.add_argument("--find-capacity", action="store_true",
-                       help="raise the session count until p99 passes --bound-ms or a chunk is "
-                       "lost; report the last count that held")
-    bench.add_argument("--bound-ms", type=_positive_float, default=50.0,
-                       help="p99 round-trip bound in ms (default 50)")
-    bench.add_argument("--max-sessions", type=_positive_int, default=2000,
-                       help="upper limit for --find-capacity (default 2000)")
-    bench.add_argument("--no-deflate", action="store_true",
-                       help="do not offer permessage-deflate (the desktop offers it)")
-    bench.add_argument("--audio-dir", type=Path, default=None,
-                       help="folder with meeting_a_microphone.wav / meeting_a_system.wav "
-                       "(default: shared/audio beside the repo; synthetic speech if absent)")
-    bench.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
-                       help="extra setting for the server it starts (repeatable)")
-    bench.add_argument("--profile", type=Path, default=None, metavar="FILE",
-                       help="record the server with py-spy during the measured window: "
-                       "FILE.svg flame graph, FILE.json speedscope, else collapsed stacks")
-    bench.add_argument("--keep-logs", action="store_true",
-                       help="keep the server and emulator logs (kept anyway on failure)")
+    bench.add_argument(
+        "--find-capacity",
+        action="store_true",
+        help="raise the session count until p99 passes --bound-ms or a chunk is "
+        "lost; report the last count that held",
+    )
+    bench.add_argument(
+        "--bound-ms",
+        type=_positive_float,
+        default=50.0,
+        help="p99 round-trip bound in ms (default 50)",
+    )
+    bench.add_argument(
+        "--max-sessions",
+        type=_positive_int,
+        default=2000,
+        help="upper limit for --find-capacity (default 2000)",
+    )
+    bench.add_argument(
+        "--no-deflate",
+        action="store_true",
+        help="do not offer permessage-deflate (the desktop offers it)",
+    )
+    bench.add_argument(
+        "--audio-dir",
+        type=Path,
+        default=None,
+        help="folder with meeting_a_microphone.wav / meeting_a_system.wav "
+        "(default: shared/audio beside the repo; synthetic speech if absent)",
+    )
+    bench.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra setting for the server it starts (repeatable)",
+    )
+    bench.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="record the server with py-spy during the measured window: "
+        "FILE.svg flame graph, FILE.json speedscope, else collapsed stacks",
+    )
+    bench.add_argument(
+        "--keep-logs",
+        action="store_true",
+        help="keep the server and emulator logs (kept anyway on failure)",
+    )
     bench.set_defaults(func=_cmd_bench)
 
 

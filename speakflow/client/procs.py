@@ -137,8 +137,9 @@ class Managed:
     def check(self) -> None:
         """Raise RuntimeError, with the end of its log, if the process has exited."""
         if not self.alive():
-            raise RuntimeError(f"{self.name} exited with status {self.proc.returncode}:\n"
-                               f"{self.tail()}")
+            raise RuntimeError(
+                f"{self.name} exited with status {self.proc.returncode}:\n{self.tail()}"
+            )
 
     def tail(self, lines: int = 20) -> str:
         try:

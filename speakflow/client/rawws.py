@@ -110,9 +110,9 @@ def unframe_for_test(frame: bytes) -> tuple[int, bool, bytes]:
         n, pos = struct.unpack_from("!H", frame, 2)[0], 4
     elif n == 127:
         n, pos = struct.unpack_from("!Q", frame, 2)[0], 10
-    mask = frame[pos:pos + 4] if b1 & 0x80 else b"\x00" * 4
+    mask = frame[pos : pos + 4] if b1 & 0x80 else b"\x00" * 4
     pos += 4 if b1 & 0x80 else 0
-    payload = bytes(x ^ mask[i % 4] for i, x in enumerate(frame[pos:pos + n]))
+    payload = bytes(x ^ mask[i % 4] for i, x in enumerate(frame[pos : pos + n]))
     compressed = bool(b0 & 0x40)
     if compressed:
         payload = zlib.decompressobj(-15).decompress(payload + _SYNC_TAIL)
@@ -122,8 +122,14 @@ def unframe_for_test(frame: bytes) -> tuple[int, bool, bytes]:
 class RawWebSocket:
     """One client connection: handshake, raw sends, and a parser for what comes back."""
 
-    def __init__(self, stream: trio.SocketStream, deflate: bool, inflate_bits: int,
-                 reset_inflate: bool, leftover: bytes) -> None:
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        deflate: bool,
+        inflate_bits: int,
+        reset_inflate: bool,
+        leftover: bytes,
+    ) -> None:
         self.stream = stream
         self.deflate = deflate
         self._inflate_bits = inflate_bits
@@ -139,8 +145,9 @@ class RawWebSocket:
         self.close_reason = ""
 
     @classmethod
-    async def connect(cls, url: str, headers: list[tuple[str, str]], *,
-                      deflate: bool) -> RawWebSocket:
+    async def connect(
+        cls, url: str, headers: list[tuple[str, str]], *, deflate: bool
+    ) -> RawWebSocket:
         """Open and upgrade a connection (callers bound the time with ``trio.fail_after``)."""
         host, port, resource, tls = split_url(url)
         if tls:
@@ -157,8 +164,7 @@ class RawWebSocket:
                 "Sec-WebSocket-Version: 13",
             ]
             if deflate:
-                lines.append("Sec-WebSocket-Extensions: permessage-deflate; "
-                             "client_max_window_bits")
+                lines.append("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits")
             lines += [f"{k}: {v}" for k, v in headers]
             await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
             response = bytearray()
@@ -193,8 +199,10 @@ class RawWebSocket:
                     reset = True
                 elif k == "client_max_window_bits" and v and int(v) < 15:
                     await trio.aclose_forcefully(stream)
-                    raise HandshakeFailed(f"server wants client_max_window_bits={v}; the "
-                                          "generator's frames are built for 15")
+                    raise HandshakeFailed(
+                        f"server wants client_max_window_bits={v}; the "
+                        "generator's frames are built for 15"
+                    )
         return cls(stream, negotiated, bits, reset, rest)
 
     async def send(self, data: bytes) -> None:
@@ -202,8 +210,10 @@ class RawWebSocket:
             await self.stream.send_all(data)
 
     async def close(self, code: int = 1000) -> None:
-        with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError,
-                                                          trio.ClosedResourceError):
+        with (
+            trio.move_on_after(1),
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
             await self.send(frame_header(OP_CLOSE, 2) + struct.pack("!H", code))
         await trio.aclose_forcefully(self.stream)
 
@@ -251,9 +261,9 @@ class RawWebSocket:
                 hdr += 4
             if end - pos < hdr + n:
                 break
-            payload = bytes(buf[pos + hdr:pos + hdr + n])
+            payload = bytes(buf[pos + hdr : pos + hdr + n])
             if b1 & 0x80:
-                mask = buf[pos + hdr - 4:pos + hdr]
+                mask = buf[pos + hdr - 4 : pos + hdr]
                 payload = bytes(x ^ mask[i % 4] for i, x in enumerate(payload))
             pos += hdr + n
             op = b0 & 0x0F

@@ -90,7 +90,7 @@ class SourceStats:
 
 
 def split_chunks(pcm: bytes, size: int = CHUNK_BYTES) -> list[bytes]:
-    return [pcm[i:i + size] for i in range(0, len(pcm), size)]
+    return [pcm[i : i + size] for i in range(0, len(pcm), size)]
 
 
 # ---------------------------------------------------------------- display
@@ -148,8 +148,10 @@ class Display:
 
     def _write(self, stream: TextIO, line: str) -> None:
         """A whole line, with the live line lifted off and put back if they share a screen."""
-        shared = self.tty is not None and self._status and (
-            stream is self.tty or (stream.isatty() and self.tty.isatty())
+        shared = (
+            self.tty is not None
+            and self._status
+            and (stream is self.tty or (stream.isatty() and self.tty.isatty()))
         )
         if shared:
             assert self.tty is not None
@@ -221,7 +223,8 @@ class StreamClient:
                 hint = " (is the URL's path /v1/stt/stream?)"
             raise StreamFailed(
                 f"server refused the WebSocket handshake: HTTP {rejected.status_code}"
-                + (f" {body}" if body else "") + hint
+                + (f" {body}" if body else "")
+                + hint
             ) from None
         except* HandshakeError as group:
             raise StreamFailed(f"WebSocket handshake failed: {_leaf(group)!r}") from None
@@ -237,17 +240,23 @@ class StreamClient:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._receiver, ws)
             nursery.start_soon(self._pinger, ws)
-            await ws.send_message(json.dumps({
-                "type": "start_session",
-                "session_id": self.session_id,
-                "user_id": self.opts.user_id,
-                "sources": list(self.sources),
-                "audio_config": {
-                    "sample_rate": TARGET_RATE, "channels": 1, "encoding": "pcm16le",
-                },
-                **({"language": self.opts.language} if self.opts.language else {}),
-                **({"provider": self.opts.provider} if self.opts.provider else {}),
-            }))
+            await ws.send_message(
+                json.dumps(
+                    {
+                        "type": "start_session",
+                        "session_id": self.session_id,
+                        "user_id": self.opts.user_id,
+                        "sources": list(self.sources),
+                        "audio_config": {
+                            "sample_rate": TARGET_RATE,
+                            "channels": 1,
+                            "encoding": "pcm16le",
+                        },
+                        **({"language": self.opts.language} if self.opts.language else {}),
+                        **({"provider": self.opts.provider} if self.opts.provider else {}),
+                    }
+                )
+            )
             with trio.move_on_after(self.opts.start_timeout) as scope:
                 await self.started.wait()
             if scope.cancelled_caught:
@@ -277,10 +286,17 @@ class StreamClient:
                 if k >= len(src.chunks):
                     continue
                 pcm = src.chunks[k]
-                await ws.send_message(json.dumps({
-                    "type": "audio_chunk", "session_id": self.session_id, "source": src.name,
-                    "timestamp": epoch_ms + k * CHUNK_MS, "size": len(pcm),
-                }))
+                await ws.send_message(
+                    json.dumps(
+                        {
+                            "type": "audio_chunk",
+                            "session_id": self.session_id,
+                            "source": src.name,
+                            "timestamp": epoch_ms + k * CHUNK_MS,
+                            "size": len(pcm),
+                        }
+                    )
+                )
                 await ws.send_message(pcm)
                 src.sent_at.append(trio.current_time())
             self.sent_audio_s = min(self.audio_s, (k + 1) * CHUNK_MS / 1000)
@@ -338,8 +354,11 @@ class StreamClient:
     def _show_status(self) -> None:
         if not self.display.live:
             return
-        parts = [f"[{LABELS.get(s.name, s.name)}] {s.partial}" for s in self.sources.values()
-                 if s.partial]
+        parts = [
+            f"[{LABELS.get(s.name, s.name)}] {s.partial}"
+            for s in self.sources.values()
+            if s.partial
+        ]
         progress = f"{self.sent_audio_s:5.1f}/{self.audio_s:.1f} s"
         self.display.status(f"({progress}) " + "  ".join(parts))
 
@@ -403,8 +422,10 @@ class StreamClient:
                     f"  (median {statistics.median(lat):.2f}, max {max(lat):.2f})"
                 )
         errs = summary["errors"]
-        lines.append("errors: " + ("none" if not errs else
-                                   "; ".join(f"{e['code']}: {e['message']}" for e in errs)))
+        lines.append(
+            "errors: "
+            + ("none" if not errs else "; ".join(f"{e['code']}: {e['message']}" for e in errs))
+        )
         if "failure" in summary:
             lines.append(f"failed: {summary['failure']}")
         print("\n".join(lines), file=sys.stdout, flush=True)

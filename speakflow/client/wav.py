@@ -59,8 +59,8 @@ def decode_wav(data: bytes) -> tuple[npt.NDArray[np.float64], int]:
     audio: bytes | None = None
     pos = 12
     while pos + 8 <= len(data):
-        cid, size = data[pos:pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
-        body = data[pos + 8:pos + 8 + size]
+        cid, size = data[pos : pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
+        body = data[pos + 8 : pos + 8 + size]
         if cid == b"fmt ":
             fmt = body
         elif cid == b"data":
@@ -86,8 +86,10 @@ def decode_wav(data: bytes) -> tuple[npt.NDArray[np.float64], int]:
     if channels < 1 or rate < 1:
         raise WavError(f"invalid header: {channels} channel(s) at {rate} Hz")
     width = bits // 8
-    if bits % 8 or (tag == _PCM and width not in (1, 2, 3, 4)) or (
-        tag == _FLOAT and width not in (4, 8)
+    if (
+        bits % 8
+        or (tag == _PCM and width not in (1, 2, 3, 4))
+        or (tag == _FLOAT and width not in (4, 8))
     ):
         kind = "integer PCM" if tag == _PCM else "float"
         raise WavError(f"unsupported sample size: {bits}-bit {kind}; {_HOW_TO}")
@@ -149,7 +151,7 @@ def resample(
         r, base = pos % up, pos // up
         idx = base[:, None] - q[None, :] + pad_left
         idx = np.clip(idx, 0, len(xp) - 1)
-        y[start:start + len(m)] = np.einsum("ij,ij->i", xp[idx], poly[r])
+        y[start : start + len(m)] = np.einsum("ij,ij->i", xp[idx], poly[r])
     return y
 
 

@@ -51,9 +51,7 @@ class _OfferDeflate:
         conn = getattr(fn, "__self__", None)
         request = getattr(conn, "_initial_request", None)
         if conn is not None and request is not None:
-            conn._initial_request = dataclasses.replace(
-                request, extensions=[PerMessageDeflate()]
-            )
+            conn._initial_request = dataclasses.replace(request, extensions=[PerMessageDeflate()])
         self._nursery.start_soon(fn, *args, **kwargs)
 
 

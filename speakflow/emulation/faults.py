@@ -45,9 +45,7 @@ class Faults:
 
     def healthy(self) -> Faults:
         """These faults without the audio-triggered ones (past ``times``)."""
-        return replace(
-            self, drop_after=None, stall_after=None, error_after=None, outage_after=None
-        )
+        return replace(self, drop_after=None, stall_after=None, error_after=None, outage_after=None)
 
     @classmethod
     def parse(cls, specs: Iterable[str]) -> Faults:

@@ -11,9 +11,20 @@ import trio
 async def test_bench_five_sessions_loses_no_chunk():
     with trio.fail_after(180):
         proc = await trio.run_process(
-            [sys.executable, "-m", "speakflow", "bench", "--sessions", "5", "--duration", "5",
-             "--json"],
-            capture_stdout=True, capture_stderr=True, check=False,
+            [
+                sys.executable,
+                "-m",
+                "speakflow",
+                "bench",
+                "--sessions",
+                "5",
+                "--duration",
+                "5",
+                "--json",
+            ],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
         )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     report = json.loads(proc.stdout)

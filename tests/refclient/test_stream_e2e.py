@@ -19,7 +19,9 @@ async def run_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
     with trio.fail_after(120):
         return await trio.run_process(
             [sys.executable, "-m", "speakflow", *args],
-            capture_stdout=True, capture_stderr=True, check=False,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
         )
 
 
@@ -31,17 +33,29 @@ async def test_stream_prints_the_right_finals_for_each_source(audio_dir, manifes
     mic, system = manifest["utterances"][0], manifest["utterances"][1]
     async with running_server() as server:
         proc = await run_cli(
-            "stream", "--mic", str(audio_dir / mic["file"]),
-            "--system", str(audio_dir / system["file"]),
-            "--url", server.ws, "--json", "--speed", "4", "--user-id", "e2e",
+            "stream",
+            "--mic",
+            str(audio_dir / mic["file"]),
+            "--system",
+            str(audio_dir / system["file"]),
+            "--url",
+            server.ws,
+            "--json",
+            "--speed",
+            "4",
+            "--user-id",
+            "e2e",
         )
     assert proc.returncode == 0, proc.stderr.decode()
     msgs = json_lines(proc.stdout)
     types = [m["type"] for m in msgs]
     assert types[0] == "session_started" and types[-2:] == ["session_ended", "summary"]
     for source, utt in (("microphone", mic), ("system", system)):
-        finals = [m["text"] for m in msgs
-                  if m["type"] == "transcript" and m["is_final"] and m["source"] == source]
+        finals = [
+            m["text"]
+            for m in msgs
+            if m["type"] == "transcript" and m["is_final"] and m["source"] == source
+        ]
         assert wer(utt["text"], " ".join(finals)) <= 0.15, (source, finals)
     summary = msgs[-1]
     assert summary["exit_status"] == 0 and summary["errors"] == []
@@ -54,8 +68,9 @@ async def test_stream_prints_the_right_finals_for_each_source(audio_dir, manifes
 async def test_text_mode_labels_finals_and_prints_a_summary(audio_dir, manifest):
     utt = manifest["utterances"][2]
     async with running_server() as server:
-        proc = await run_cli("stream", "--mic", str(audio_dir / utt["file"]),
-                             "--url", server.ws, "--speed", "0")
+        proc = await run_cli(
+            "stream", "--mic", str(audio_dir / utt["file"]), "--url", server.ws, "--speed", "0"
+        )
     assert proc.returncode == 0, proc.stderr.decode()
     out = proc.stdout.decode()
     finals = [line for line in out.splitlines() if line.startswith("[mic ")]
@@ -70,24 +85,44 @@ async def test_refused_connection_exits_nonzero_with_the_reason(audio_dir):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = await run_cli("stream", "--mic", str(audio_dir / "utt_00_slt.wav"),
-                         "--url", f"ws://127.0.0.1:{port}/v1/stt/stream")
+    proc = await run_cli(
+        "stream",
+        "--mic",
+        str(audio_dir / "utt_00_slt.wav"),
+        "--url",
+        f"ws://127.0.0.1:{port}/v1/stt/stream",
+    )
     assert proc.returncode == 1
     assert "cannot connect" in proc.stderr.decode()
 
 
 async def test_policy_close_exits_nonzero_with_code_and_reason(audio_dir):
     async with running_server() as server:
-        proc = await run_cli("stream", "--mic", str(audio_dir / "utt_00_slt.wav"),
-                             "--url", server.ws, "--user-id", "u" * 200)
+        proc = await run_cli(
+            "stream",
+            "--mic",
+            str(audio_dir / "utt_00_slt.wav"),
+            "--url",
+            server.ws,
+            "--user-id",
+            "u" * 200,
+        )
     assert proc.returncode == 1
     assert "1008" in proc.stderr.decode() and "X-User-Id" in proc.stderr.decode()
 
 
 async def test_server_error_exits_nonzero(audio_dir):
     async with running_server() as server:
-        proc = await run_cli("stream", "--mic", str(audio_dir / "utt_00_slt.wav"),
-                             "--url", server.ws, "--session-id", "s" * 200, "--json")
+        proc = await run_cli(
+            "stream",
+            "--mic",
+            str(audio_dir / "utt_00_slt.wav"),
+            "--url",
+            server.ws,
+            "--session-id",
+            "s" * 200,
+            "--json",
+        )
     assert proc.returncode == 1
     assert "invalid_message" in proc.stderr.decode()
 

@@ -93,8 +93,13 @@ async def test_parser_handles_fragments_compression_and_pings():
     comp = zlib.compressobj(6, zlib.DEFLATED, -15)
     deflated = comp.compress(b'{"type":"x"}') + comp.flush(zlib.Z_SYNC_FLUSH)
     deflated2 = comp.compress(b'{"type":"x"}') + comp.flush(zlib.Z_SYNC_FLUSH)  # back-refs
-    ws = RawWebSocket(client_end, deflate=True, inflate_bits=15, reset_inflate=False,  # type: ignore[arg-type]
-                      leftover=_server_frame(OP_TEXT, b'{"a":', fin=False))
+    ws = RawWebSocket(
+        client_end,
+        deflate=True,
+        inflate_bits=15,
+        reset_inflate=False,  # type: ignore[arg-type]
+        leftover=_server_frame(OP_TEXT, b'{"a":', fin=False),
+    )
     await server_end.send_all(
         _server_frame(0x0, b"1}")
         + _server_frame(0x9, b"hi")

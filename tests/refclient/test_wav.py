@@ -12,12 +12,25 @@ import pytest
 from speakflow.client.wav import WavError, decode_wav, from_pcm16, load_wav, resample
 
 
-def riff(fmt_tag: int, channels: int, rate: int, bits: int, data: bytes,
-         extensible_sub: int | None = None) -> bytes:
+def riff(
+    fmt_tag: int,
+    channels: int,
+    rate: int,
+    bits: int,
+    data: bytes,
+    extensible_sub: int | None = None,
+) -> bytes:
     width = bits // 8
     block = width * channels
-    fmt = struct.pack("<HHIIHH", 0xFFFE if extensible_sub is not None else fmt_tag, channels,
-                      rate, rate * block, block, bits)
+    fmt = struct.pack(
+        "<HHIIHH",
+        0xFFFE if extensible_sub is not None else fmt_tag,
+        channels,
+        rate,
+        rate * block,
+        block,
+        bits,
+    )
     if extensible_sub is not None:
         fmt += struct.pack("<HHI", 22, bits, 0) + struct.pack("<H", extensible_sub) + bytes(14)
     chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt
@@ -78,8 +91,13 @@ def test_stereo_is_averaged_to_mono(tmp_path):
     ("tag", "bits", "encode"),
     [
         (1, 8, lambda x: np.round(x * 127 + 128).astype(np.uint8).tobytes()),
-        (1, 24, lambda x: b"".join(int(v).to_bytes(3, "little", signed=True)
-                                   for v in np.round(x * (2**23 - 1)))),
+        (
+            1,
+            24,
+            lambda x: b"".join(
+                int(v).to_bytes(3, "little", signed=True) for v in np.round(x * (2**23 - 1))
+            ),
+        ),
         (1, 32, lambda x: np.round(x * (2**31 - 1)).astype("<i4").tobytes()),
         (3, 32, lambda x: x.astype("<f4").tobytes()),
         (3, 64, lambda x: x.astype("<f8").tobytes()),
