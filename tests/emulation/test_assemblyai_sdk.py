@@ -82,7 +82,9 @@ async def test_sdk_streams_and_gets_begin_turns_termination(
     record = server.log.records[0]
     assert record.bytes_received == len(pcm)
     assert record.text_messages == {"Terminate": 1}
-    assert (record.close_code, record.closed_by) == (1000, "server")
+    # A clean 1000 close. Who sends it first is a race: the emulator closes after
+    # Termination while the SDK's disconnect() closes its side too.
+    assert record.close_code == 1000
 
 
 async def test_sdk_reports_3007_when_audio_outruns_real_time() -> None:

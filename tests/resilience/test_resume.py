@@ -147,22 +147,28 @@ async def test_newer_connection_takes_over_from_a_stale_one(server) -> None:
 async def test_finals_made_while_disconnected_are_delivered_on_resume(audio_dir, manifest) -> None:
     utt = manifest["utterances"][0]
     pcm = read_wav(audio_dir / utt["file"])
-    speech = pcm[: len(pcm) - 16000]  # the utterance is still open at the drop
+    # Cut inside the last word and drop the socket right away: the utterance is
+    # still open, so only the drop's flush can finalize it.
+    speech = pcm[: len(pcm) - 32000]
+    before: list[dict] = []
     async with running_server() as srv:
         with trio.fail_after(60):
             async with srv.client() as c:
                 await c.start("late")
                 await c.expect("session_started")
                 await c.stream("late", "microphone", speech, ts=TS0)
-                await trio.sleep(0.3)
+                with trio.move_on_after(0.05):
+                    while True:
+                        before.append(await c.recv())
             # the drop flushed the open utterance into the session record
             async with srv.client() as c:
                 await c.start("late")
                 await c.expect("session_started")
                 await c.stop("late")
                 msgs = await c.until("session_ended")
-    text = " ".join(f["text"] for f in finals(msgs))
-    assert wer(utt["text"], text) <= 0.2, msgs
+    assert finals(msgs), (before, msgs)  # made while no client was attached
+    text = " ".join(f["text"] for f in finals(before) + finals(msgs))
+    assert wer(utt["text"], text) <= 0.25, (before, msgs)
 
 
 async def test_resume_window_expires(audio_dir) -> None:
