@@ -10,9 +10,8 @@ Hot-path cost is kept to a few counter increments per chunk; gauges of state
 
 from __future__ import annotations
 
-import bisect
 import time
-from collections import deque
+from array import array
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -142,19 +141,23 @@ class SourceMeters:
     """
 
     __slots__ = (
-        "_arrivals",
         "_awaiting_first",
         "_bytes",
         "_chunks",
+        "_count",
         "_dropped",
+        "_ends",
         "_final",
         "_final_latency",
         "_first_partial",
         "_partial",
         "_seconds",
+        "_times",
     )
 
-    RING = 1024  # chunks remembered: ~8.5 min of 500 ms desktop chunks
+    #: chunks remembered (~2 min of 500 ms desktop chunks), in two arrays
+    #: allocated once: a session's memory must not grow as it streams
+    RING = 256
 
     def __init__(self, metrics: Metrics, provider: str, source: str) -> None:
         self._seconds = metrics.audio_seconds.labels(provider, source)
@@ -165,14 +168,19 @@ class SourceMeters:
         self._final = metrics.transcripts.labels(provider, source, "final")
         self._first_partial = metrics.first_partial_latency.labels(provider, source)
         self._final_latency = metrics.final_latency.labels(provider, source)
-        self._arrivals: deque[tuple[int, float]] = deque(maxlen=self.RING)
+        self._ends = array("q", bytes(8 * self.RING))  # end sample of each chunk
+        self._times = array("d", bytes(8 * self.RING))  # its arrival (monotonic)
+        self._count = 0  # chunks seen; the newest is at (count - 1) % RING
         self._awaiting_first = True
 
     def chunk(self, nbytes: int, end_sample: int) -> None:
         self._chunks.inc()
         self._bytes.inc(nbytes)
         self._seconds.inc(nbytes / 32000)
-        self._arrivals.append((end_sample, time.monotonic()))
+        i = self._count % self.RING
+        self._ends[i] = end_sample
+        self._times[i] = time.monotonic()
+        self._count += 1
 
     def dropped(self, nbytes: int) -> None:
         self._dropped.inc(nbytes / 32000)
@@ -180,11 +188,16 @@ class SourceMeters:
     def arrival(self, seconds: float) -> float | None:
         """Monotonic time at which the audio at ``seconds`` reached the server."""
         sample = int(seconds * 16000)
-        ring = self._arrivals
-        if not ring or ring[0][0] > sample + 8000:
+        held = min(self._count, self.RING)
+        if not held:
             return None
-        i = bisect.bisect_left(ring, (sample, -1.0))
-        return ring[min(i, len(ring) - 1)][1]
+        first = self._count - held  # oldest chunk still held
+        if self._ends[first % self.RING] > sample + 8000:
+            return None  # older than what we remember
+        for k in range(first, self._count):  # oldest to newest: the chunk holding it
+            if self._ends[k % self.RING] >= sample:
+                return self._times[k % self.RING]
+        return self._times[(self._count - 1) % self.RING]
 
     def transcript(self, is_final: bool, start: float, end: float) -> None:
         now = time.monotonic()
