@@ -52,7 +52,7 @@ def install_fixes() -> bool:
         return True
     if not version("hypercorn").startswith(PATCHED_VERSIONS):
         return False
-    ws_stream.WSStream._handle_events = _handle_events  # type: ignore[method-assign]
+    ws_stream.WSStream._handle_events = _make_handle_events()  # type: ignore[method-assign]
     original_send = tcp_server.TCPServer.protocol_send
     original_run = tcp_server.TCPServer.run
 
@@ -73,31 +73,41 @@ def install_fixes() -> bool:
     return True
 
 
-async def _handle_events(self: Any) -> None:
-    """``WSStream._handle_events`` of Hypercorn 0.18 with the overflow fixed (1. above)."""
+def _make_handle_events() -> Any:
+    """``WSStream._handle_events`` of Hypercorn 0.18 with the overflow fixed (1. above).
+
+    Built only once the version check passed (these internals may move in
+    another release), and with its imports bound once: it runs for every
+    frame a client sends.
+    """
     from hypercorn.protocol.events import StreamClosed
     from hypercorn.protocol.ws_stream import FrameTooLargeError
     from wsproto.connection import ConnectionState
     from wsproto.events import CloseConnection, Message, Ping
     from wsproto.frame_protocol import CloseReason
 
-    for event in self.connection.events():
-        if isinstance(event, Message):
-            if getattr(self, "_speakflow_overflowed", False):
-                continue  # closing with 1009: late data frames are dropped
-            try:
-                self.buffer.extend(event)
-            except FrameTooLargeError:
-                self._speakflow_overflowed = True
-                self.buffer.clear()
-                await self._send_wsproto_event(CloseConnection(code=CloseReason.MESSAGE_TOO_BIG))
-                continue
-            if event.message_finished:
-                await self.app_put(self.buffer.to_message())
-                self.buffer.clear()
-        elif isinstance(event, Ping):
-            await self._send_wsproto_event(event.response())
-        elif isinstance(event, CloseConnection):
-            if self.connection.state == ConnectionState.REMOTE_CLOSING:
+    async def _handle_events(self: Any) -> None:
+        for event in self.connection.events():
+            if isinstance(event, Message):
+                if getattr(self, "_speakflow_overflowed", False):
+                    continue  # closing with 1009: late data frames are dropped
+                try:
+                    self.buffer.extend(event)
+                except FrameTooLargeError:
+                    self._speakflow_overflowed = True
+                    self.buffer.clear()
+                    await self._send_wsproto_event(
+                        CloseConnection(code=CloseReason.MESSAGE_TOO_BIG)
+                    )
+                    continue
+                if event.message_finished:
+                    await self.app_put(self.buffer.to_message())
+                    self.buffer.clear()
+            elif isinstance(event, Ping):
                 await self._send_wsproto_event(event.response())
-            await self.send(StreamClosed(stream_id=self.stream_id))
+            elif isinstance(event, CloseConnection):
+                if self.connection.state == ConnectionState.REMOTE_CLOSING:
+                    await self._send_wsproto_event(event.response())
+                await self.send(StreamClosed(stream_id=self.stream_id))
+
+    return _handle_events

@@ -1,7 +1,9 @@
 """Keeping one source's transcript alive across vendor failures.
 
-:class:`ResilientStream` sits between a source's audio channel and a provider.
-It owns what must outlive any one vendor connection:
+:class:`ResilientStream` sits between the connection's reader, which hands it
+each chunk with :meth:`~ResilientStream.feed`, and a provider, which reads
+them from a bounded channel. It owns what must outlive any one vendor
+connection:
 
 * a **replay buffer** of the audio the vendor has not yet turned into a final
   (frames after the last final's end; leading silence is not kept), replayed
@@ -27,7 +29,7 @@ their own tasks and never see a reconnect.
 
 from __future__ import annotations
 
-import contextlib
+import enum
 import logging
 import math
 from collections import deque
@@ -159,6 +161,14 @@ class _Stalled(Exception):
     pass
 
 
+class Fed(enum.Enum):
+    """What :meth:`ResilientStream.feed` did with a frame."""
+
+    TAKEN = "taken"  # sent on (or buffered while reconnecting)
+    BEHIND = "behind"  # the provider is too far behind: dropped
+    GONE = "gone"  # the stream has ended (its failure was reported): dropped
+
+
 EmitFrom = Callable[[TranscriptEvent, str], Awaitable[None]]
 ErrorSink = Callable[[str, str], Awaitable[None]]
 BackendFor = Callable[[str], Awaitable[ProviderBackend]]
@@ -195,7 +205,11 @@ class ResilientStream:
         #: when speech was first passed on since the vendor last said anything
         #: (None: the vendor has answered everything so far); the watchdog's clock
         self._unanswered_since: float | None = None
+        #: set while the watchdog sleeps with nothing to time (no speech unanswered)
+        self._watchdog_idle: trio.Event | None = None
         self._reported_drop = 0.0
+        self._finished = False  # run() returned: nothing takes audio any more
+        self._hooks: StreamHooks = StreamHooks()
 
     def statistics(self) -> dict[str, object]:
         return {
@@ -206,50 +220,74 @@ class ResilientStream:
             "dropped_s": round(self.buffer.dropped_seconds, 3),
         }
 
-    async def run(
-        self,
-        audio: trio.MemoryReceiveChannel[AudioFrame],
-        emit: EmitFrom,
-        config: StreamConfig,
-        report: ErrorSink,
-    ) -> None:
-        """Return when the audio channel is closed and the last finals are out."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump, audio, report, config)
-            await self._connections(emit, config, report)
-            nursery.cancel_scope.cancel()
-
     # ------------------------------------------------------------------ audio in
 
-    async def _pump(
-        self,
-        audio: trio.MemoryReceiveChannel[AudioFrame],
-        report: ErrorSink,
-        config: StreamConfig,
-    ) -> None:
-        async with audio:
-            async for frame in audio:
-                loud = is_loud(frame.pcm)
-                if loud and self._unanswered_since is None:
-                    self._unanswered_since = trio.current_time()
-                self.buffer.append(frame, loud)
-                inner = self._inner  # read before any await: a reconnect replays this frame
-                if inner is not None:
-                    # A dead connection's channel refuses: the frame is in the replay buffer.
-                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                        await inner.send(frame)
-                if self.buffer.dropped_seconds > self._reported_drop:
-                    lost = self.buffer.dropped_seconds - self._reported_drop
-                    self._reported_drop = self.buffer.dropped_seconds
-                    config.hooks.audio_dropped(lost)
-                    await report(
-                        "provider_unavailable",
-                        f"{self.current} has been unreachable too long: the oldest "
-                        f"{lost:.1f} s of buffered {config.source} audio were dropped",
-                    )
+    def feed(self, frame: AudioFrame) -> Fed:
+        """Take one frame from the connection's reader, without a task hop.
+
+        Called synchronously on the hot path (a pump task between the reader
+        and the provider cost a task switch and a channel per chunk). The frame
+        goes straight into the current connection's channel and, once taken,
+        into the replay buffer; while no connection is up it is only buffered.
+        A full channel means the provider is ``queue_chunks`` behind: the frame
+        is refused (``Fed.BEHIND``) and not buffered, so a later replay never
+        splices in audio the vendor never heard in sequence.
+        """
+        if self._finished:
+            return Fed.GONE
+        loud = is_loud(frame.pcm)
+        inner = self._inner
+        if inner is not None:
+            try:
+                inner.send_nowait(frame)
+            except trio.WouldBlock:
+                return Fed.BEHIND
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # that connection is ending: the replay buffer carries the frame over
+        if loud and self._unanswered_since is None:
+            self._arm_watchdog()
+        self.buffer.append(frame, loud)
+        return Fed.TAKEN
+
+    def queued(self) -> int:
+        """Frames waiting for the current connection (the channel-depth gauge)."""
+        inner = self._inner
+        return 0 if inner is None else inner.statistics().current_buffer_used
+
+    def end_of_audio(self) -> None:
+        """The source is done: the current connection flushes its last finals and ends."""
         self._audio_done = True
         if self._inner is not None:
             self._inner.close()
+
+    def unreported_drop(self, source: str) -> str | None:
+        """A message for the client when audio was lost since last asked.
+
+        The replay buffer's bound drops its oldest frames. While a connection
+        is up they already went to the vendor (only the cover for a future
+        replay is gone), so only drops with no connection count as lost.
+        """
+        dropped = self.buffer.dropped_seconds
+        if dropped <= self._reported_drop:
+            return None
+        lost, self._reported_drop = dropped - self._reported_drop, dropped
+        if self._inner is not None:
+            return None
+        self._hooks.audio_dropped(lost)
+        return (
+            f"{self.current} has been unreachable too long: the oldest {lost:.1f} s of "
+            f"buffered {source} audio were dropped"
+        )
+
+    async def run(self, emit: EmitFrom, config: StreamConfig, report: ErrorSink) -> None:
+        """Return when :meth:`end_of_audio` was called and the last finals are out."""
+        self._hooks = config.hooks
+        try:
+            await self._connections(emit, config, report)
+        finally:
+            self._finished = True
+            if self._inner is not None:
+                self._inner.close()
 
     def _open_inner(self) -> tuple[trio.MemoryReceiveChannel[AudioFrame], float]:
         """A fresh channel for a new connection, pre-filled with the replay."""
@@ -423,20 +461,33 @@ class ResilientStream:
     def heard_vendor(self) -> None:
         self._unanswered_since = None
 
+    def _arm_watchdog(self) -> None:
+        """Speech went out with nothing unanswered before: start the vendor's clock."""
+        self._unanswered_since = trio.current_time()
+        idle, self._watchdog_idle = self._watchdog_idle, None
+        if idle is not None:
+            idle.set()
+
     async def _watchdog(self, scope: trio.CancelScope) -> None:
         """Speech went out and the vendor said nothing for ``response_timeout``.
 
         Measured from the first loud frame after the vendor's last message, so
         a long silence (vendors like AssemblyAI send nothing then) never counts.
+        It sleeps until that deadline, or until speech arms it, rather than
+        polling: a poll per second per source was as many wake-ups as chunks.
         """
         timeout = self.response_timeout
         while True:
-            await trio.sleep(min(1.0, timeout / 4))
             since = self._unanswered_since
-            if since is not None and trio.current_time() - since > timeout:
+            if since is None:
+                self._watchdog_idle = idle = trio.Event()
+                await idle.wait()
+                continue
+            if trio.current_time() - since >= timeout:
                 self._stalled = True
                 scope.cancel()
                 return
+            await trio.sleep_until(since + timeout)
 
 
 class _AliveHooks(StreamHooks):

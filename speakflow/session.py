@@ -8,15 +8,17 @@
         ├── _reader: frames -> FrameReader -> dispatch   (runs in the body)
         └── Session._run                   (at most one active; a stopping one may flush)
             └── session nursery
-                └── _run_source per source: bounded channel -> provider.stream
+                └── _run_source per source: ResilientStream.run -> provider.stream
+                    (the reader hands each chunk to ResilientStream.feed, which
+                    puts it on the provider's bounded channel: no task between)
 
 Ending a session (stop, disconnect, error, shutdown) ends its nursery, so no
 vendor socket, task or buffer outlives it. Audio is routed only through the
 session bound to *this* connection: a session id in a message is checked
 against it, never looked up globally, so audio cannot reach another user.
 
-Slow providers: each source has a channel of AUDIO_QUEUE_CHUNKS chunks (60 s
-of desktop audio by default, enough for the desktop's reconnect replay). If
+Slow providers: each source's provider channel holds AUDIO_QUEUE_CHUNKS chunks
+(60 s of desktop audio by default, enough for the desktop's reconnect replay). If
 the provider falls that far behind, new chunks are dropped and counted, and
 the client gets one ``provider_unavailable`` error per overflow episode;
 memory never grows past the bound.
@@ -52,7 +54,7 @@ from .providers.base import (
     TranscriptEvent,
 )
 from .providers.registry import PROVIDERS
-from .resilience import ResilientStream, RetryPolicy
+from .resilience import Fed, ResilientStream, RetryPolicy
 from .timeline import SourceTimeline
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,35 @@ class ServerState:
             if detached is not None and detached < horizon and session.finished.is_set():
                 del self.sessions[sid]
 
+    def evict_oldest_detached(self, user_id: str | None = None) -> bool:
+        """Make room at a session limit: forget the longest-detached session record
+        (of ``user_id`` if given) whose flush is over. False if there is none.
+
+        A client that crashed and came back with new session ids must not be
+        locked out until its abandoned records expire; starting anew is the
+        clearest sign it won't resume them. Their undelivered finals go too.
+        """
+        oldest: Session | None = None
+        for session in self.sessions.values():
+            if (
+                session.detached_at is not None
+                and session.finished.is_set()
+                and (user_id is None or session.user_id == user_id)
+                and (oldest is None or session.detached_at < (oldest.detached_at or 0.0))
+            ):
+                oldest = session
+        if oldest is None:
+            return False
+        del self.sessions[oldest.id]
+        event(
+            log,
+            "session.evicted",
+            "detached session forgotten to make room for a new one",
+            evicted_session_id=oldest.id,
+            undelivered=len(oldest.undelivered),
+        )
+        return True
+
     @property
     def attached_sessions(self) -> int:
         return sum(1 for s in self.sessions.values() if s.conn is not None)
@@ -138,7 +169,7 @@ class ServerState:
         for session in self.sessions.values():
             streams[session.provider] = streams.get(session.provider, 0.0) + len(session.sources)
             for name, src in session.sources.items():
-                used = float(src.send.statistics().current_buffer_used)
+                used = float(src.stream.queued() if src.stream is not None else 0)
                 total += used
                 depth[name] = max(depth.get(name, 0.0), used)
         out: dict[str, list[tuple[dict[str, str], float]]] = {
@@ -158,7 +189,7 @@ class ServerState:
 
 
 class SourceStream:
-    """One audio source of a session: its timeline and the channel to its provider."""
+    """One audio source of a session: its timeline and the stream to its provider."""
 
     __slots__ = (
         "dropped_chunks",
@@ -171,19 +202,18 @@ class SourceStream:
         "name",
         "overflowing",
         "rate",
-        "receive",
-        "send",
+        "stream",
         "timeline",
     )
 
-    def __init__(
-        self, name: str, capacity: int, meters: SourceMeters, level: LevelMeter | None = None
-    ) -> None:
+    def __init__(self, name: str, meters: SourceMeters, level: LevelMeter | None = None) -> None:
         self.name = name
         self.meters = meters
         self.level = level  # audio energy, for a processor that asks for it
         self.timeline = SourceTimeline()
-        self.send, self.receive = trio.open_memory_channel[AudioFrame](capacity)
+        #: the current run's stream (a new one per run: a resume starts fresh
+        #: vendor connections on the same timeline)
+        self.stream: ResilientStream | None = None
         self.dropped_chunks = 0
         self.overflowing = False
         self.failed = False
@@ -193,12 +223,6 @@ class SourceStream:
         self.last_timestamp: int | None = None
         self.last_final_end = -math.inf
         self.duplicates = 0
-
-    def reopen(self, capacity: int) -> None:
-        """A fresh channel for a resumed session's new provider run."""
-        self.send, self.receive = trio.open_memory_channel[AudioFrame](capacity)
-        self.overflowing = False
-        self.failed = False
 
 
 class Session:
@@ -325,8 +349,20 @@ class Connection:
             self._nursery.cancel_scope.cancel()
 
     async def send_raw(self, text: str) -> None:
-        with contextlib.suppress(trio.ClosedResourceError):
-            await self._out_send.send(text)
+        """Queue for the writer. Closed only while shutting down (the socket is
+        about to close anyway).
+
+        ``send_nowait`` first: ``send`` yields to the scheduler even when the
+        queue has room, and this runs once per transcript on the hot path; the
+        callers (provider readers, the connection reader) checkpoint anyway.
+        """
+        try:
+            self._out_send.send_nowait(text)
+        except trio.WouldBlock:
+            with contextlib.suppress(trio.ClosedResourceError):
+                await self._out_send.send(text)  # the client is slow: wait for room
+        except trio.ClosedResourceError:
+            pass
 
     async def _idle_watchdog(self) -> None:
         """Close a connection that sent nothing for IDLE_TIMEOUT_S.
@@ -375,9 +411,7 @@ class Connection:
             self._nursery.cancel_scope.cancel()
 
     async def send(self, msg: p.ServerMessage) -> None:
-        # Closed only while shutting down: the socket is about to close anyway.
-        with contextlib.suppress(trio.ClosedResourceError):
-            await self._out_send.send(p.encode(msg))
+        await self.send_raw(p.encode(msg))
 
     async def send_error(
         self, code: str, message: str, session_id: str | None = None, trace_id: str | None = None
@@ -501,23 +535,26 @@ class Connection:
         source.meters.chunk(nbytes, source.timeline.samples)
         if source.level is not None:
             source.level.feed(chunk.pcm, offset)
-        try:
-            source.send.send_nowait(AudioFrame(chunk.pcm, offset))
+        stream = source.stream
+        assert stream is not None  # set with the source, replaced on resume
+        fed = stream.feed(AudioFrame(chunk.pcm, offset))
+        if fed is Fed.TAKEN:
             source.overflowing = False
-        except trio.WouldBlock:
-            source.dropped_chunks += 1
-            source.meters.dropped(nbytes)
-            if not source.overflowing:
-                source.overflowing = True
-                await self.send_error(
-                    p.ErrorCode.PROVIDER_UNAVAILABLE,
-                    f"{session.provider} is more than {self.settings.AUDIO_QUEUE_CHUNKS} chunks "
-                    f"behind on source {source.name}; audio is being dropped",
-                    session.id,
-                )
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            source.dropped_chunks += 1
-            source.meters.dropped(nbytes)  # the provider failed; the client was told then
+            lost = stream.unreported_drop(source.name)
+            if lost is not None:
+                await self.send_error(p.ErrorCode.PROVIDER_UNAVAILABLE, lost, session.id)
+            return
+        source.dropped_chunks += 1
+        source.meters.dropped(nbytes)
+        if fed is Fed.BEHIND and not source.overflowing:
+            source.overflowing = True
+            await self.send_error(
+                p.ErrorCode.PROVIDER_UNAVAILABLE,
+                f"{session.provider} is more than {self.settings.AUDIO_QUEUE_CHUNKS} chunks "
+                f"behind on source {source.name}; audio is being dropped",
+                session.id,
+            )
+        # Fed.GONE: the provider failed and the client was told then
 
     # ------------------------------------------------------------------ start / stop
 
@@ -627,7 +664,7 @@ class Connection:
         await self._nursery.start(self._run_session, session)
         self.active = session
         for source in session.sources.values():
-            source.reopen(self.settings.AUDIO_QUEUE_CHUNKS)
+            source.overflowing = source.failed = False
             self._start_source(session, source)
         for name in msg.sources:
             if name not in session.sources:
@@ -656,15 +693,20 @@ class Connection:
             raise p.ProtocolViolation(
                 p.ErrorCode.RATE_LIMITED, "server is shutting down; reconnect and retry", sid
             )
-        if s.MAX_SESSIONS and len(self.state.sessions) >= s.MAX_SESSIONS:
-            raise p.ProtocolViolation(
-                p.ErrorCode.RATE_LIMITED,
-                f"server is at its limit of {s.MAX_SESSIONS} sessions",
-                sid,
-            )
-        if s.MAX_SESSIONS_PER_USER:
-            mine = sum(1 for x in self.state.sessions.values() if x.user_id == self.user_id)
-            if mine >= s.MAX_SESSIONS_PER_USER:
+        # Detached records (kept for a resume) count, but give way at a limit.
+        state = self.state
+        while s.MAX_SESSIONS and len(state.sessions) >= s.MAX_SESSIONS:
+            if not state.evict_oldest_detached():
+                raise p.ProtocolViolation(
+                    p.ErrorCode.RATE_LIMITED,
+                    f"server is at its limit of {s.MAX_SESSIONS} sessions",
+                    sid,
+                )
+        while s.MAX_SESSIONS_PER_USER:
+            mine = sum(1 for x in state.sessions.values() if x.user_id == self.user_id)
+            if mine < s.MAX_SESSIONS_PER_USER:
+                break
+            if not state.evict_oldest_detached(self.user_id):
                 raise p.ProtocolViolation(
                     p.ErrorCode.RATE_LIMITED,
                     f"user has {mine} active sessions; the limit is {s.MAX_SESSIONS_PER_USER}",
@@ -717,7 +759,7 @@ class Connection:
         processor = self.state.processor
         level = LevelMeter() if processor is not None and processor.needs_level else None
         meters = SourceMeters(self.state.metrics, session.provider, name)
-        source = SourceStream(name, self.settings.AUDIO_QUEUE_CHUNKS, meters, level)
+        source = SourceStream(name, meters, level)
         if self.settings.MAX_AUDIO_LEAD_S:
             source.rate = RealTimeMeter(self.settings.MAX_AUDIO_LEAD_S)
         session.sources[name] = source
@@ -725,8 +767,27 @@ class Connection:
         return source
 
     def _start_source(self, session: Session, source: SourceStream) -> None:
+        """A new stream for ``source`` in this run; it takes audio from now on, before
+        its task first runs (frames wait in its buffer until the vendor connects)."""
         assert session.nursery is not None
-        session.nursery.start_soon(self._run_source, session, source)
+        s = self.settings
+        chain = [session.provider, *(x for x in s.fallback_providers if x != session.provider)]
+        source.stream = ResilientStream(
+            chain,
+            self.state.backend,
+            policy=RetryPolicy(
+                initial_s=s.RETRY_INITIAL_S,
+                max_s=s.RETRY_MAX_S,
+                attempts=s.RETRY_ATTEMPTS,
+                healthy_s=s.RETRY_HEALTHY_S,
+                primary_retry_s=s.PRIMARY_RETRY_S,
+            ),
+            response_timeout=s.PROVIDER_RESPONSE_TIMEOUT,
+            replay_seconds=s.REPLAY_BUFFER_S,
+            queue_chunks=s.AUDIO_QUEUE_CHUNKS,
+            last_final_end=source.last_final_end,
+        )
+        session.nursery.start_soon(self._run_source, session, source, source.stream)
 
     async def _run_session(
         self, session: Session, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -743,7 +804,8 @@ class Connection:
                 if not session.stop_requested.is_set():
                     await self._stop_at_max_duration(session)
                 for source in session.sources.values():
-                    source.send.close()  # providers flush and return
+                    if source.stream is not None:
+                        source.stream.end_of_audio()  # providers flush and return
                 nursery.cancel_scope.deadline = (
                     trio.current_time() + self.settings.PROVIDER_RESPONSE_TIMEOUT
                 )
@@ -767,24 +829,9 @@ class Connection:
             if self.active is session:
                 self.active = None
 
-    async def _run_source(self, session: Session, source: SourceStream) -> None:
-        s = self.settings
-        chain = [session.provider, *(x for x in s.fallback_providers if x != session.provider)]
-        stream = ResilientStream(
-            chain,
-            self.state.backend,
-            policy=RetryPolicy(
-                initial_s=s.RETRY_INITIAL_S,
-                max_s=s.RETRY_MAX_S,
-                attempts=s.RETRY_ATTEMPTS,
-                healthy_s=s.RETRY_HEALTHY_S,
-                primary_retry_s=s.PRIMARY_RETRY_S,
-            ),
-            response_timeout=s.PROVIDER_RESPONSE_TIMEOUT,
-            replay_seconds=s.REPLAY_BUFFER_S,
-            queue_chunks=s.AUDIO_QUEUE_CHUNKS,
-            last_final_end=source.last_final_end,
-        )
+    async def _run_source(
+        self, session: Session, source: SourceStream, stream: ResilientStream
+    ) -> None:
         key = (session.id, source.name)
         self.state.streams[key] = stream
         timeline = source.timeline
@@ -810,7 +857,7 @@ class Connection:
             hooks=MetricsHooks(self.state.metrics, provider_name, name),
         )
         try:
-            await stream.run(source.receive, emit, config, report)
+            await stream.run(emit, config, report)
         except* ProviderError as group:
             source.failed = True
             for err in _leaves(group):
@@ -835,7 +882,6 @@ class Connection:
             )
         finally:
             post.close()
-            source.receive.close()
             source.last_final_end = stream.last_final_end
             self.state.streams.pop(key, None)
 

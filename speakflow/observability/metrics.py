@@ -191,13 +191,21 @@ class SourceMeters:
         held = min(self._count, self.RING)
         if not held:
             return None
+        ring, ends = self.RING, self._ends
         first = self._count - held  # oldest chunk still held
-        if self._ends[first % self.RING] > sample + 8000:
+        if ends[first % ring] > sample + 8000:
             return None  # older than what we remember
-        for k in range(first, self._count):  # oldest to newest: the chunk holding it
-            if self._ends[k % self.RING] >= sample:
-                return self._times[k % self.RING]
-        return self._times[(self._count - 1) % self.RING]
+        # Ends grow with the chunk index: bisect for the first chunk holding the
+        # sample (a transcript is usually about the newest audio, so a scan from
+        # the oldest of 256 chunks cost more than the rest of the hook).
+        lo, hi = first, self._count - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ends[mid % ring] >= sample:
+                hi = mid
+            else:
+                lo = mid + 1
+        return self._times[lo % ring]
 
     def transcript(self, is_final: bool, start: float, end: float) -> None:
         now = time.monotonic()

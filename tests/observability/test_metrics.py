@@ -68,3 +68,28 @@ async def test_no_session_ids_in_labels(server) -> None:
     async with httpx.AsyncClient(base_url=server.http) as http:
         text = (await http.get("/metrics")).text
     assert "unique-session-id-xyz" not in text and "user1" not in text
+
+
+def test_arrival_finds_the_chunk_holding_a_sample() -> None:
+    """The latency anchor: the arrival time of the chunk that holds the audio at t,
+    for chunks of uneven size, across the ring's wrap-around."""
+    import random
+
+    from speakflow.observability.metrics import Metrics, SourceMeters
+
+    meters = SourceMeters(Metrics(), "deepgram", "microphone")
+    rng = random.Random(7)
+    ends: list[int] = []
+    end = 0
+    for _ in range(SourceMeters.RING * 2 + 37):  # wraps the ring twice
+        end += rng.choice([1600, 8000, 8000, 16000])
+        meters.chunk(1, end)
+        ends.append(end)
+    held = ends[-SourceMeters.RING :]
+    times = list(meters._times)  # arrival stamps as stored, by ring slot
+    first = len(ends) - SourceMeters.RING
+    for _ in range(500):
+        sample = rng.randrange(held[0] - 7999, held[-1] + 16000)
+        k = next((i for i, e in enumerate(held) if e >= sample), len(held) - 1)
+        assert meters.arrival(sample / 16000) == times[(first + k) % SourceMeters.RING]
+    assert meters.arrival((held[0] - 9000) / 16000) is None  # older than the ring

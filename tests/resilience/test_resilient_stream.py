@@ -14,7 +14,7 @@ import trio
 
 from speakflow.errors import ProviderRejected, ProviderUnavailable
 from speakflow.providers.base import AudioFrame, StreamConfig, TranscriptEvent
-from speakflow.resilience import ReplayBuffer, ResilientStream, RetryPolicy
+from speakflow.resilience import Fed, ReplayBuffer, ResilientStream, RetryPolicy
 
 SR = 16000
 FRAME = 8000  # samples: 500 ms
@@ -90,6 +90,7 @@ async def run_stream(
     policy: RetryPolicy | None = None,
     response_timeout: float = 30.0,
     pace: float = 0.5,
+    replay_seconds: float = 60,
 ):
     out: list[tuple[str, TranscriptEvent]] = []
     errors: list[tuple[str, str]] = []
@@ -102,7 +103,7 @@ async def run_stream(
         backend_for,
         policy=policy or RetryPolicy(),
         response_timeout=response_timeout,
-        replay_seconds=60,
+        replay_seconds=replay_seconds,
         queue_chunks=16,
     )
 
@@ -112,17 +113,19 @@ async def run_stream(
     async def report(code: str, message: str) -> None:
         errors.append((code, message))
 
-    send, recv = trio.open_memory_channel[AudioFrame](100)
     config = StreamConfig("s", "microphone", "en")
     async with trio.open_nursery() as n:
-        n.start_soon(stream.run, recv, emit, config, report)
-        async with send:
-            for f in frames:
-                try:
-                    await send.send(f)
-                except trio.BrokenResourceError:  # the stream gave up (as a session sees it)
-                    break
-                await trio.sleep(pace)
+        n.start_soon(stream.run, emit, config, report)
+        for f in frames:
+            fed = stream.feed(f)  # as the session's reader does
+            if fed is Fed.GONE:  # the stream gave up (its error was reported)
+                break
+            assert fed is Fed.TAKEN
+            lost = stream.unreported_drop(config.source)
+            if lost is not None:
+                errors.append(("provider_unavailable", lost))
+            await trio.sleep(pace)
+        stream.end_of_audio()
     return stream, out, errors
 
 
@@ -227,3 +230,101 @@ async def test_speech_after_a_long_silence_is_not_a_stall(autojump_clock) -> Non
     stream, out, _ = await run_stream({"v": vendor}, frames, response_timeout=3.0)
     assert stream.reconnects == 0
     assert texts(out)[-10:] == [f"w{i}" for i in range(80, 90)]
+
+
+def _stream(queue_chunks: int = 4, replay_seconds: float = 60) -> ResilientStream:
+    async def backend_for(name: str) -> ScriptedBackend:
+        return ScriptedBackend(name, [None])
+
+    return ResilientStream(
+        ["v"],
+        backend_for,
+        policy=RetryPolicy(),
+        response_timeout=30.0,
+        replay_seconds=replay_seconds,
+        queue_chunks=queue_chunks,
+    )
+
+
+async def test_feed_refuses_when_the_provider_is_a_queue_behind(autojump_clock) -> None:
+    """A provider that stops reading: feed says BEHIND after queue_chunks, drops
+    without buffering, and takes audio again once the provider catches up."""
+    stream = _stream(queue_chunks=4)
+    release = trio.Event()
+    got: list[int] = []
+
+    class Slow:
+        name = "v"
+
+        async def stream(self, audio, emit, config) -> None:
+            await release.wait()
+            async for f in audio:
+                got.append(index_of(f))
+
+    class SlowBackend(ScriptedBackend):
+        def create(self):  # type: ignore[override]
+            return Slow()
+
+    async def backend_for(name: str) -> ScriptedBackend:
+        return SlowBackend(name, [None])
+
+    stream._backend_for = backend_for  # the same stream, a provider that stalls on purpose
+
+    async def emit(ev, provider) -> None:
+        pass
+
+    async def report(code, message) -> None:
+        pass
+
+    async with trio.open_nursery() as n:
+        n.start_soon(stream.run, emit, StreamConfig("s", "microphone", "en"), report)
+        await trio.sleep(0.1)  # the first connection's channel is open
+        fed = [stream.feed(frame(i)) for i in range(6)]
+        assert fed == [Fed.TAKEN] * 4 + [Fed.BEHIND] * 2
+        assert stream.queued() == 4
+        release.set()
+        await trio.sleep(0.1)
+        assert stream.feed(frame(6)) is Fed.TAKEN
+        stream.end_of_audio()
+    assert got == [0, 1, 2, 3, 6]  # the refused frames never reach the vendor
+
+
+async def test_audio_fed_before_the_stream_runs_reaches_the_first_connection(
+    autojump_clock,
+) -> None:
+    stream = _stream()
+    for i in range(3):
+        assert stream.feed(frame(i)) is Fed.TAKEN
+    out: list[str] = []
+
+    async def emit(ev, provider) -> None:
+        out.append(ev.text)
+
+    async def report(code, message) -> None:
+        pass
+
+    async with trio.open_nursery() as n:
+        n.start_soon(stream.run, emit, StreamConfig("s", "microphone", "en"), report)
+        stream.end_of_audio()
+    assert out == ["w0", "w1", "w2"]
+    assert stream.feed(frame(3)) is Fed.GONE  # run() returned: nothing takes audio
+
+
+async def test_replay_bound_while_connected_is_not_reported_as_loss(autojump_clock) -> None:
+    """The replay buffer's bound trims audio the vendor already has: no error."""
+    vendor = ScriptedBackend("v", [None], stall=True)  # connected, never finalizes
+    stream, _, errors = await run_stream(
+        {"v": vendor}, [frame(i) for i in range(12)], response_timeout=1000.0, replay_seconds=2
+    )
+    assert stream.buffer.dropped_seconds == 4.0
+    assert errors == []
+
+
+async def test_replay_bound_while_unreachable_is_reported(autojump_clock) -> None:
+    vendor = ScriptedBackend("v", [0] * 100)  # every connect refused
+    policy = RetryPolicy(initial_s=0.5, max_s=1.0, attempts=1000)  # never tells on its own
+    _, _, errors = await run_stream(
+        {"v": vendor}, [frame(i) for i in range(12)], policy=policy, replay_seconds=2
+    )
+    assert errors and all(code == "provider_unavailable" for code, _ in errors)
+    assert all("unreachable too long" in message for _, message in errors)

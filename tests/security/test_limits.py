@@ -66,6 +66,38 @@ async def test_max_sessions_per_user_leaves_other_users_alone() -> None:
                 await a1.until("session_ended")
 
 
+async def test_a_detached_session_gives_way_at_the_per_user_limit() -> None:
+    """A client that dropped and came back with a new session id is not locked out
+    until its old record expires: the oldest detached record is forgotten, while
+    a session still attached elsewhere is never touched."""
+    async with running_server(MAX_SESSIONS_PER_USER=3) as srv:
+        with trio.fail_after(30):
+            async with srv.client("a") as keep:
+                await keep.start("kept", user="a")
+                await keep.expect("session_started")
+                for sid in ("gone-1", "gone-2"):
+                    async with srv.client("a") as crashed:
+                        await crashed.start(sid, user="a")
+                        await crashed.expect("session_started")
+                        await crashed.chunk(sid, "microphone", PCM)
+                    # the socket dropped without a stop: the record waits for a resume
+                await trio.sleep(0.2)
+                async with srv.client("a") as c:
+                    await clean_session(c, "fresh", user="a")  # at 3: gone-1 gives way
+                async with srv.client("a") as c2, srv.client("a") as c1, srv.client("a") as c3:
+                    await c2.start("gone-2", user="a")  # the newer drop still resumes
+                    assert (await c2.expect("session_started")).get("resumed") is True
+                    await c1.start("gone-1", user="a")  # the older one was forgotten
+                    assert not (await c1.expect("session_started")).get("resumed")
+                    await c3.start("third", user="a")  # all 3 attached: nothing gives way
+                    await expect_code(c3, "rate_limited")
+                    for c, sid in ((c1, "gone-1"), (c2, "gone-2")):
+                        await c.stop(sid)
+                        await c.until("session_ended")
+                await keep.stop("kept")
+                await keep.until("session_ended")
+
+
 # ---------------------------------------------------------------- frames
 
 
