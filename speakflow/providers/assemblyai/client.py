@@ -38,39 +38,37 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    ConnectionTimeout,
-    HandshakeError,
-    WebSocketConnection,
-)
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from ...config import Settings
-from ...errors import ProviderUnavailable
+from .._ws import (
+    CLOSE_TIMEOUT,
+    Connector,
+    WebSocketBackend,
+    close_reason,
+    connect_websocket,
+    lost,
+    send,
+    task_nursery,
+    vendor_connection,
+)
 from ..base import AudioFrame, Emit, SpeechProvider, StreamConfig
-from ..deepgram.client import Connector, _single, close_quietly, connect_websocket
 from . import codec
 from .codec import NAME, VENDOR
 
 log = logging.getLogger(__name__)
 
-#: How long the close waits for AssemblyAI's answer (and a sender for the reader's verdict).
-CLOSE_TIMEOUT = 2.0
 #: How long an unformatted end of turn waits for its formatted twin before it is sent as is.
 FORMAT_WAIT_S = 1.5
 
 
-class AssemblyAIBackend:
+class AssemblyAIBackend(WebSocketBackend):
     """Process-wide AssemblyAI settings; one :class:`AssemblyAIStream` per source."""
 
     name = NAME
 
     def __init__(self, settings: Settings, connect: Connector = connect_websocket) -> None:
-        self.settings = settings
-        self.connect = connect
-        self.streams_open = 0
-        self.connections = 0
+        super().__init__(settings, connect)
         self.paced_s = 0.0
 
     async def start(self) -> None:
@@ -84,8 +82,7 @@ class AssemblyAIBackend:
         return {
             "url": f"{parts.scheme}://{parts.netloc}{parts.path}",
             "speech_model": self.settings.ASSEMBLYAI_SPEECH_MODEL,
-            "streams_open": self.streams_open,
-            "connections": self.connections,
+            **self.counters(),
             "paced_s": round(self.paced_s, 3),
         }
 
@@ -139,33 +136,18 @@ class AssemblyAIStream:
         s = backend.settings
         options = backend.options_for(config)
         url = codec.stream_url(s.ASSEMBLYAI_URL, options)
-        host = urlsplit(url).netloc
-        started = trio.current_time()
-        backend.streams_open += 1
-        try:
-            async with backend.connect(
-                url, codec.auth_headers(s.ASSEMBLYAI_API_KEY), s.PROVIDER_CONNECT_TIMEOUT
-            ) as ws:
-                backend.connections += 1
-                config.hooks.vendor_connected(trio.current_time() - started)
-                log.info("assemblyai connected to %s (model %s)", host, options.speech_model)
-                try:
-                    await self._run(ws, audio, emit, config, options)
-                finally:
-                    await close_quietly(ws)
-        except ConnectionRejected as err:
-            raise codec.handshake_error(err.status_code, err.body) from None
-        except ConnectionTimeout:
-            raise ProviderUnavailable(
-                NAME,
-                f"cannot reach {VENDOR} at {host}: no connection within "
-                f"{s.PROVIDER_CONNECT_TIMEOUT:g} s",
-            ) from None
-        except (HandshakeError, OSError) as err:
-            cause = err.__cause__ or err
-            raise ProviderUnavailable(NAME, f"cannot reach {VENDOR} at {host}: {cause}") from None
-        finally:
-            backend.streams_open -= 1
+        async with vendor_connection(
+            backend,
+            url,
+            codec.auth_headers(s.ASSEMBLYAI_API_KEY),
+            config.hooks,
+            vendor=VENDOR,
+            rejected=lambda err: codec.handshake_error(err.status_code, err.body),
+        ) as ws:
+            log.info(
+                "assemblyai connected to %s (model %s)", urlsplit(url).netloc, options.speech_model
+            )
+            await self._run(ws, audio, emit, config, options)
 
     async def _run(
         self,
@@ -183,33 +165,29 @@ class AssemblyAIStream:
         )
         pacer = codec.Pacer(s.ASSEMBLYAI_MAX_LEAD_S)
         reframer = codec.Reframer(options.sample_rate)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._reader, ws, emit, config, mapper, times, state)
-                async with audio:
-                    async for frame in audio:
-                        for out in reframer.push(frame):
-                            await self._send_audio(ws, out, pacer, times, state)
-                for out in reframer.flush():
-                    await self._send_audio(ws, out, pacer, times, state)
-                state.closing = True
-                if not (await _send(ws, codec.FORCE_ENDPOINT) and await _send(ws, codec.TERMINATE)):
-                    await _lost(state.done)
-                with trio.move_on_after(s.PROVIDER_RESPONSE_TIMEOUT):
-                    await state.terminated.wait()
-                if state.terminated.is_set():  # AssemblyAI closes right after Termination
-                    with trio.move_on_after(CLOSE_TIMEOUT):
-                        await state.done.wait()
-                else:
-                    log.warning(
-                        "assemblyai sent no Termination within %g s of Terminate; the last "
-                        "finals may be missing",
-                        s.PROVIDER_RESPONSE_TIMEOUT,
-                    )
-                nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            # One task failed with a typed error; the others were cancelled by it.
-            raise _single(group) from None
+        async with task_nursery() as nursery:
+            nursery.start_soon(self._reader, ws, emit, config, mapper, times, state)
+            async with audio:
+                async for frame in audio:
+                    for out in reframer.push(frame):
+                        await self._send_audio(ws, out, pacer, times, state)
+            for out in reframer.flush():
+                await self._send_audio(ws, out, pacer, times, state)
+            state.closing = True
+            if not (await send(ws, codec.FORCE_ENDPOINT) and await send(ws, codec.TERMINATE)):
+                await lost(state.done, NAME, VENDOR)
+            with trio.move_on_after(s.PROVIDER_RESPONSE_TIMEOUT):
+                await state.terminated.wait()
+            if state.terminated.is_set():  # AssemblyAI closes right after Termination
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    await state.done.wait()
+            else:
+                log.warning(
+                    "assemblyai sent no Termination within %g s of Terminate; the last "
+                    "finals may be missing",
+                    s.PROVIDER_RESPONSE_TIMEOUT,
+                )
+            nursery.cancel_scope.cancel()
 
     async def _send_audio(
         self,
@@ -226,8 +204,8 @@ class AssemblyAIStream:
         pacer.sent(out.seconds, trio.current_time())
         for offset, samples in out.spans:
             times.sent(offset, samples)
-        if not await _send(ws, out.pcm):
-            await _lost(state.done)
+        if not await send(ws, out.pcm):
+            await lost(state.done, NAME, VENDOR)
         self.frames_sent += 1
 
     async def _reader(
@@ -245,13 +223,9 @@ class AssemblyAIStream:
                 try:
                     raw = await ws.get_message()
                 except ConnectionClosed as closed:
-                    reason = closed.reason
-                    code = reason.code if reason is not None else None
+                    code, reason = close_reason(closed)
                     error = codec.close_error(
-                        code,
-                        reason.reason if reason is not None else None,
-                        error=state.error,
-                        closing=state.closing,
+                        code, reason, error=state.error, closing=state.closing
                     )
                     ended = state.closing and error is None
                     for ev in mapper.finish(times) if ended else mapper.flush_pending(times):
@@ -298,20 +272,3 @@ def _unix(value: object) -> float | None:
     if isinstance(value, int | float):
         return float(value)
     return None
-
-
-async def _send(ws: WebSocketConnection, message: str | bytes) -> bool:
-    """Send; False when the connection is closed (the reader says why)."""
-    try:
-        await ws.send_message(message)
-    except ConnectionClosed:
-        return False
-    return True
-
-
-async def _lost(done: trio.Event) -> None:
-    """The socket closed under a sender: the reader raises the typed error; wait for it."""
-    with trio.move_on_after(CLOSE_TIMEOUT):
-        await done.wait()
-        await trio.sleep(CLOSE_TIMEOUT)  # the reader raises right after setting done
-    raise ProviderUnavailable(NAME, f"connection to {VENDOR} lost")

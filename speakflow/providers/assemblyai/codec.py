@@ -15,23 +15,22 @@ wire lives here, so unit tests can drive it with literal frames:
   messages and close frames -> the typed errors of ``speakflow.errors``.
 
 Word times are integer milliseconds of audio received *on this connection*;
-:class:`~speakflow.providers.deepgram.codec.TimeMap` (one segment per run of
+:class:`speakflow.timeline.TimeMap` (one segment per run of
 consecutive frames) maps them onto the source timeline, so replayed or
 skipped audio never shifts later times.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
 from ...errors import ProviderError, ProviderRejected, ProviderUnavailable
+from ...timeline import TimeMap as TimeMap  # re-exported: the mappers take one
+from .._handshake import json_object, url_with_query
 from ..base import BYTES_PER_SAMPLE, SAMPLE_RATE, AudioFrame, TranscriptEvent, Word
-from ..deepgram.codec import TimeMap as TimeMap  # the same per-run mapping, re-exported
 
 NAME = "assemblyai"
 #: How the vendor is named in messages a person reads.
@@ -103,11 +102,7 @@ def model_for(model: str, language: str) -> tuple[str, bool]:
 
 def stream_url(base: str, options: StreamOptions) -> str:
     """``base`` (ASSEMBLYAI_URL) with the options' query; parameters already in ``base`` win."""
-    parts = urlsplit(base)
-    existing = parse_qsl(parts.query, keep_blank_values=True)
-    given = {k for k, _ in existing}
-    query = existing + [(k, v) for k, v in options.query().items() if k not in given]
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+    return url_with_query(base, options.query())
 
 
 def auth_headers(api_key: str) -> list[tuple[bytes, bytes]]:
@@ -459,16 +454,11 @@ def handshake_error(status: int, body: bytes | None) -> ProviderError:
     HTTP-level rejections are seen too: 401/403 bad key, 400/404/410 a request
     it will never take, anything else (429, 5xx, proxies) unavailable.
     """
-    detail = ""
-    if body:
-        try:
-            data = json.loads(body)
-        except ValueError:
-            data = None
-        if isinstance(data, dict):
-            detail = str(data.get("error") or data.get("detail") or data.get("message") or "")
-        elif not detail:
-            detail = body[:200].decode("utf-8", "replace").strip()
+    data = json_object(body)
+    if data is not None:
+        detail = str(data.get("error") or data.get("detail") or data.get("message") or "")
+    else:  # not JSON: the text itself
+        detail = (body or b"")[:200].decode("utf-8", "replace").strip()
     said = f"HTTP {status}" + (f": {detail}" if detail else "")
     if status in (401, 403):
         return ProviderRejected(NAME, f"{VENDOR} refused the API key ({said})")

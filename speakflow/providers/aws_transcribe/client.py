@@ -21,7 +21,7 @@ transport has no keepalive message, so the shell sends
 :data:`KEEPALIVE_SILENCE_S` of digital silence after AWS_TRANSCRIBE_KEEPALIVE_S
 (default 5 s) without audio: about 5% of an idle source's time is streamed
 (and billed) as silence. The silence takes vendor time but no source time
-(:meth:`.codec.TimeMap.padded`), so later timestamps stay on the source
+(:meth:`speakflow.timeline.TimeMap.padded`), so later timestamps stay on the source
 timeline.
 
 The socket is closed with 1000 in a shielded scope on every exit. A lost
@@ -38,18 +38,22 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    ConnectionTimeout,
-    HandshakeError,
-    WebSocketConnection,
-)
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from ...config import Settings
 from ...errors import ConfigError, ProviderError, ProviderUnavailable
+from .._ws import (
+    Connector,
+    WebSocketBackend,
+    close_reason,
+    connect_websocket,
+    header,
+    lost,
+    send,
+    task_nursery,
+    vendor_connection,
+)
 from ..base import BYTES_PER_SAMPLE, AudioFrame, Emit, SpeechProvider, StreamConfig
-from ..deepgram.client import Connector, close_quietly, connect_websocket
 from . import NO_CREDENTIALS, codec, endpoint, signing
 from .codec import NAME, VENDOR
 
@@ -57,14 +61,12 @@ log = logging.getLogger(__name__)
 
 #: Silence sent per keepalive (vendor time only; see the module docstring).
 KEEPALIVE_SILENCE_S = 0.25
-#: How long a lost sender waits for the reader to say why the socket closed.
-CLOSE_TIMEOUT = 2.0
 
 #: () -> botocore credentials or None (blocking; run in a worker thread)
 CredentialSource = Callable[[], Any]
 
 
-class AwsTranscribeBackend:
+class AwsTranscribeBackend(WebSocketBackend):
     """Process-wide AWS settings and credentials; one :class:`AwsTranscribeStream` per source."""
 
     name = NAME
@@ -75,8 +77,7 @@ class AwsTranscribeBackend:
         connect: Connector = connect_websocket,
         credentials: CredentialSource | None = None,
     ) -> None:
-        self.settings = settings
-        self.connect = connect
+        super().__init__(settings, connect)
         self.endpoint = endpoint(settings)
         self._source = credentials
         #: frozen credentials that never change (AWS_ACCESS_KEY_ID/..._SECRET_ACCESS_KEY)
@@ -85,8 +86,6 @@ class AwsTranscribeBackend:
         self._chain: Any = None
         self.credentials_method = ""
         self._lock = trio.Lock()
-        self.streams_open = 0
-        self.connections = 0
         self.keepalives = 0
 
     async def start(self) -> None:
@@ -151,8 +150,7 @@ class AwsTranscribeBackend:
             "endpoint": f"{parts.scheme}://{parts.netloc}",
             "region": self.settings.AWS_REGION,
             "credentials": self.credentials_method or None,
-            "streams_open": self.streams_open,
-            "connections": self.connections,
+            **self.counters(),
             "keepalives": self.keepalives,
         }
 
@@ -214,38 +212,25 @@ class AwsTranscribeStream:
         url = signing.presign(
             codec.stream_url(backend.endpoint, options), credentials, s.AWS_REGION
         )
-        host = urlsplit(url).netloc  # the URL itself is a bearer secret: never logged
-        backend.streams_open += 1
-        try:
-            async with backend.connect(url, [], s.PROVIDER_CONNECT_TIMEOUT) as ws:
-                backend.connections += 1
-                config.hooks.vendor_connected(trio.current_time() - started)
-                headers = ws.handshake_headers
-                self.session_id = _header(headers, b"x-amzn-transcribe-session-id")
-                self.request_id = _header(headers, b"x-amzn-request-id")
-                log.info(
-                    "aws_transcribe connected to %s (session %s, language %s)",
-                    host,
-                    self.session_id or "?",
-                    options.language,
-                )
-                try:
-                    await self._run(ws, audio, emit, config, options)
-                finally:
-                    await close_quietly(ws)
-        except ConnectionRejected as err:
-            raise codec.handshake_error(err.status_code, err.headers, err.body) from None
-        except ConnectionTimeout:
-            raise ProviderUnavailable(
-                NAME,
-                f"cannot reach {VENDOR} at {host}: no connection within "
-                f"{s.PROVIDER_CONNECT_TIMEOUT:g} s",
-            ) from None
-        except (HandshakeError, OSError) as err:
-            cause = err.__cause__ or err
-            raise ProviderUnavailable(NAME, f"cannot reach {VENDOR} at {host}: {cause}") from None
-        finally:
-            backend.streams_open -= 1
+        async with vendor_connection(
+            backend,
+            url,
+            [],
+            config.hooks,
+            vendor=VENDOR,
+            rejected=lambda err: codec.handshake_error(err.status_code, err.headers, err.body),
+            started=started,  # the credentials' refresh counts as connecting
+        ) as ws:
+            headers = ws.handshake_headers
+            self.session_id = header(headers, "x-amzn-transcribe-session-id")
+            self.request_id = header(headers, "x-amzn-request-id")
+            log.info(
+                "aws_transcribe connected to %s (session %s, language %s)",
+                urlsplit(url).netloc,  # the URL itself is a bearer secret: never logged
+                self.session_id or "?",
+                options.language,
+            )
+            await self._run(ws, audio, emit, config, options)
 
     async def _run(
         self,
@@ -260,7 +245,7 @@ class AwsTranscribeStream:
         times = codec.TimeMap()
         mapper = codec.TranscriptMapper(options.language)
         try:
-            async with trio.open_nursery() as nursery:
+            async with task_nursery(prefer=ProviderError) as nursery:
                 nursery.start_soon(self._reader, ws, emit, config, mapper, times, state)
                 nursery.start_soon(
                     self._keepalive, ws, state, times, config, s.AWS_TRANSCRIBE_KEEPALIVE_S
@@ -272,13 +257,13 @@ class AwsTranscribeStream:
                         async with state.send_lock:
                             times.sent(frame.offset, frame.samples)
                             for event in codec.audio_events(frame.pcm, config.sample_rate):
-                                if not await _send(ws, event):
-                                    await _lost(state.done)
+                                if not await send(ws, event):
+                                    await lost(state.done, NAME, VENDOR)
                             state.last_sent = trio.current_time()
                 async with state.send_lock:
                     state.closing = True
-                    if not await _send(ws, codec.END_OF_STREAM):
-                        await _lost(state.done)
+                    if not await send(ws, codec.END_OF_STREAM):
+                        await lost(state.done, NAME, VENDOR)
                 with trio.move_on_after(s.PROVIDER_RESPONSE_TIMEOUT):
                     await state.done.wait()  # AWS sends the last finals, then closes
                 if not state.done.is_set():
@@ -288,9 +273,6 @@ class AwsTranscribeStream:
                         s.PROVIDER_RESPONSE_TIMEOUT,
                     )
                 nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            # One task failed with a typed error; the others were cancelled by it.
-            raise _single(group) from None
         finally:
             self.keepalives = state.keepalives
             self._backend.keepalives += state.keepalives
@@ -310,12 +292,8 @@ class AwsTranscribeStream:
                 try:
                     raw = await ws.get_message()
                 except ConnectionClosed as closed:
-                    reason = closed.reason
-                    error = codec.close_error(
-                        reason.code if reason is not None else None,
-                        reason.reason if reason is not None else None,
-                        closing=state.closing,
-                    )
+                    code, reason = close_reason(closed)
+                    error = codec.close_error(code, reason, closing=state.closing)
                     if error is not None:
                         raise error from None
                     return
@@ -357,50 +335,7 @@ class AwsTranscribeStream:
                 if trio.current_time() - state.last_sent < interval * 0.99:
                     continue  # audio went out meanwhile
                 times.padded(samples)
-                if not await _send(ws, silence):
+                if not await send(ws, silence):
                     return  # the reader reports the closed connection
                 state.keepalives += 1
                 state.last_sent = trio.current_time()
-
-
-async def _send(ws: WebSocketConnection, message: bytes) -> bool:
-    """Send; False when the connection is closed (the reader says why)."""
-    try:
-        await ws.send_message(message)
-    except ConnectionClosed:
-        return False
-    return True
-
-
-async def _lost(done: trio.Event) -> None:
-    """The socket closed under a sender: the reader raises the typed error; wait for it."""
-    with trio.move_on_after(CLOSE_TIMEOUT):
-        await done.wait()
-        await trio.sleep(CLOSE_TIMEOUT)  # the reader raises right after setting done
-    raise ProviderUnavailable(NAME, f"connection to {VENDOR} lost")
-
-
-def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The typed error in a nursery's group (others being Cancelled), else the group."""
-    real = group.subgroup(lambda e: not isinstance(e, trio.Cancelled | BaseExceptionGroup))
-    if real is None:
-        return group
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [real]
-    while stack:
-        exc = stack.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(exc.exceptions)
-        else:
-            leaves.append(exc)
-    typed = [e for e in leaves if isinstance(e, ProviderError)]
-    if len(typed) >= 1:
-        return typed[0]
-    return leaves[0] if len(leaves) == 1 else group
-
-
-def _header(headers: tuple[tuple[bytes, bytes], ...], name: bytes) -> str:
-    for key, value in headers:
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return ""

@@ -12,7 +12,6 @@ the wire lives here, so unit tests can drive it with literal frames:
   whose lengths or CRCs are wrong raises :class:`FrameError`;
 * :class:`TranscriptMapper`: TranscriptEvents -> normalized transcripts
   (partials while a ``ResultId`` is revised, exactly one final per ResultId);
-* :class:`TimeMap`: vendor seconds on one connection -> source timeline;
 * :func:`handshake_error`, :func:`exception_error`, :func:`close_error`: the
   vendor's failures -> the typed errors of ``speakflow.errors``.
 
@@ -28,7 +27,6 @@ bytes) and turns its exceptions into :class:`FrameError`.
 
 from __future__ import annotations
 
-import bisect
 import struct
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -45,7 +43,8 @@ from amazon_transcribe.eventstream import (
 )
 
 from ...errors import ProviderError, ProviderRejected, ProviderUnavailable
-from ...timeline import vendor_to_timeline
+from ...timeline import TimeMap as TimeMap  # re-exported: the mappers take one
+from .._handshake import header, json_object
 from ..base import BYTES_PER_SAMPLE, SAMPLE_RATE, TranscriptEvent, Word
 
 NAME = "aws_transcribe"
@@ -351,68 +350,6 @@ def _exception_text(payload: bytes) -> str:
     return body.Message or body.message or ""
 
 
-# ---------------------------------------------------------------------- time
-
-
-class TimeMap:
-    """Vendor seconds on one connection -> seconds on the source timeline.
-
-    :meth:`sent` is called for every frame in the order it goes out; a frame
-    whose offset does not follow the previous one starts a new segment, so a
-    gap in what was sent (dropped or skipped audio) does not shift later
-    times. :meth:`padded` records silence we made up to keep an idle stream
-    open: it takes vendor time but no source time, so every vendor time that
-    falls inside it maps to the one point of the source timeline where the
-    source paused.
-    """
-
-    def __init__(self) -> None:
-        self._vendor_starts: list[int] = []  # vendor sample where each segment starts
-        self._timeline_starts: list[int] = []  # its timeline sample
-        self._padding: list[bool] = []
-        self._vendor_samples = 0
-        self._next: int | None = None
-
-    @property
-    def vendor_seconds(self) -> float:
-        return self._vendor_samples / SAMPLE_RATE
-
-    def sent(self, offset: int, samples: int) -> None:
-        if offset != self._next:
-            self._start(offset, padding=False)
-        self._vendor_samples += samples
-        self._next = offset + samples
-
-    def padded(self, samples: int) -> None:
-        anchor = self._next if self._next is not None else (self._timeline_starts or [0])[-1]
-        self._start(anchor, padding=True)
-        self._vendor_samples += samples
-        self._next = None  # the next real frame starts a segment of its own
-
-    def _start(self, offset: int, *, padding: bool) -> None:
-        if self._vendor_starts and self._vendor_starts[-1] == self._vendor_samples:
-            # an empty segment (nothing sent since it began): replace it
-            self._vendor_starts.pop()
-            self._timeline_starts.pop()
-            self._padding.pop()
-        self._vendor_starts.append(self._vendor_samples)
-        self._timeline_starts.append(offset)
-        self._padding.append(padding)
-
-    def to_timeline(self, vendor_seconds: float, *, end: bool = False) -> float:
-        """Map a time; an ``end`` time on a segment boundary belongs to the earlier segment."""
-        if not self._vendor_starts:
-            return vendor_seconds
-        sample = vendor_seconds * SAMPLE_RATE
-        find = bisect.bisect_left if end else bisect.bisect_right
-        i = max(0, find(self._vendor_starts, sample) - 1)
-        if self._padding[i]:
-            return self._timeline_starts[i] / SAMPLE_RATE
-        return vendor_to_timeline(
-            self._timeline_starts[i], vendor_seconds - self._vendor_starts[i] / SAMPLE_RATE
-        )
-
-
 # ---------------------------------------------------------------------- transcripts
 
 #: Finalized ResultIds remembered per stream (AWS never revisits old ones).
@@ -528,13 +465,6 @@ def _words(items: Iterable[AwsItem]) -> list[tuple[str, AwsItem]]:
 # ---------------------------------------------------------------------- errors
 
 
-def _header(headers: Iterable[tuple[bytes, bytes]], name: str) -> str:
-    for key, value in headers:
-        if key.decode("latin-1").lower() == name:
-            return value.decode("utf-8", "replace")
-    return ""
-
-
 def handshake_error(
     status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes | None
 ) -> ProviderError:
@@ -546,17 +476,13 @@ def handshake_error(
     resilience layer retries with backoff as AWS asks.
     """
     headers = list(headers)
-    kind = _header(headers, "x-amzn-errortype").split(":")[0]
-    request_id = _header(headers, "x-amzn-requestid")
+    kind = header(headers, "x-amzn-errortype").split(":")[0]
+    request_id = header(headers, "x-amzn-requestid")
     detail = ""
-    if body:
-        try:
-            data = msgspec.json.decode(body)
-        except msgspec.DecodeError:
-            data = None
-        if isinstance(data, dict):
-            detail = str(data.get("message") or data.get("Message") or "")
-            kind = kind or str(data.get("__type") or "").rpartition("#")[2]
+    data = json_object(body)
+    if data is not None:
+        detail = str(data.get("message") or data.get("Message") or "")
+        kind = kind or str(data.get("__type") or "").rpartition("#")[2]
     said = f"HTTP {status}" + (f" {kind}" if kind else "") + (f": {detail}" if detail else "")
     if request_id:
         said += f"; request id {request_id}"

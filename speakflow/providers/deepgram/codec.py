@@ -8,28 +8,25 @@ lives here, so unit tests can drive it with literal frames:
   :class:`UtteranceEnd`, :class:`SpeechStarted` or :class:`Unknown`;
 * :class:`TranscriptMapper`: Results -> normalized :class:`TranscriptEvent`
   (partials from interim results, one final per finalized span);
-* :class:`TimeMap`: vendor seconds on one connection -> source timeline;
 * :func:`handshake_error` and :func:`close_error`: HTTP rejections and close
   frames -> the typed errors of ``speakflow.errors``.
 
 Deepgram's times are seconds of audio received *on this connection*; the
 relay may skip audio (a full buffer drops chunks, a reconnect replays only
-part of it), so :class:`TimeMap` keeps one segment per contiguous run of
-frames instead of a single start offset.
+part of it), so :class:`speakflow.timeline.TimeMap` keeps one segment per
+contiguous run of frames instead of a single start offset.
 """
 
 from __future__ import annotations
 
-import bisect
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
 from ...errors import ProviderError, ProviderOverloaded, ProviderRejected, ProviderUnavailable
-from ...timeline import vendor_to_timeline
+from ...timeline import TimeMap as TimeMap  # re-exported: the mappers take one
+from .._handshake import header, json_object, url_with_query
 from ..base import SAMPLE_RATE, TranscriptEvent, Word
 
 NAME = "deepgram"
@@ -99,11 +96,7 @@ def listen_url(base: str, options: ListenOptions) -> str:
     Parameters already in ``base`` are kept and win, so an operator can add or
     override any Deepgram option (``keyterm``, ``tag``, ...) in DEEPGRAM_URL.
     """
-    parts = urlsplit(base)
-    existing = parse_qsl(parts.query, keep_blank_values=True)
-    given = {k for k, _ in existing}
-    query = existing + [(k, v) for k, v in options.query().items() if k not in given]
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+    return url_with_query(base, options.query())
 
 
 def auth_headers(api_key: str) -> list[tuple[bytes, bytes]]:
@@ -211,46 +204,6 @@ def decode(text: str | bytes) -> Message:
     return Unknown(kind, raw[:500])
 
 
-# ---------------------------------------------------------------------- time
-
-
-class TimeMap:
-    """Vendor seconds on one connection -> seconds on the source timeline.
-
-    :meth:`sent` is called for every frame in the order it goes out. A frame
-    whose offset does not follow the previous one starts a new segment, so a
-    gap in what was sent (dropped or skipped audio) does not shift later times.
-    """
-
-    def __init__(self) -> None:
-        self._vendor_starts: list[int] = []  # vendor sample where each segment starts
-        self._timeline_starts: list[int] = []  # its timeline sample
-        self._vendor_samples = 0
-        self._next: int | None = None
-
-    @property
-    def vendor_seconds(self) -> float:
-        return self._vendor_samples / SAMPLE_RATE
-
-    def sent(self, offset: int, samples: int) -> None:
-        if offset != self._next:
-            self._vendor_starts.append(self._vendor_samples)
-            self._timeline_starts.append(offset)
-        self._vendor_samples += samples
-        self._next = offset + samples
-
-    def to_timeline(self, vendor_seconds: float, *, end: bool = False) -> float:
-        """Map a time; an ``end`` time on a segment boundary belongs to the earlier segment."""
-        if not self._vendor_starts:
-            return vendor_seconds
-        sample = vendor_seconds * SAMPLE_RATE
-        find = bisect.bisect_left if end else bisect.bisect_right
-        i = max(0, find(self._vendor_starts, sample) - 1)
-        return vendor_to_timeline(
-            self._timeline_starts[i], vendor_seconds - self._vendor_starts[i] / SAMPLE_RATE
-        )
-
-
 # ---------------------------------------------------------------------- transcripts
 
 
@@ -321,13 +274,6 @@ class TranscriptMapper:
 # ---------------------------------------------------------------------- errors
 
 
-def _header(headers: Iterable[tuple[bytes, bytes]], name: str) -> str:
-    for key, value in headers:
-        if key.decode("latin-1").lower() == name:
-            return value.decode("utf-8", "replace")
-    return ""
-
-
 def handshake_error(
     status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes | None
 ) -> ProviderError:
@@ -337,16 +283,12 @@ def handshake_error(
     anything else (5xx, proxies): unavailable.
     """
     headers = list(headers)
-    detail = _header(headers, "dg-error")
-    request_id = _header(headers, "dg-request-id")
-    if body:
-        try:
-            data = json.loads(body)
-        except ValueError:
-            data = None
-        if isinstance(data, dict):
-            detail = detail or str(data.get("err_msg") or data.get("reason") or "")
-            request_id = request_id or str(data.get("request_id") or "")
+    detail = header(headers, "dg-error")
+    request_id = header(headers, "dg-request-id")
+    data = json_object(body)
+    if data is not None:
+        detail = detail or str(data.get("err_msg") or data.get("reason") or "")
+        request_id = request_id or str(data.get("request_id") or "")
     said = f"HTTP {status}" + (f": {detail}" if detail else "")
     if request_id:
         said += f"; request id {request_id}"

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import socket
-from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -16,61 +15,21 @@ from speakflow.emulation.engines import EchoEngine
 from speakflow.emulation.server import EmulatorServer
 from speakflow.errors import ProviderError, ProviderRejected, ProviderUnavailable
 from speakflow.providers.assemblyai.client import AssemblyAIBackend
-from speakflow.providers.base import AudioFrame, StreamConfig, TranscriptEvent
+from speakflow.providers.base import AudioFrame
 
 from ...conftest import make_settings
 from ...emulation.support import running_assemblyai
-from ..deepgram.test_client import memory_connector
+from ..support import FRAME, fail_soon, free_port, memory_connector
+from ..support import run_stream as run_any_stream
 
-FRAME = bytes(range(1, 17)) * 1000  # 0.5 s
+#: One stream; ``frames`` are queued at once (a burst), then ``feed`` runs.
+run_stream = partial(run_any_stream, burst=True)
 
 
 def settings_for(url: str, **overrides: Any):  # type: ignore[no-untyped-def]
     values = {"SPEECH_PROVIDER": "assemblyai", "ASSEMBLYAI_API_KEY": "test-key",
               "ASSEMBLYAI_URL": url}  # fmt: skip
     return make_settings(**{**values, **overrides})
-
-
-async def run_stream(
-    backend: AssemblyAIBackend,
-    frames: list[AudioFrame],
-    *,
-    language: str = "en",
-    feed: Callable[[trio.MemorySendChannel[AudioFrame]], Any] | None = None,
-) -> list[TranscriptEvent]:
-    """One stream; ``frames`` are queued at once (a burst), then ``feed`` runs."""
-    events: list[TranscriptEvent] = []
-
-    async def emit(ev: TranscriptEvent) -> None:
-        events.append(ev)
-
-    send, recv = trio.open_memory_channel[AudioFrame](len(frames) + 10)
-    config = StreamConfig(session_id="s1", source="microphone", language=language)
-    raised: list[BaseException] = []
-
-    async def provider() -> None:
-        try:
-            await backend.create().stream(recv, emit, config)
-        except BaseException as err:
-            raised.append(err)
-            raise
-
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(provider)
-            async with send:
-                for frame in frames:
-                    send.send_nowait(frame)
-                if feed is not None:
-                    await feed(send)
-    except BaseExceptionGroup as group:
-        if raised and isinstance(raised[0], ProviderError):
-            raise raised[0] from None
-        leaves = group.subgroup(lambda e: not isinstance(e, trio.Cancelled))
-        if leaves is not None and len(leaves.exceptions) == 1:
-            raise leaves.exceptions[0] from None
-        raise
-    return events
 
 
 async def test_one_session_times_on_the_source_timeline_and_a_clean_close() -> None:
@@ -140,12 +99,6 @@ async def test_bad_key_is_a_provider_error_naming_assemblyai() -> None:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_unreachable_and_refused_are_provider_unavailable() -> None:
     backend = AssemblyAIBackend(settings_for(f"ws://127.0.0.1:{free_port()}/v3/ws"))
     with trio.fail_after(10), pytest.raises(ProviderUnavailable) as info:
@@ -181,15 +134,11 @@ async def test_a_failed_session_is_raised_as_unavailable(
 
 
 async def test_cancelled_stream_still_closes_1000() -> None:
-    async def hang(send: trio.MemorySendChannel[AudioFrame]) -> None:
-        await trio.sleep(0.2)
-        raise trio.TooSlowError  # something else in the session failed
-
     with trio.fail_after(10):
         async with running_assemblyai() as server:
             with pytest.raises(trio.TooSlowError):
                 await run_stream(AssemblyAIBackend(settings_for(server.url)),
-                                 [AudioFrame(FRAME, 0)], feed=hang)  # fmt: skip
+                                 [AudioFrame(FRAME, 0)], feed=fail_soon)  # fmt: skip
             await server.log.wait_for(lambda log: log.records[0].finished.is_set())
     record = server.log.records[0]
     assert (record.close_code, record.closed_by) == (1000, "client")

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import itertools
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from speakflow.emulation.server import ConnectionLog
 from speakflow.wer import wer
 
-from ...client import CHUNK_BYTES, TestClient, read_wav
+from ...client import read_wav
 from ...conftest import running_server
 from ...emulation.support import running_assemblyai
+from ..support import (
+    TS,
+    all_closed,
+    check_clean_session,
+    check_one_connection_per_source,
+    collect,
+    cut_mid_pause,
+    first_error,
+)
+from ..support import stream_meeting as stream_any_meeting
 
-SPEED = 8  # times real time: the desktop's 500 ms chunks every 62.5 ms
-TS = 1_717_000_000_000
 #: Tests that are not about pacing let the provider run ahead of real time, and the
 #: emulator take it (the rate rule keeps its meaning: both are just wider).
 FAST = {"ASSEMBLYAI_MAX_LEAD_S": "600"}
@@ -32,33 +40,7 @@ def assemblyai_settings(url: str, **overrides: Any) -> dict[str, Any]:
     }
 
 
-async def collect(c: TestClient, msgs: list[dict[str, Any]]) -> None:
-    while True:
-        msg = await c.recv()
-        msgs.append(msg)
-        if msg["type"] == "session_ended":
-            return
-
-
-def all_closed(log: ConnectionLog) -> bool:
-    return all(r.finished.is_set() for r in log.records)
-
-
-async def stream_meeting(
-    c: TestClient, sid: str, tracks: dict[str, bytes], msgs: list[dict[str, Any]], speed: float
-) -> None:
-    await c.start(sid, sources=list(tracks))
-    assert (await c.expect("session_started"))["provider"] == "assemblyai"
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(collect, c, msgs)
-        length = max(len(t) for t in tracks.values())
-        for off in range(0, length, CHUNK_BYTES):
-            for src, pcm in tracks.items():
-                chunk = pcm[off : off + CHUNK_BYTES]
-                if chunk:
-                    await c.chunk(sid, src, chunk, TS + off // 32)
-            await trio.sleep(0.5 / speed)
-        await c.stop(sid)
+stream_meeting = partial(stream_any_meeting, provider="assemblyai")
 
 
 def check_source(
@@ -95,19 +77,15 @@ async def test_meeting_each_source_gets_its_own_text(
         async with running_assemblyai("whisper", **FAST_EMULATOR) as aai:
             settings = assemblyai_settings(aai.url, **FAST)
             async with running_server(**settings) as server, server.client() as c:
-                await stream_meeting(c, "m1", tracks, msgs, SPEED)
+                await stream_meeting(c, "m1", tracks, msgs)
             with trio.fail_after(5):
                 await aai.log.wait_for(all_closed)
-    assert not [m for m in msgs if m["type"] == "error"], msgs
-    assert msgs[-1]["type"] == "session_ended"
-    assert {m["provider"] for m in msgs if m["type"] == "transcript"} == {"assemblyai"}
+    check_clean_session(msgs, "assemblyai")
     for src in tracks:
         finals = check_source(msgs, meeting, src)
         assert any(f["text"][0].isupper() and f["text"][-1] in ".?!" for f in finals)  # formatted
-    records = aai.log.records
-    assert len(records) == 2  # one AssemblyAI session per source
-    assert sorted(r.bytes_received for r in records) == sorted(len(t) for t in tracks.values())
-    for record in records:
+    check_one_connection_per_source(aai.log.records, tracks)  # one AssemblyAI session each
+    for record in aai.log.records:
         assert record.accepted and record.query["speech_model"] == "universal-streaming-english"
         assert record.text_messages == {"ForceEndpoint": 1, "Terminate": 1}
         assert (record.close_code, record.closed_by) == (1000, "server")
@@ -118,9 +96,7 @@ async def test_stop_flushes_the_open_turn_as_a_final(
 ) -> None:
     """Audio ends 0.1 s after the last word, before any end of turn: only the stop's
     ForceEndpoint/Terminate can produce the final, and it arrives before session_ended."""
-    utt = manifest["utterances"][0]
-    pcm = read_wav(audio_dir / utt["file"])
-    pcm = pcm[: len(pcm) - int(0.6 * 16000) * 2]
+    utt, pcm = cut_mid_pause(audio_dir, manifest)
     with trio.fail_after(60):
         async with running_assemblyai("whisper", **FAST_EMULATOR) as aai:
             settings = assemblyai_settings(aai.url, **FAST)
@@ -212,12 +188,7 @@ async def test_bad_key_reaches_the_client_as_provider_error() -> None:
     with trio.fail_after(20):
         async with running_assemblyai() as aai:
             settings = assemblyai_settings(aai.url, ASSEMBLYAI_API_KEY="not-the-key")
-            async with running_server(**settings) as server, server.client() as c:
-                await c.start("k1")
-                await c.expect("session_started")
-                error = await c.expect("error")
-                await c.stop("k1")
-                await c.until("session_ended")
+            error = await first_error(settings, "k1", then_stop=True)
     assert error["code"] == "provider_error"
     assert "AssemblyAI refused the API key" in error["message"] and "1008" in error["message"]
     assert [r.close_code for r in aai.log.records] == [1008]

@@ -2,74 +2,21 @@
 
 from __future__ import annotations
 
-import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import trio
 import trio.testing
-from trio_websocket import WebSocketConnection, wrap_client_stream
 
 from speakflow.emulation.aws_transcribe import AwsTranscribeEmulator
 from speakflow.emulation.engines import EchoEngine
 from speakflow.emulation.server import EmulatorServer
 from speakflow.errors import ConfigError, ProviderError, ProviderRejected, ProviderUnavailable
 from speakflow.providers.aws_transcribe.client import AwsTranscribeBackend
-from speakflow.providers.base import AudioFrame, StreamConfig, TranscriptEvent
-from speakflow.providers.deepgram.client import Connector
+from speakflow.providers.base import AudioFrame
 
+from ..support import FRAME, fail_soon, free_port, memory_connector, mute_port, run_stream
 from .support import endpoint, isolate_aws_chain, running_aws, settings_for
-
-FRAME = bytes(range(1, 17)) * 1000  # 0.5 s
-
-
-async def run_stream(
-    backend: AwsTranscribeBackend,
-    frames: list[AudioFrame],
-    *,
-    language: str = "en",
-    pause: float = 0.0,
-    feed: Callable[[trio.MemorySendChannel[AudioFrame]], Any] | None = None,
-) -> list[TranscriptEvent]:
-    events: list[TranscriptEvent] = []
-
-    async def emit(ev: TranscriptEvent) -> None:
-        events.append(ev)
-
-    send, recv = trio.open_memory_channel[AudioFrame](100)
-    config = StreamConfig(session_id="s1", source="microphone", language=language)
-    raised: list[BaseException] = []
-
-    async def provider() -> None:
-        try:
-            await backend.create().stream(recv, emit, config)
-        except BaseException as err:
-            raised.append(err)
-            raise
-
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(provider)
-            async with send:
-                for frame in frames:
-                    await send.send(frame)
-                    if pause:
-                        await trio.sleep(pause)
-                if feed is not None:
-                    await feed(send)
-    except BaseExceptionGroup as group:
-        if raised and isinstance(raised[0], ProviderError):
-            raise raised[0] from None
-        leaves = group.subgroup(lambda e: not isinstance(e, trio.Cancelled))
-        if leaves is not None and len(leaves.exceptions) == 1:
-            raise leaves.exceptions[0] from None
-        raise
-    return events
 
 
 async def test_one_connection_times_on_the_source_timeline_and_a_clean_end() -> None:
@@ -188,12 +135,6 @@ async def test_credentials_from_boto3s_chain_sign_the_url(
     assert record.auth == "sigv4" and record.query["X-Amz-Security-Token"] == "***"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_unreachable_is_provider_unavailable() -> None:
     backend = AwsTranscribeBackend(settings_for(f"ws://127.0.0.1:{free_port()}"))
     with trio.fail_after(10), pytest.raises(ProviderUnavailable) as info:
@@ -203,16 +144,10 @@ async def test_unreachable_is_provider_unavailable() -> None:
 
 
 async def test_connect_is_bounded_by_the_connect_timeout() -> None:
-    async def mute(stream: trio.SocketStream) -> None:
-        await trio.sleep_forever()  # accepts TCP, never answers the upgrade
-
-    async with trio.open_nursery() as nursery:
-        [listener] = await nursery.start(partial(trio.serve_tcp, mute, 0, host="127.0.0.1"))
-        port = listener.socket.getsockname()[1]
+    async with mute_port() as port:
         settings = settings_for(f"ws://127.0.0.1:{port}", PROVIDER_CONNECT_TIMEOUT="0.3")
         with trio.fail_after(5), pytest.raises(ProviderUnavailable) as info:
             await run_stream(AwsTranscribeBackend(settings), [])
-        nursery.cancel_scope.cancel()
     assert "no connection within 0.3 s" in str(info.value)
 
 
@@ -277,42 +212,17 @@ async def test_a_stalled_vendor_bounds_the_flush_by_the_response_timeout(
 
 
 async def test_cancelled_stream_still_closes_1000() -> None:
-    async def hang(send: trio.MemorySendChannel[AudioFrame]) -> None:
-        await trio.sleep(0.2)
-        raise trio.TooSlowError  # something else in the session failed
-
     with trio.fail_after(10):
         async with running_aws() as aws:
             with pytest.raises(trio.TooSlowError):
                 await run_stream(AwsTranscribeBackend(settings_for(endpoint(aws))),
-                                 [AudioFrame(FRAME, 0)], feed=hang)  # fmt: skip
+                                 [AudioFrame(FRAME, 0)], feed=fail_soon)  # fmt: skip
             await aws.log.wait_for(lambda log: log.records[0].finished.is_set())
     record = aws.log.records[0]
     assert (record.close_code, record.closed_by) == (1000, "client")
 
 
 # ---------------------------------------------------------------------- mock clock
-
-
-def memory_connector(server: EmulatorServer, nursery: trio.Nursery) -> Connector:
-    """Connections over in-memory streams to the real emulator logic (mock-clock friendly)."""
-
-    @asynccontextmanager
-    async def connect(
-        url: str, headers: list[tuple[bytes, bytes]], connect_timeout: float
-    ) -> AsyncIterator[WebSocketConnection]:
-        client, peer = trio.testing.memory_stream_pair()
-        nursery.start_soon(server.serve_stream, peer)
-        parts = urlsplit(url)
-        ws = await wrap_client_stream(
-            nursery, client, parts.netloc, f"{parts.path}?{parts.query}", extra_headers=headers
-        )
-        try:
-            yield ws
-        finally:
-            await ws.aclose()
-
-    return connect
 
 
 @pytest.mark.parametrize("vendor_idle", [15.0, 3.0])

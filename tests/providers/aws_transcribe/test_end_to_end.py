@@ -7,27 +7,22 @@ from typing import Any
 
 import trio
 
-from speakflow.emulation.server import ConnectionLog
 from speakflow.wer import wer
 
-from ...client import CHUNK_BYTES, TestClient, read_wav
+from ...client import read_wav
 from ...conftest import running_server
+from ..support import (
+    all_closed,
+    check_clean_session,
+    check_finals_in_order,
+    check_one_connection_per_source,
+    cut_mid_pause,
+    first_error,
+    free_port,
+    stream_meeting,
+    talk_over_a_muted_system,
+)
 from .support import aws_settings, endpoint, running_aws
-
-SPEED = 8  # times real time: the desktop's 500 ms chunks every 62.5 ms
-TS = 1_717_000_000_000
-
-
-async def collect(c: TestClient, msgs: list[dict[str, Any]]) -> None:
-    while True:
-        msg = await c.recv()
-        msgs.append(msg)
-        if msg["type"] == "session_ended":
-            return
-
-
-def all_closed(log: ConnectionLog) -> bool:
-    return all(r.finished.is_set() for r in log.records)
 
 
 async def test_meeting_each_source_gets_its_own_text(
@@ -40,47 +35,21 @@ async def test_meeting_each_source_gets_its_own_text(
         async with running_aws("whisper") as aws:
             settings = aws_settings(endpoint(aws))
             async with running_server(**settings) as server, server.client() as c:
-                await c.start("m1", sources=["microphone", "system"])
-                assert (await c.expect("session_started"))["provider"] == "aws_transcribe"
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(collect, c, msgs)
-                    length = max(len(t) for t in tracks.values())
-                    for off in range(0, length, CHUNK_BYTES):
-                        for src, pcm in tracks.items():
-                            chunk = pcm[off : off + CHUNK_BYTES]
-                            if chunk:
-                                await c.chunk("m1", src, chunk, TS + off // 32)
-                        await trio.sleep(0.5 / SPEED)
-                    await c.stop("m1")
-                    # the vendor connections are open until the stop flushes them
+
+                def both_open() -> None:  # the connections are open until the stop flushes them
                     assert len(aws.log.records) == 2
+
+                await stream_meeting(c, "m1", tracks, msgs, provider="aws_transcribe",
+                                     after_stop=both_open)  # fmt: skip
             with trio.fail_after(5):
                 await aws.log.wait_for(all_closed)
-    assert not [m for m in msgs if m["type"] == "error"], msgs
-    assert msgs[-1]["type"] == "session_ended"
-    transcripts = [m for m in msgs if m["type"] == "transcript"]
-    assert {m["provider"] for m in transcripts} == {"aws_transcribe"}
-    assert {m["language"] for m in transcripts} == {"en"}
+    check_clean_session(msgs, "aws_transcribe")
+    assert {m["language"] for m in msgs if m["type"] == "transcript"} == {"en"}
     for src in tracks:
-        turns = [t for t in meeting["turns"] if t["source"] == src]
-        finals = [m for m in transcripts if m["source"] == src and m["is_final"]]
-        text = " ".join(f["text"] for f in finals)
-        assert wer(" ".join(t["text"] for t in turns), text) <= 0.15, (src, text)
-        other = " ".join(t["text"] for t in meeting["turns"] if t["source"] != src)
-        assert wer(other, text) > 0.8, (src, text)
-        assert [m for m in transcripts if m["source"] == src and not m["is_final"]], "partials"
-        # finals are on the source timeline, in order, each once
-        for turn, final in zip(turns, finals, strict=False):
-            assert abs(final["start_time"] - turn["start_s"]) < 0.6, (turn, final)
-            assert final["timestamp"] == TS + round(final["end_time"] * 1000)
-        assert [f["start_time"] for f in finals] == sorted(f["start_time"] for f in finals)
-        assert len({f["segment_id"] for f in finals}) == len(finals)
-        assert all(f["words"] and f["confidence"] is not None for f in finals)
+        check_finals_in_order(msgs, meeting, src)
     # exactly one vendor connection per source, each ended with the empty AudioEvent
-    records = aws.log.records
-    assert len(records) == 2
-    assert sorted(r.bytes_received for r in records) == sorted(len(t) for t in tracks.values())
-    for record in records:
+    check_one_connection_per_source(aws.log.records, tracks)
+    for record in aws.log.records:
         assert record.accepted and record.auth == "sigv4"
         assert record.query["language-code"] == "en-US"
         assert record.text_messages == {"EndOfStream": 1}
@@ -92,9 +61,7 @@ async def test_stop_session_flushes_speech_cut_off_mid_pause(
 ) -> None:
     """Audio ends 0.1 s after the last word, before any endpoint: only the empty
     AudioEvent sent at stop can produce the final, and it arrives before session_ended."""
-    utt = manifest["utterances"][0]
-    pcm = read_wav(audio_dir / utt["file"])
-    pcm = pcm[: len(pcm) - int(0.6 * 16000) * 2]
+    utt, pcm = cut_mid_pause(audio_dir, manifest)
     with trio.fail_after(60):
         async with running_aws("whisper") as aws:
             async with (
@@ -123,16 +90,7 @@ async def test_silence_keeps_a_silent_source_connected() -> None:
         async with running_aws("echo", idle_timeout=1.0) as aws:
             settings = aws_settings(endpoint(aws), AWS_TRANSCRIBE_KEEPALIVE_S="0.25")
             async with running_server(**settings) as server, server.client() as c:
-                await c.start("k1", sources=["microphone", "system"])
-                await c.expect("session_started")
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(collect, c, msgs)
-                    await c.chunk("k1", "system", frame, TS)
-                    for i in range(6):  # 3 s: the microphone talks, the system is muted
-                        await c.chunk("k1", "microphone", frame, TS + i * 500)
-                        await trio.sleep(0.5)
-                    await c.chunk("k1", "system", b"\x7f" * 8 + frame[8:], TS + 3500)
-                    await c.stop("k1")
+                await talk_over_a_muted_system(c, "k1", frame, msgs)
             await aws.log.wait_for(all_closed)
     assert not [m for m in msgs if m["type"] == "error"], msgs
     system = [m for m in msgs if m["type"] == "transcript" and m["source"] == "system"]
@@ -155,12 +113,7 @@ async def test_wrong_secret_reaches_the_client_as_provider_error() -> None:
     with trio.fail_after(20):
         async with running_aws() as aws:
             settings = aws_settings(endpoint(aws), AWS_SECRET_ACCESS_KEY="not-the-secret")
-            async with running_server(**settings) as server, server.client() as c:
-                await c.start("b1")
-                await c.expect("session_started")
-                error = await c.expect("error")
-                await c.stop("b1")
-                await c.until("session_ended")
+            error = await first_error(settings, "b1", then_stop=True)
     assert error["code"] == "provider_error"
     assert "AWS Transcribe refused the credentials or signature" in error["message"]
     assert "403" in error["message"] and "not-the-secret" not in error["message"]
@@ -168,16 +121,10 @@ async def test_wrong_secret_reaches_the_client_as_provider_error() -> None:
 
 
 async def test_unreachable_aws_is_provider_unavailable() -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    settings = aws_settings(f"ws://127.0.0.1:{port}", RETRY_ATTEMPTS="1", RETRY_INITIAL_S="0.1")
+    settings = aws_settings(
+        f"ws://127.0.0.1:{free_port()}", RETRY_ATTEMPTS="1", RETRY_INITIAL_S="0.1"
+    )
     with trio.fail_after(20):
-        async with running_server(**settings) as server, server.client() as c:
-            await c.start("u1")
-            await c.expect("session_started")
-            error = await c.expect("error")
+        error = await first_error(settings, "u1", then_stop=False)
     assert error["code"] == "provider_unavailable"
     assert "AWS Transcribe" in error["message"]

@@ -3,77 +3,25 @@
 from __future__ import annotations
 
 import logging
-import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from functools import partial
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import trio
 import trio.testing
-from trio_websocket import WebSocketConnection, wrap_client_stream
 
 from speakflow.emulation.server import EmulatorServer
 from speakflow.errors import ProviderError, ProviderRejected, ProviderUnavailable
-from speakflow.providers.base import AudioFrame, StreamConfig, TranscriptEvent
-from speakflow.providers.deepgram.client import Connector, DeepgramBackend
+from speakflow.providers.base import AudioFrame
+from speakflow.providers.deepgram.client import DeepgramBackend
 
 from ...conftest import make_settings
 from ...emulation.support import running_deepgram
-
-FRAME = bytes(range(1, 17)) * 1000  # 0.5 s
+from ..support import FRAME, fail_soon, free_port, memory_connector, mute_port, run_stream
 
 
 def settings_for(url: str, **overrides: Any):  # type: ignore[no-untyped-def]
     values = {"SPEECH_PROVIDER": "deepgram", "DEEPGRAM_API_KEY": "test-key", "DEEPGRAM_URL": url}
     return make_settings(**{**values, **overrides})
-
-
-async def run_stream(
-    backend: DeepgramBackend,
-    frames: list[AudioFrame],
-    *,
-    language: str = "en",
-    pause: float = 0.0,
-    feed: Callable[[trio.MemorySendChannel[AudioFrame]], Any] | None = None,
-) -> list[TranscriptEvent]:
-    events: list[TranscriptEvent] = []
-
-    async def emit(ev: TranscriptEvent) -> None:
-        events.append(ev)
-
-    send, recv = trio.open_memory_channel[AudioFrame](100)
-    config = StreamConfig(session_id="s1", source="microphone", language=language)
-    raised: list[BaseException] = []
-
-    async def provider() -> None:
-        try:
-            await backend.create().stream(recv, emit, config)
-        except BaseException as err:
-            raised.append(err)
-            raise
-
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(provider)
-            async with send:
-                for frame in frames:
-                    await send.send(frame)
-                    if pause:
-                        await trio.sleep(pause)
-                if feed is not None:
-                    await feed(send)
-    except BaseExceptionGroup as group:
-        # stream() raises the typed error itself, not wrapped in a group
-        if raised and isinstance(raised[0], ProviderError):
-            raise raised[0] from None
-        leaves = group.subgroup(lambda e: not isinstance(e, trio.Cancelled))
-        if leaves is not None and len(leaves.exceptions) == 1:
-            raise leaves.exceptions[0] from None
-        raise
-    return events
 
 
 async def test_one_connection_times_on_the_source_timeline_and_a_clean_close() -> None:
@@ -120,12 +68,6 @@ async def test_bad_key_is_a_provider_error_naming_deepgram() -> None:
     assert "Deepgram refused the API key (HTTP 401: Invalid credentials." in str(info.value)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_unreachable_is_provider_unavailable() -> None:
     backend = DeepgramBackend(settings_for(f"ws://127.0.0.1:{free_port()}/v1/listen"))
     with trio.fail_after(10), pytest.raises(ProviderUnavailable) as info:
@@ -134,17 +76,11 @@ async def test_unreachable_is_provider_unavailable() -> None:
 
 
 async def test_connect_is_bounded_by_the_connect_timeout() -> None:
-    async def mute(stream: trio.SocketStream) -> None:
-        await trio.sleep_forever()  # accepts TCP, never answers the upgrade
-
-    async with trio.open_nursery() as nursery:
-        [listener] = await nursery.start(partial(trio.serve_tcp, mute, 0, host="127.0.0.1"))
-        port = listener.socket.getsockname()[1]
+    async with mute_port() as port:
         url = f"ws://127.0.0.1:{port}/v1/listen"
         backend = DeepgramBackend(settings_for(url, PROVIDER_CONNECT_TIMEOUT="0.3"))
         with trio.fail_after(5), pytest.raises(ProviderUnavailable) as info:
             await run_stream(backend, [])
-        nursery.cancel_scope.cancel()
     assert "no connection within 0.3 s" in str(info.value)
 
 
@@ -189,42 +125,17 @@ async def test_a_stalled_vendor_bounds_the_flush_by_the_response_timeout(
 
 
 async def test_cancelled_stream_still_closes_1000() -> None:
-    async def hang(send: trio.MemorySendChannel[AudioFrame]) -> None:
-        await trio.sleep(0.2)
-        raise trio.TooSlowError  # something else in the session failed
-
     with trio.fail_after(10):
         async with running_deepgram() as dg:
             with pytest.raises(trio.TooSlowError):
                 await run_stream(DeepgramBackend(settings_for(dg.url)), [AudioFrame(FRAME, 0)],
-                                 feed=hang)  # fmt: skip
+                                 feed=fail_soon)  # fmt: skip
             await dg.log.wait_for(lambda log: log.records[0].finished.is_set())
     record = dg.log.records[0]
     assert (record.close_code, record.closed_by) == (1000, "client")
 
 
 # ---------------------------------------------------------------------- mock clock
-
-
-def memory_connector(server: EmulatorServer, nursery: trio.Nursery) -> Connector:
-    """Connections over in-memory streams to the real emulator logic (mock-clock friendly)."""
-
-    @asynccontextmanager
-    async def connect(
-        url: str, headers: list[tuple[bytes, bytes]], connect_timeout: float
-    ) -> AsyncIterator[WebSocketConnection]:
-        client, peer = trio.testing.memory_stream_pair()
-        nursery.start_soon(server.serve_stream, peer)
-        parts = urlsplit(url)
-        ws = await wrap_client_stream(
-            nursery, client, parts.netloc, f"{parts.path}?{parts.query}", extra_headers=headers
-        )
-        try:
-            yield ws
-        finally:
-            await ws.aclose()
-
-    return connect
 
 
 @pytest.mark.parametrize("keepalive", [4.0, 60.0])

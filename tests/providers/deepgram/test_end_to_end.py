@@ -7,15 +7,22 @@ from typing import Any
 
 import trio
 
-from speakflow.emulation.server import ConnectionLog
 from speakflow.wer import wer
 
-from ...client import CHUNK_BYTES, TestClient, read_wav
+from ...client import read_wav
 from ...conftest import running_server
 from ...emulation.support import running_deepgram
-
-SPEED = 8  # times real time: the desktop's 500 ms chunks every 62.5 ms
-TS = 1_717_000_000_000
+from ..support import (
+    all_closed,
+    check_clean_session,
+    check_finals_in_order,
+    check_one_connection_per_source,
+    cut_mid_pause,
+    first_error,
+    free_port,
+    stream_meeting,
+    talk_over_a_muted_system,
+)
 
 
 def deepgram_settings(url: str, **overrides: Any) -> dict[str, Any]:
@@ -27,18 +34,6 @@ def deepgram_settings(url: str, **overrides: Any) -> dict[str, Any]:
     }
 
 
-async def collect(c: TestClient, msgs: list[dict[str, Any]]) -> None:
-    while True:
-        msg = await c.recv()
-        msgs.append(msg)
-        if msg["type"] == "session_ended":
-            return
-
-
-def all_closed(log: ConnectionLog) -> bool:
-    return all(r.finished.is_set() for r in log.records)
-
-
 async def test_meeting_each_source_gets_its_own_text(
     audio_dir: Path, manifest: dict[str, Any]
 ) -> None:
@@ -48,46 +43,20 @@ async def test_meeting_each_source_gets_its_own_text(
     with trio.fail_after(90):
         async with running_deepgram("whisper") as dg:
             async with running_server(**deepgram_settings(dg.url)) as server, server.client() as c:
-                await c.start("m1", sources=["microphone", "system"])
-                assert (await c.expect("session_started"))["provider"] == "deepgram"
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(collect, c, msgs)
-                    length = max(len(t) for t in tracks.values())
-                    for off in range(0, length, CHUNK_BYTES):
-                        for src, pcm in tracks.items():
-                            chunk = pcm[off : off + CHUNK_BYTES]
-                            if chunk:
-                                await c.chunk("m1", src, chunk, TS + off // 32)
-                        await trio.sleep(0.5 / SPEED)
-                    await c.stop("m1")
-                    # the provider connections are open until the stop flushes them
+
+                def both_open() -> None:  # the connections are open until the stop flushes them
                     assert len(dg.log.records) == 2
+
+                await stream_meeting(c, "m1", tracks, msgs, provider="deepgram",
+                                     after_stop=both_open)  # fmt: skip
             with trio.fail_after(5):
                 await dg.log.wait_for(all_closed)
-    assert not [m for m in msgs if m["type"] == "error"], msgs
-    assert msgs[-1]["type"] == "session_ended"
-    transcripts = [m for m in msgs if m["type"] == "transcript"]
-    assert {m["provider"] for m in transcripts} == {"deepgram"}
+    check_clean_session(msgs, "deepgram")
     for src in tracks:
-        turns = [t for t in meeting["turns"] if t["source"] == src]
-        finals = [m for m in transcripts if m["source"] == src and m["is_final"]]
-        text = " ".join(f["text"] for f in finals)
-        assert wer(" ".join(t["text"] for t in turns), text) <= 0.15, (src, text)
-        other = " ".join(t["text"] for t in meeting["turns"] if t["source"] != src)
-        assert wer(other, text) > 0.8, (src, text)
-        assert [m for m in transcripts if m["source"] == src and not m["is_final"]], "partials"
-        # finals are on the source timeline, in order, each once
-        for turn, final in zip(turns, finals, strict=False):
-            assert abs(final["start_time"] - turn["start_s"]) < 0.6, (turn, final)
-            assert final["timestamp"] == TS + round(final["end_time"] * 1000)
-        assert [f["start_time"] for f in finals] == sorted(f["start_time"] for f in finals)
-        assert len({f["segment_id"] for f in finals}) == len(finals)
-        assert all(f["words"] and f["confidence"] is not None for f in finals)
+        check_finals_in_order(msgs, meeting, src)
     # exactly one vendor connection per source, each flushed and closed cleanly
-    records = dg.log.records
-    assert len(records) == 2
-    assert sorted(r.bytes_received for r in records) == sorted(len(t) for t in tracks.values())
-    for record in records:
+    check_one_connection_per_source(dg.log.records, tracks)
+    for record in dg.log.records:
         assert record.accepted and record.query["language"] == "en"
         assert record.text_messages.get("CloseStream") == 1
         assert (record.close_code, record.closed_by) == (1000, "server")
@@ -98,9 +67,7 @@ async def test_stop_session_flushes_speech_cut_off_mid_pause(
 ) -> None:
     """Audio ends 0.1 s after the last word, before any endpoint: only the stop's
     Finalize/CloseStream can produce the final, and it arrives before session_ended."""
-    utt = manifest["utterances"][0]
-    pcm = read_wav(audio_dir / utt["file"])
-    pcm = pcm[: len(pcm) - int(0.6 * 16000) * 2]
+    utt, pcm = cut_mid_pause(audio_dir, manifest)
     with trio.fail_after(60):
         async with running_deepgram("whisper") as dg:
             async with running_server(**deepgram_settings(dg.url)) as server, server.client() as c:
@@ -125,16 +92,7 @@ async def test_keepalive_keeps_a_silent_source_connected(audio_dir: Path) -> Non
         async with running_deepgram("echo", idle_timeout=1.0) as dg:
             settings = deepgram_settings(dg.url, DEEPGRAM_KEEPALIVE_S="0.25")
             async with running_server(**settings) as server, server.client() as c:
-                await c.start("k1", sources=["microphone", "system"])
-                await c.expect("session_started")
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(collect, c, msgs)
-                    await c.chunk("k1", "system", frame, TS)
-                    for i in range(6):  # 3 s: the microphone talks, the system is muted
-                        await c.chunk("k1", "microphone", frame, TS + i * 500)
-                        await trio.sleep(0.5)
-                    await c.chunk("k1", "system", b"\x7f" * 8 + frame[8:], TS + 3500)
-                    await c.stop("k1")
+                await talk_over_a_muted_system(c, "k1", frame, msgs)
             await dg.log.wait_for(all_closed)
     assert not [m for m in msgs if m["type"] == "error"], msgs
     system = [m for m in msgs if m["type"] == "transcript" and m["source"] == "system"]
@@ -151,12 +109,7 @@ async def test_bad_key_reaches_the_client_as_provider_error() -> None:
     with trio.fail_after(20):
         async with running_deepgram() as dg:
             settings = deepgram_settings(dg.url, DEEPGRAM_API_KEY="not-the-key")
-            async with running_server(**settings) as server, server.client() as c:
-                await c.start("b1")
-                await c.expect("session_started")
-                error = await c.expect("error")
-                await c.stop("b1")
-                await c.until("session_ended")
+            error = await first_error(settings, "b1", then_stop=True)
     assert error["code"] == "provider_error"
     assert "Deepgram refused the API key" in error["message"] and "401" in error["message"]
     assert error["session_id"] == "b1"
@@ -164,18 +117,10 @@ async def test_bad_key_reaches_the_client_as_provider_error() -> None:
 
 
 async def test_unreachable_deepgram_is_provider_unavailable() -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     settings = deepgram_settings(
-        f"ws://127.0.0.1:{port}/v1/listen", RETRY_ATTEMPTS="1", RETRY_INITIAL_S="0.1"
+        f"ws://127.0.0.1:{free_port()}/v1/listen", RETRY_ATTEMPTS="1", RETRY_INITIAL_S="0.1"
     )
     with trio.fail_after(20):
-        async with running_server(**settings) as server, server.client() as c:
-            await c.start("u1")
-            await c.expect("session_started")
-            error = await c.expect("error")
+        error = await first_error(settings, "u1", then_stop=False)
     assert error["code"] == "provider_unavailable"
     assert "Deepgram" in error["message"]
