@@ -7,14 +7,19 @@ our tests use them. What every vendor shares lives here:
 
 =============  ==============================================================
 ``server``     the trio-websocket server runner, the connection log, the
-               outbox (slow/stall) and the TCP cut
+               outbox (slow/stall), the close and the TCP cut
+``vendor``     base classes for a vendor and its accepted connection: the
+               engine task, audio faults, the orderly end
 ``faults``     ``--fault`` parsing and per-connection bookkeeping
-``engines``    ``whisper`` (real text from the local model) and ``echo``
+``engines``    ``whisper`` (real text from the local model, batched across
+               connections) and ``echo``
 ``cli``        ``speakflow emulate <vendor>``
 =============  ==============================================================
 
 A vendor is one module implementing :class:`~speakflow.emulation.server.Vendor`
-and one entry in :data:`EMULATORS`.
+(by subclassing :class:`~speakflow.emulation.vendor.EngineVendor` and
+:class:`~speakflow.emulation.vendor.EngineConnection`) and one entry in
+:data:`EMULATORS`.
 """
 
 from __future__ import annotations

@@ -45,7 +45,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -54,9 +53,9 @@ from urllib.parse import parse_qsl, urlsplit
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
-from .engines import AudioFormat, Engine, EngineEvent, EngineStream, Flushed, Hypothesis
-from .faults import FaultAction
-from .server import ConnectionRecord, EmulatedConnection, Outbox, cut
+from .engines import AudioFormat, Engine, EngineEvent, Flushed, Hypothesis, StreamOptions
+from .server import ConnectionRecord, EmulatedConnection, close, cut
+from .vendor import EngineConnection, EngineVendor, dumps, message_type, plain_word
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +73,6 @@ MODELS = frozenset(
      "u3-pro", "whisper-rt"}
 )  # fmt: skip
 ENCODINGS = frozenset({"pcm_s16le", "pcm_mulaw"})
-_WORD_CHARS = re.compile(r"[^\w'-]+")
 _TEXT_TYPES = ("Terminate", "ForceEndpoint", "KeepAlive", "UpdateConfiguration")
 
 
@@ -176,11 +174,7 @@ def credentials(request: WebSocketRequest) -> tuple[str | None, str]:
     return None, ""
 
 
-def _dumps(obj: object) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-
-
-class AssemblyAIEmulator:
+class AssemblyAIEmulator(EngineVendor):
     """The AssemblyAI vendor for :class:`~speakflow.emulation.server.EmulatorServer`."""
 
     name = "assemblyai"
@@ -196,22 +190,18 @@ class AssemblyAIEmulator:
         realtime_tolerance_s: float = REALTIME_TOLERANCE_S,
         partial_interval_ms: int = 1000,
     ) -> None:
-        self.engine = engine
+        super().__init__(engine, partial_interval_ms=partial_interval_ms)
         self.api_key = api_key
         self.idle_timeout = idle_timeout
         self.max_session_s = max_session_s
         self.realtime_tolerance_s = realtime_tolerance_s
-        self.partial_interval_ms = partial_interval_ms
-
-    async def start(self) -> None:
-        await self.engine.start()
 
     async def refuse(self, request: WebSocketRequest, conn: EmulatedConnection) -> None:
         conn.record.status = 503
         await request.reject(
             503,
             extra_headers=[(b"content-type", b"application/json")],
-            body=_dumps({"error": "Service Unavailable: please retry later"}).encode(),
+            body=dumps({"error": "Service Unavailable: please retry later"}).encode(),
         )
 
     async def handle(self, request: WebSocketRequest, conn: EmulatedConnection) -> None:
@@ -219,7 +209,7 @@ class AssemblyAIEmulator:
         target = urlsplit(request.path)
         if target.path.rstrip("/") != PATH:
             record.status = 404
-            body = _dumps({"error": f"No route for {target.path}"}).encode()
+            body = dumps({"error": f"No route for {target.path}"}).encode()
             await request.reject(404, body=body)
             return
         key, record.auth = credentials(request)
@@ -228,7 +218,7 @@ class AssemblyAIEmulator:
         if key is None or key != self.api_key:
             # AssemblyAI accepts the socket, then closes it.
             why = "Missing Authorization header" if key is None else "Invalid API key"
-            await _close(ws, record, 1008, f"Unauthorized Connection: {why}")
+            await close(ws, record, 1008, f"Unauthorized Connection: {why}")
             return
         try:
             query = parse_query(target.query)
@@ -238,27 +228,23 @@ class AssemblyAIEmulator:
         await _Session(self, ws, conn, query).run()
 
 
-async def _close(ws: WebSocketConnection, record: ConnectionRecord, code: int, reason: str) -> None:
-    record.closed(code, reason or None, "server")
-    with trio.move_on_after(3) as scope:
-        await ws.aclose(code, reason[:123] or None)
-    if scope.cancelled_caught:
-        await cut(ws)
-
-
 async def _error(ws: WebSocketConnection, record: ConnectionRecord, code: int, text: str) -> None:
     """An Error message, then the close with the same code (what every v3 failure looks like)."""
     try:
-        await ws.send_message(_dumps({"type": "Error", "error_code": code, "error": text}))
+        await ws.send_message(dumps({"type": "Error", "error_code": code, "error": text}))
         record.messages_sent += 1
     except ConnectionClosed:
         return
-    reason = text if len(text.encode()) <= 123 else "See Error message for details"
-    await _close(ws, record, code, reason)
+    await close(ws, record, code, _close_reason(text))
 
 
-class _Session:
-    """One accepted connection: the read loop, the engine, the turns on the wire."""
+def _close_reason(error: str) -> str:
+    """The close reason that goes with an Error message: its text when it fits."""
+    return error if len(error.encode()) <= 123 else "See Error message for details"
+
+
+class _Session(EngineConnection):
+    """One accepted connection: the read loop and the turns on the wire."""
 
     def __init__(
         self,
@@ -267,53 +253,33 @@ class _Session:
         conn: EmulatedConnection,
         query: StreamQuery,
     ) -> None:
+        super().__init__(ws, conn, emulator.engine)
         self.emulator = emulator
-        self.ws = ws
-        self.conn = conn
-        self.record: ConnectionRecord = conn.record
         self.q = query
         self.id = str(uuid.uuid4())
-        self.outbox: Outbox = conn.outbox(ws)
         self.fmt = AudioFormat(query.sample_rate, 1)
         self.began = trio.current_time()
         self.began_wall = time.time()
         self.bytes = 0
         self.turn_order = 0
-        self.stream: EngineStream | None = None
-        self.engine_done = trio.Event()
-        self.nursery: trio.Nursery | None = None
         self.last_input = self.began
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            self.nursery = nursery
-            nursery.start_soon(self.outbox.run)
-            self._send(
-                {
-                    "type": "Begin",
-                    "id": self.id,
-                    "expires_at": int(self.began_wall + self.emulator.max_session_s),
-                }
-            )
-            self.stream = self.emulator.engine.open(
-                self.fmt,
-                endpoint_ms=max(self.q.min_turn_silence, MIN_ENDPOINT_MS),
-                partial_interval_ms=self.emulator.partial_interval_ms,
-                language=None if self.q.language_detection else "en",
-            )
-            nursery.start_soon(self._engine_task, self.stream)
-            try:
-                await self._read_loop()
-            finally:
-                nursery.cancel_scope.cancel()
-
-    async def _engine_task(self, stream: EngineStream) -> None:
-        try:
-            await stream.run(self._on_event)
-        finally:
-            self.engine_done.set()
+    def started(self) -> None:
+        self._send(
+            {
+                "type": "Begin",
+                "id": self.id,
+                "expires_at": int(self.began_wall + self.emulator.max_session_s),
+            }
+        )
+        options = StreamOptions(
+            endpoint_ms=max(self.q.min_turn_silence, MIN_ENDPOINT_MS),
+            partial_interval_ms=self.emulator.partial_interval_ms,
+            language=None if self.q.language_detection else "en",
+        )
+        self.open_engine(self.fmt, options)
 
     def _idle_limit(self) -> float:
         if self.outbox.stalled:
@@ -322,27 +288,22 @@ class _Session:
             return float(self.q.inactivity_timeout)
         return self.emulator.idle_timeout or math.inf
 
-    async def _read_loop(self) -> None:
+    async def read_loop(self) -> None:
         expires = self.began + self.emulator.max_session_s
         while True:
             deadline = min(self.last_input + self._idle_limit(), expires)
-            with trio.move_on_at(deadline) as scope:
-                try:
-                    message = await self.ws.get_message()
-                except ConnectionClosed as closed:
-                    self._client_closed(closed)
-                    return
-            if scope.cancelled_caught:
+            message = await self.receive(deadline)
+            if message is None:
                 if trio.current_time() >= expires:
                     await self._fail(3008, "Session Expired: Maximum session duration exceeded")
                 else:
-                    await self._finish()  # inactivity_timeout
+                    await self.finish()  # inactivity_timeout
                 return
             if isinstance(message, bytes):
                 if not await self._audio(message):
                     return
                 continue
-            kind = _message_type(message)
+            kind = message_type(message)
             self.record.count_text(kind)
             if kind not in _TEXT_TYPES:
                 if kind == "(not json)":
@@ -352,7 +313,7 @@ class _Session:
                 return
             self.last_input = trio.current_time()
             if kind == "Terminate":
-                await self._finish()
+                await self.finish()
                 return
             if kind == "ForceEndpoint" and self.stream is not None:
                 self.stream.flush("force")
@@ -393,39 +354,20 @@ class _Session:
         assert stream is not None
         for onset in stream.feed(data):
             self._send({"type": "SpeechStarted", "timestamp": round(onset.at * 1000)})
-        record.audio_seconds = stream.position
-        for action in self.conn.tracker.audio(stream.position):
-            record.faults.append(action.value)
-            if action is FaultAction.DROP:
-                record.closed(None, None, "drop")
-                await cut(self.ws)
-                return False
-            if action is FaultAction.ERROR:
-                await self._fail(3005, "Session Cancelled: An error occurred")
-                return False
-            self.outbox.stall()
-        return True
+        return await self.audio_faults(stream)
 
-    async def _finish(self) -> None:
-        """Terminate: the open turn's end, Termination, close 1000."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._discard)  # keep draining what the client still sends
-            if self.stream is not None:
-                self.stream.close()
-                await self.engine_done.wait()
-            self._send(
-                {
-                    "type": "Termination",
-                    "audio_duration_seconds": round(self.bytes / self.fmt.bytes_per_second),
-                    "session_duration_seconds": round(trio.current_time() - self.began),
-                }
-            )
-            await self.outbox.drain()
-            nursery.cancel_scope.cancel()
-        if self.outbox.stalled:  # a stalled server sends nothing, not even a close
-            await self._discard()
-            return
-        await _close(self.ws, self.record, 1000, "")
+    async def fault_error(self) -> None:
+        await self._fail(3005, "Session Cancelled: An error occurred")
+
+    def last_messages(self) -> None:
+        """Terminate, after the open turn's end: Termination (then close 1000)."""
+        self._send(
+            {
+                "type": "Termination",
+                "audio_duration_seconds": round(self.bytes / self.fmt.bytes_per_second),
+                "session_duration_seconds": round(trio.current_time() - self.began),
+            }
+        )
 
     async def _fail(self, code: int, text: str) -> None:
         """Error + close ``code``: what goes out after queued messages (unless stalled)."""
@@ -435,31 +377,14 @@ class _Session:
             return
         self._send({"type": "Error", "error_code": code, "error": text})
         await self.outbox.drain()
-        reason = text if len(text.encode()) <= 123 else "See Error message for details"
-        await _close(self.ws, self.record, code, reason)
-
-    async def _discard(self) -> None:
-        while True:
-            try:
-                message = await self.ws.get_message()
-            except ConnectionClosed as closed:
-                self._client_closed(closed)
-                return
-            if isinstance(message, str):
-                self.record.count_text(_message_type(message))
-
-    def _client_closed(self, closed: ConnectionClosed) -> None:
-        reason = closed.reason
-        self.record.closed(
-            reason.code if reason else None, reason.reason if reason else None, "client"
-        )
+        await self.close(code, _close_reason(text))
 
     # ------------------------------------------------------------------ messages
 
     def _send(self, obj: dict[str, object]) -> None:
-        self.outbox.send(_dumps(obj))
+        self.outbox.send(dumps(obj))
 
-    async def _on_event(self, event: EngineEvent) -> None:
+    async def on_event(self, event: EngineEvent) -> None:
         if isinstance(event, Flushed):
             return  # ForceEndpoint with no speech: no turn to end
         if not event.final:
@@ -473,7 +398,7 @@ class _Session:
     def _turn(self, hyp: Hypothesis, *, end: bool, formatted: bool = False) -> dict[str, object]:
         words = []
         for w in hyp.words:
-            text = w.text if formatted else _WORD_CHARS.sub("", w.text.lower()).strip("'-")
+            text = w.text if formatted else plain_word(w.text)
             if text:
                 words.append(
                     {
@@ -501,12 +426,3 @@ class _Session:
         if self.q.language_detection:
             turn.update(language_code="en", language_confidence=0.99)
         return turn
-
-
-def _message_type(text: str) -> str:
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return "(not json)"
-    kind = data.get("type") if isinstance(data, dict) else None
-    return kind if isinstance(kind, str) else "(no type)"

@@ -49,12 +49,12 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
+from trio_websocket import WebSocketConnection, WebSocketRequest
 
 from ..providers.aws_transcribe import codec, signing
-from .engines import AudioFormat, Engine, EngineEvent, EngineStream, Hypothesis
-from .faults import FaultAction
-from .server import ConnectionRecord, EmulatedConnection, Outbox, cut
+from .engines import AudioFormat, Engine, EngineEvent, Hypothesis, StreamOptions
+from .server import EmulatedConnection
+from .vendor import EngineConnection, EngineVendor
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-class AwsTranscribeEmulator:
+class AwsTranscribeEmulator(EngineVendor):
     """The AWS Transcribe vendor for :class:`~speakflow.emulation.server.EmulatorServer`."""
 
     name = "aws_transcribe"
@@ -198,17 +198,13 @@ class AwsTranscribeEmulator:
         fault_exception: str = "InternalFailureException",
         clock: Callable[[], datetime.datetime] = _utcnow,
     ) -> None:
-        self.engine = engine
+        super().__init__(engine, partial_interval_ms=partial_interval_ms)
         self.access_key = access_key
         self.secret_key = secret_key
         self.idle_timeout = idle_timeout
-        self.partial_interval_ms = partial_interval_ms
         self.endpoint_ms = endpoint_ms
         self.fault_exception = fault_exception
         self.clock = clock
-
-    async def start(self) -> None:
-        await self.engine.start()
 
     async def _reject(
         self, request: WebSocketRequest, status: int, kind: str, message: str
@@ -282,8 +278,8 @@ class AwsTranscribeEmulator:
         await stream.run()
 
 
-class _Stream:
-    """One accepted connection: the read loop, the engine, the TranscriptEvents."""
+class _Stream(EngineConnection):
+    """One accepted connection: the read loop and the TranscriptEvents."""
 
     def __init__(
         self,
@@ -293,58 +289,36 @@ class _Stream:
         query: StreamQuery | None,
         region: str,
     ) -> None:
+        super().__init__(ws, conn, emulator.engine)
         self.emulator = emulator
-        self.ws = ws
-        self.conn = conn
-        self.record: ConnectionRecord = conn.record
         self.q = query
         self.region = region
-        self.outbox: Outbox = conn.outbox(ws)
-        self.stream: EngineStream | None = None
-        self.engine_done = trio.Event()
         self.result_id: str | None = None
         self.previous_items: list[str] = []
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def run(self) -> None:
+    def started(self) -> None:
         q = self.q
         assert q is not None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.outbox.run)
-            self.stream = self.emulator.engine.open(
-                AudioFormat(q.sample_rate, 1),
-                endpoint_ms=self.emulator.endpoint_ms,
-                partial_interval_ms=self.emulator.partial_interval_ms,
-                language=q.language,
-            )
-            nursery.start_soon(self._engine_task, self.stream)
-            try:
-                await self._read_loop()
-            finally:
-                nursery.cancel_scope.cancel()
+        options = StreamOptions(
+            endpoint_ms=self.emulator.endpoint_ms,
+            partial_interval_ms=self.emulator.partial_interval_ms,
+            language=q.language,
+        )
+        self.open_engine(AudioFormat(q.sample_rate, 1), options)
 
-    async def _engine_task(self, stream: EngineStream) -> None:
-        try:
-            await stream.run(self._on_event)
-        finally:
-            self.engine_done.set()
-
-    async def _read_loop(self) -> None:
+    async def read_loop(self) -> None:
         idle = self.emulator.idle_timeout
         bytes_per_second = self.q.sample_rate * 2 if self.q else 32000
         while True:
-            with trio.move_on_after(math.inf if self.outbox.stalled else idle) as scope:
-                try:
-                    message = await self.ws.get_message()
-                except ConnectionClosed as closed:
-                    self._client_closed(closed)
-                    return
-            if scope.cancelled_caught:
+            deadline = math.inf if self.outbox.stalled else trio.current_time() + idle
+            message = await self.receive(deadline)
+            if message is None:
                 await self._fail("BadRequestException", IDLE_MESSAGE)
                 return
             if isinstance(message, str):
-                self.record.count_text("(text frame)")
+                self.record.count_text(self.text_kind(message))
                 await self._fail("BadRequestException", TEXT_FRAME_MESSAGE)
                 return
             try:
@@ -363,7 +337,7 @@ class _Stream:
                 return
             if not event.pcm:
                 self.record.count_text("EndOfStream")
-                await self._finish()
+                await self.finish()
                 return
             if len(event.pcm) > bytes_per_second:
                 await self._fail(
@@ -383,33 +357,14 @@ class _Stream:
         record.bytes_received += len(pcm)
         record.binary_messages += 1
         stream.feed(pcm)
-        record.audio_seconds = stream.position
-        for action in self.conn.tracker.audio(stream.position):
-            record.faults.append(action.value)
-            if action is FaultAction.DROP:
-                record.closed(None, None, "drop")
-                await cut(self.ws)
-                return False
-            if action is FaultAction.ERROR:
-                await self._fail(self.emulator.fault_exception, _FAULT_MESSAGES.get(
-                    self.emulator.fault_exception, "The stream failed."))  # fmt: skip
-                return False
-            self.outbox.stall()
-        return True
+        return await self.audio_faults(stream)
 
-    async def _finish(self) -> None:
-        """The empty AudioEvent: the remaining finals, then close 1000."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._discard)  # keep draining what the client still sends
-            if self.stream is not None:
-                self.stream.close()
-                await self.engine_done.wait()
-            await self.outbox.drain()
-            nursery.cancel_scope.cancel()
-        if self.outbox.stalled:  # a stalled server sends nothing, not even a close
-            await self._discard()
-            return
-        await self._close(1000, "")
+    async def fault_error(self) -> None:
+        name = self.emulator.fault_exception
+        await self._fail(name, _FAULT_MESSAGES.get(name, "The stream failed."))
+
+    def text_kind(self, message: str) -> str:
+        return "(text frame)"  # AWS takes binary event-stream frames only
 
     async def fail(self, name: str, message: str) -> None:
         """Before any audio (a refused query): the exception frame, then the close."""
@@ -426,34 +381,13 @@ class _Stream:
         with trio.move_on_after(3):
             await self.outbox.drain()
         if self.outbox.stalled:
-            await self._discard()
+            await self.discard()
             return
-        await self._close(1000, "")
-
-    async def _discard(self) -> None:
-        while True:
-            try:
-                await self.ws.get_message()
-            except ConnectionClosed as closed:
-                self._client_closed(closed)
-                return
-
-    def _client_closed(self, closed: ConnectionClosed) -> None:
-        reason = closed.reason
-        self.record.closed(
-            reason.code if reason else None, reason.reason if reason else None, "client"
-        )
-
-    async def _close(self, code: int, reason: str) -> None:
-        self.record.closed(code, reason or None, "server")
-        with trio.move_on_after(3) as scope:
-            await self.ws.aclose(code, reason or None)
-        if scope.cancelled_caught:
-            await cut(self.ws)
+        await self.close(1000, "")
 
     # ------------------------------------------------------------------ messages
 
-    async def _on_event(self, event: EngineEvent) -> None:
+    async def on_event(self, event: EngineEvent) -> None:
         if not isinstance(event, Hypothesis):
             return  # Flushed: nothing was being said
         result_id = self.result_id or str(uuid.uuid4())

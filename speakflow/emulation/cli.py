@@ -120,6 +120,8 @@ def build_engine(name: str) -> Engine:
         compute_type=env.get("WHISPER_COMPUTE_TYPE", "int8") or "int8",
         cpu_threads=int(env.get("WHISPER_CPU_THREADS", "0") or 0),
         vad_threshold=float(env.get("WHISPER_VAD_THRESHOLD", "0.5") or 0.5),
+        max_batch=int(env.get("WHISPER_MAX_BATCH", "8") or 8),
+        window=env.get("WHISPER_WINDOW", "auto") or "auto",
     )
 
 

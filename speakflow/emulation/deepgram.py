@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import logging
 import math
 import re
@@ -38,11 +37,19 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
+from trio_websocket import WebSocketConnection, WebSocketRequest
 
-from .engines import AudioFormat, Engine, EngineEvent, EngineStream, Flushed, Hypothesis
-from .faults import FaultAction
-from .server import ConnectionRecord, EmulatedConnection, Outbox, cut
+from .engines import (
+    AudioFormat,
+    Engine,
+    EngineEvent,
+    EngineStream,
+    Flushed,
+    Hypothesis,
+    StreamOptions,
+)
+from .server import EmulatedConnection
+from .vendor import EngineConnection, EngineVendor, dumps, message_type, plain_word
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +68,6 @@ _BOOLEAN = (
     "interim_results", "punctuate", "smart_format", "vad_events", "multichannel", "diarize",
     "numerals", "profanity_filter", "dictation", "filler_words", "mip_opt_out",
 )  # fmt: skip
-_WORD_CHARS = re.compile(r"[^\w'-]+")
 
 
 class QueryError(ValueError):
@@ -193,11 +199,7 @@ def _model_info(model: str) -> tuple[str, dict[str, str]]:
     return model_uuid, {"name": f"general-{arch}", "version": MODEL_VERSION, "arch": arch}
 
 
-def _dumps(obj: object) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-
-
-class DeepgramEmulator:
+class DeepgramEmulator(EngineVendor):
     """The Deepgram vendor for :class:`~speakflow.emulation.server.EmulatorServer`."""
 
     name = "deepgram"
@@ -211,18 +213,14 @@ class DeepgramEmulator:
         idle_timeout: float = IDLE_TIMEOUT,
         partial_interval_ms: int = 1000,
     ) -> None:
-        self.engine = engine
+        super().__init__(engine, partial_interval_ms=partial_interval_ms)
         self.api_key = api_key
         self.idle_timeout = idle_timeout
-        self.partial_interval_ms = partial_interval_ms
-
-    async def start(self) -> None:
-        await self.engine.start()
 
     async def _reject(
         self, request: WebSocketRequest, status: int, code: str, message: str, request_id: str
     ) -> None:
-        body = _dumps({"err_code": code, "err_msg": message, "request_id": request_id}).encode()
+        body = dumps({"err_code": code, "err_msg": message, "request_id": request_id}).encode()
         await request.reject(
             status,
             extra_headers=[
@@ -270,8 +268,8 @@ class DeepgramEmulator:
         await _Listen(self, ws, conn, query, request_id).run()
 
 
-class _Listen:
-    """One accepted connection: the read loop, the engine, and the wire messages."""
+class _Listen(EngineConnection):
+    """One accepted connection: the read loop and the wire messages."""
 
     def __init__(
         self,
@@ -281,84 +279,53 @@ class _Listen:
         query: ListenQuery,
         request_id: str,
     ) -> None:
+        super().__init__(ws, conn, emulator.engine)
         self.emulator = emulator
-        self.ws = ws
-        self.conn = conn
-        self.record: ConnectionRecord = conn.record
         self.q = query
         self.request_id = request_id
         self.created = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
         self.model_uuid, self.model_info = _model_info(query.model)
-        self.outbox: Outbox = conn.outbox(ws)
         self.sha = hashlib.sha256()
-        self.stream: EngineStream | None = None
         self.fmt: AudioFormat | None = (
             AudioFormat(query.sample_rate or 16000, query.channels) if query.encoding else None
         )
         self.finalized_until = 0.0
         self.pending_utterance_end: float | None = None
-        self.engine_done = trio.Event()
-        self.nursery: trio.Nursery | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            self.nursery = nursery
-            nursery.start_soon(self.outbox.run)
-            if self.fmt is not None:
-                self._open_engine(self.fmt)
-            try:
-                await self._read_loop()
-            finally:
-                nursery.cancel_scope.cancel()
+    def started(self) -> None:
+        if self.fmt is not None:
+            self._open_engine(self.fmt)
 
     def _open_engine(self, fmt: AudioFormat) -> EngineStream:
         q = self.q
         endpoint = 1000 if q.endpointing is None else max(q.endpointing, MIN_ENDPOINT_MS)
-        stream = self.emulator.engine.open(
-            fmt,
-            endpoint_ms=endpoint,
-            partial_interval_ms=self.emulator.partial_interval_ms,
-            language=q.language,
-        )
-        self.stream = stream
-        assert self.nursery is not None
-        self.nursery.start_soon(self._engine_task, stream)
-        return stream
+        options = StreamOptions(endpoint, self.emulator.partial_interval_ms, q.language)
+        return self.open_engine(fmt, options)
 
-    async def _engine_task(self, stream: EngineStream) -> None:
-        try:
-            await stream.run(self._on_event)
-        finally:
-            self.engine_done.set()
-
-    async def _read_loop(self) -> None:
+    async def read_loop(self) -> None:
         idle = self.emulator.idle_timeout
         while True:
-            with trio.move_on_after(math.inf if self.outbox.stalled else idle) as scope:
-                try:
-                    message = await self.ws.get_message()
-                except ConnectionClosed as closed:
-                    self._client_closed(closed)
-                    return
-            if scope.cancelled_caught:
-                await self._close(1011, "NET-0001")
+            deadline = math.inf if self.outbox.stalled else trio.current_time() + idle
+            message = await self.receive(deadline)
+            if message is None:
+                await self.close(1011, "NET-0001")
                 return
             if isinstance(message, bytes):
                 if not message:  # an empty binary frame ends the stream
-                    await self._finish()
+                    await self.finish()
                     return
                 if not await self._audio(message):
                     return
                 continue
-            kind = _message_type(message)
+            kind = message_type(message)
             self.record.count_text(kind)
             if kind == "Finalize":
                 if self.stream is not None:
                     self.stream.flush("finalize")
             elif kind == "CloseStream":
-                await self._finish()
+                await self.finish()
                 return
             elif kind != "KeepAlive":
                 log.debug("deepgram emulator: ignoring text message %r", message[:200])
@@ -373,74 +340,32 @@ class _Listen:
         if stream is None:  # no encoding: the audio must say what it is
             header = parse_wav_header(data)
             if header is None:
-                await self._close(1008, "DATA-0000")
+                await self.close(1008, "DATA-0000")
                 return False
             fmt, skip = header
             self.fmt = fmt
             stream = self._open_engine(fmt)
             data = data[skip:]
         onsets = stream.feed(data) if data else []
-        record.audio_seconds = stream.position
         if self.q.vad_events:
             for onset in onsets:
                 self._send({"type": "SpeechStarted", "channel": [0, 1], "timestamp": onset.at})
         self._check_utterance_end(stream)
-        for action in self.conn.tracker.audio(stream.position):
-            record.faults.append(action.value)
-            if action is FaultAction.DROP:
-                record.closed(None, None, "drop")
-                await cut(self.ws)
-                return False
-            if action is FaultAction.ERROR:
-                await self._close(1011, "NET-0000")
-                return False
-            self.outbox.stall()
-        return True
+        return await self.audio_faults(stream)
 
-    async def _finish(self) -> None:
-        """CloseStream: the remaining finals, Metadata, close 1000."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._discard)  # keep draining what the client still sends
-            if self.stream is not None:
-                self.stream.close()
-                await self.engine_done.wait()
-            self._send(self._metadata())
-            await self.outbox.drain()
-            nursery.cancel_scope.cancel()
-        if self.outbox.stalled:  # a stalled server sends nothing, not even a close
-            await self._discard()
-            return
-        await self._close(1000, "")
+    async def fault_error(self) -> None:
+        await self.close(1011, "NET-0000")
 
-    async def _discard(self) -> None:
-        while True:
-            try:
-                message = await self.ws.get_message()
-            except ConnectionClosed as closed:
-                self._client_closed(closed)
-                return
-            if isinstance(message, str):
-                self.record.count_text(_message_type(message))
-
-    def _client_closed(self, closed: ConnectionClosed) -> None:
-        reason = closed.reason
-        self.record.closed(
-            reason.code if reason else None, reason.reason if reason else None, "client"
-        )
-
-    async def _close(self, code: int, reason: str) -> None:
-        self.record.closed(code, reason or None, "server")
-        with trio.move_on_after(3) as scope:
-            await self.ws.aclose(code, reason or None)
-        if scope.cancelled_caught:
-            await cut(self.ws)
+    def last_messages(self) -> None:
+        """CloseStream, after the remaining finals: Metadata (then close 1000)."""
+        self._send(self._metadata())
 
     # ------------------------------------------------------------------ messages
 
     def _send(self, obj: dict[str, object]) -> None:
-        self.outbox.send(_dumps(obj))
+        self.outbox.send(dumps(obj))
 
-    async def _on_event(self, event: EngineEvent) -> None:
+    async def on_event(self, event: EngineEvent) -> None:
         q = self.q
         if isinstance(event, Flushed):
             if event.tag == "finalize":
@@ -491,7 +416,7 @@ class _Listen:
         start = min(self.finalized_until, hyp.start)
         words = []
         for w in hyp.words:
-            plain = _WORD_CHARS.sub("", w.text.lower()).strip("'-")
+            plain = plain_word(w.text)
             if not plain:
                 continue
             word: dict[str, object] = {
@@ -560,12 +485,3 @@ class _Listen:
             "models": [self.model_uuid],
             "model_info": {self.model_uuid: self.model_info},
         }
-
-
-def _message_type(text: str) -> str:
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return "(not json)"
-    kind = data.get("type") if isinstance(data, dict) else None
-    return kind if isinstance(kind, str) else "(no type)"

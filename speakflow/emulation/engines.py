@@ -11,7 +11,11 @@ the clock every vendor reports in.
 * ``whisper`` (:class:`LocalWhisperEngine`): the server's own local Whisper
   engine and streaming policy (Silero VAD gate, a partial about once a second
   of new speech, a final after ``endpoint_ms`` of trailing silence), so the
-  text matches the audio. One model and one scheduler serve every connection.
+  text matches the audio. One model and one
+  :class:`~speakflow.providers.whisper_local.scheduler.BatchScheduler` serve
+  every connection, as in the ``whisper_local`` provider: decodes of all
+  connections are batched, finals go first, and a partial that waited too
+  long is dropped, so many connections share the model fairly.
 * ``echo`` (:class:`EchoEngine`): no model; every audio frame immediately
   becomes one final whose text is the lowercase hex of the frame's first
   8 bytes. A load generator tags chunks that way to measure round trips.
@@ -21,24 +25,24 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Protocol
 
 import numpy as np
 import trio
 
+from ..providers.whisper_local import WINDOWS
 from ..providers.whisper_local.engine import (
     VAD_WINDOW,
-    ModelScheduler,
-    Segment,
+    Decoded,
+    DecodeJob,
     resolve_model,
     shared_engine,
 )
 from ..providers.whisper_local.policy import Utterance, VadSegmenter
-from ..providers.whisper_local.provider import usable_text
+from ..providers.whisper_local.provider import accepted_text
+from ..providers.whisper_local.scheduler import BatchScheduler, StreamQueue
 from . import ENGINES
 
 SAMPLE_RATE = 16000
@@ -103,6 +107,21 @@ EngineEvent = Hypothesis | Flushed
 EmitEvent = Callable[[EngineEvent], Awaitable[None]]
 
 
+@dataclass(frozen=True, slots=True)
+class StreamOptions:
+    """How a connection wants its audio segmented, from the vendor's query."""
+
+    #: trailing silence that ends an utterance (its final)
+    endpoint_ms: int = 500
+    #: new speech between two partials
+    partial_interval_ms: int = 1000
+    #: the vendor's language code ("en-US", "multi", ...), None: the vendor's default
+    language: str | None = None
+
+
+DEFAULT_OPTIONS = StreamOptions()
+
+
 class EngineStream(Protocol):
     """One connection's transcriber."""
 
@@ -138,14 +157,7 @@ class Engine(Protocol):
 
     async def start(self) -> None: ...
 
-    def open(
-        self,
-        fmt: AudioFormat,
-        *,
-        endpoint_ms: int = 500,
-        partial_interval_ms: int = 1000,
-        language: str | None = None,
-    ) -> EngineStream: ...
+    def open(self, fmt: AudioFormat, options: StreamOptions = DEFAULT_OPTIONS) -> EngineStream: ...
 
 
 def to_16k_mono(pcm: bytes, fmt: AudioFormat) -> bytes:
@@ -188,14 +200,7 @@ class EchoEngine:
     async def start(self) -> None:
         """No model to load."""
 
-    def open(
-        self,
-        fmt: AudioFormat,
-        *,
-        endpoint_ms: int = 500,
-        partial_interval_ms: int = 1000,
-        language: str | None = None,
-    ) -> EngineStream:
+    def open(self, fmt: AudioFormat, options: StreamOptions = DEFAULT_OPTIONS) -> EngineStream:
         return EchoStream(fmt)
 
 
@@ -253,10 +258,20 @@ class LocalWhisperEngine:
         compute_type: str = "int8",
         cpu_threads: int = 0,
         vad_threshold: float = 0.5,
+        max_batch: int = 8,
+        window: str = "auto",
     ) -> None:
+        if window not in WINDOWS:
+            raise ValueError(f"window: expected one of {', '.join(WINDOWS)} (got {window!r})")
         self.engine = shared_engine(resolve_model(model), device, compute_type, cpu_threads)
-        self.scheduler = ModelScheduler()
         self.vad_threshold = vad_threshold
+        self.window = window
+        self.scheduler: BatchScheduler[DecodeJob, Decoded] = BatchScheduler(
+            self._run_batch, max_batch=max_batch
+        )
+
+    def _run_batch(self, jobs: Sequence[DecodeJob], busy: bool) -> list[Decoded]:
+        return self.engine.decode_batch(jobs, window=self.window, busy=busy)
 
     async def start(self) -> None:
         await trio.to_thread.run_sync(self.engine.load)
@@ -269,21 +284,8 @@ class LocalWhisperEngine:
             return None
         return language.split("-")[0].lower()
 
-    def open(
-        self,
-        fmt: AudioFormat,
-        *,
-        endpoint_ms: int = 500,
-        partial_interval_ms: int = 1000,
-        language: str | None = None,
-    ) -> EngineStream:
-        return WhisperStream(
-            self,
-            fmt,
-            endpoint_ms=endpoint_ms,
-            partial_interval_ms=partial_interval_ms,
-            language=self.language_for(language),
-        )
+    def open(self, fmt: AudioFormat, options: StreamOptions = DEFAULT_OPTIONS) -> EngineStream:
+        return WhisperStream(self, fmt, options, self.language_for(options.language))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -292,61 +294,26 @@ class _Job:
     tag: str | None = None
 
 
-class _Jobs:
-    """Finals (and flush markers) in order; of partials only the newest."""
-
-    def __init__(self) -> None:
-        self.ordered: deque[_Job | Flushed] = deque()
-        self.partial: _Job | None = None
-        self.closed = False
-        self._wake = trio.Event()
-
-    def put(self, item: _Job | Flushed) -> None:
-        if isinstance(item, _Job) and not item.utterance.final:
-            self.partial = item
-        else:
-            self.ordered.append(item)
-            self.partial = None
-        self._wake.set()
-
-    def close(self) -> None:
-        self.closed = True
-        self._wake.set()
-
-    async def get(self) -> _Job | Flushed | None:
-        while True:
-            if self.ordered:
-                return self.ordered.popleft()
-            if self.partial is not None:
-                job, self.partial = self.partial, None
-                return job
-            if self.closed:
-                return None
-            self._wake = trio.Event()
-            await self._wake.wait()
-
-
 class WhisperStream:
     def __init__(
         self,
         engine: LocalWhisperEngine,
         fmt: AudioFormat,
-        *,
-        endpoint_ms: int,
-        partial_interval_ms: int,
+        options: StreamOptions,
         language: str | None,
     ) -> None:
         self._engine = engine
         self._fmt = fmt
-        self._language = language
-        self._endpoint_s = endpoint_ms / 1000
+        self._language = language  # Whisper's
+        self._endpoint_s = options.endpoint_ms / 1000
         self._segmenter = VadSegmenter(
             self._speech_probs,
             threshold=engine.vad_threshold,
-            endpoint_ms=endpoint_ms,
-            partial_interval_ms=partial_interval_ms,
+            endpoint_ms=options.endpoint_ms,
+            partial_interval_ms=options.partial_interval_ms,
         )
-        self._jobs = _Jobs()
+        self._jobs: StreamQueue[_Job | Flushed] = StreamQueue()
+        self._key = object()  # this connection, for the scheduler
         self._bytes = 0
         self._remainder = b""
         self._samples = 0  # 16 kHz samples given to the segmenter
@@ -389,7 +356,7 @@ class WhisperStream:
         mono = to_16k_mono(data[:usable], self._fmt)
         if mono:
             for utt in self._segmenter.feed(mono, self._samples):
-                self._jobs.put(_Job(utt))
+                self._put(_Job(utt))
             self._samples += len(mono) // 2
         onsets, self._onsets = self._onsets, []
         return onsets
@@ -397,17 +364,21 @@ class WhisperStream:
     def flush(self, tag: str | None = None) -> None:
         utts = self._segmenter.flush()
         for i, utt in enumerate(utts):
-            self._jobs.put(_Job(utt, tag if i == len(utts) - 1 else None))
+            self._put(_Job(utt, tag if i == len(utts) - 1 else None))
         if not utts:
-            self._jobs.put(Flushed(tag, self.position))
+            self._put(Flushed(tag, self.position))
 
     def close(self) -> None:
         for utt in self._segmenter.flush():
-            self._jobs.put(_Job(utt, "close"))
+            self._put(_Job(utt, "close"))
         self._jobs.close()
 
+    def _put(self, item: _Job | Flushed) -> None:
+        # finals and flush markers in order; of partials only the newest
+        self._jobs.put(item, partial=isinstance(item, _Job) and not item.utterance.final)
+
     async def run(self, emit: EmitEvent) -> None:
-        engine, scheduler = self._engine.engine, self._engine.scheduler
+        scheduler = self._engine.scheduler
         finalized = -1
         last_partial = ""
         while (job := await self._jobs.get()) is not None:
@@ -417,11 +388,12 @@ class WhisperStream:
             utt = job.utterance
             if not utt.final and utt.index <= finalized:
                 continue
-            segments = await scheduler.run(
-                partial(engine.transcribe, utt.audio, self._language),
-                scheduler.FINAL if utt.final else scheduler.PARTIAL,
-            )
-            text = usable_text(segments)
+            speech_s = utt.speech / SAMPLE_RATE
+            request = DecodeJob(utt.audio, self._language, speech_s, final=utt.final)
+            decoded = await scheduler.submit(self._key, request, final=utt.final)
+            if decoded is None:
+                continue  # a partial dropped as stale: a newer one or the final follows
+            text = accepted_text(decoded)
             if utt.final:
                 finalized = utt.index
                 last_partial = ""
@@ -434,7 +406,7 @@ class WhisperStream:
                 if job.tag is not None:
                     await emit(Flushed(job.tag, end))
                 continue
-            confidence = _confidence(segments)
+            confidence = round(decoded.confidence, 3)
             await emit(
                 Hypothesis(
                     text=text,
@@ -447,13 +419,6 @@ class WhisperStream:
                     tag=job.tag,
                 )
             )
-
-
-def _confidence(segments: list[Segment]) -> float:
-    if not segments:
-        return 0.0
-    mean = sum(s.avg_logprob for s in segments) / len(segments)
-    return round(min(1.0, max(0.0, math.exp(mean))), 3)
 
 
 def create_engine(name: str, **whisper_options: object) -> Engine:

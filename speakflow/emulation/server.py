@@ -10,7 +10,11 @@
 * :class:`Outbox` is the only sender on an emulated connection: it applies
   ``slow`` (each message leaves MS ms after it was produced, order kept) and
   ``stall`` (nothing leaves any more).
-* :func:`cut` drops the TCP connection without a close frame.
+* :func:`cut` drops the TCP connection without a close frame; :func:`close`
+  closes it properly (or cuts it if the client does not answer).
+
+What a vendor's accepted connection does the same way as every other vendor's
+(engine task, faults, the orderly end) is in :mod:`.vendor`.
 """
 
 from __future__ import annotations
@@ -78,6 +82,10 @@ class ConnectionRecord:
     def closed(self, code: int | None, reason: str | None, by: str) -> None:
         if not self.closed_by:
             self.close_code, self.close_reason, self.closed_by = code, reason, by
+
+    def client_closed(self, closed: ConnectionClosed) -> None:
+        reason = closed.reason
+        self.closed(reason.code if reason else None, reason.reason if reason else None, "client")
 
     def summary(self) -> str:
         query = "&".join(f"{k}={v}" for k, v in self.query.items())
@@ -178,6 +186,15 @@ async def cut(ws: WebSocketConnection) -> None:
     """Close the TCP connection under the WebSocket: the peer sees no close frame."""
     stream = ws._stream  # trio-websocket has no public way to abort
     await stream.aclose()
+
+
+async def close(ws: WebSocketConnection, record: ConnectionRecord, code: int, reason: str) -> None:
+    """Close with ``code``; a client that does not answer the close in 3 s is :func:`cut`."""
+    record.closed(code, reason or None, "server")
+    with trio.move_on_after(3) as scope:
+        await ws.aclose(code, reason[:123] or None)  # what a close frame holds
+    if scope.cancelled_caught:
+        await cut(ws)
 
 
 class EmulatedConnection:
@@ -284,10 +301,7 @@ class EmulatorServer:
                     self._faulted += 1
                 await self.vendor.handle(request, conn)
         except ConnectionClosed as closed:
-            reason = closed.reason
-            record.closed(
-                reason.code if reason else None, reason.reason if reason else None, "client"
-            )
+            record.client_closed(closed)
         except Exception:
             log.exception("%s emulator: connection #%d failed", self.vendor.name, record.id)
             record.closed(1011, "emulator error", "server")

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
-import signal
-import subprocess
-import sys
 
 import pytest
 import trio
@@ -16,6 +12,8 @@ from speakflow.cli import build_parser
 from speakflow.emulation.assemblyai import AssemblyAIEmulator
 from speakflow.emulation.cli import build_vendor
 from speakflow.emulation.engines import EchoEngine
+
+from .support import emulator_process
 
 QUERY = "sample_rate=16000&encoding=pcm_s16le&speech_model=universal-streaming-english"
 
@@ -39,22 +37,12 @@ def test_parser_takes_the_assemblyai_options() -> None:
 
 
 async def test_emulator_process_serves_and_logs_each_connection() -> None:
-    command = [sys.executable, "-m", "speakflow", "emulate", "assemblyai", "--engine", "echo",
-               "--port", "0", "--api-key", "cli-key", "--max-session-s", "60"]  # fmt: skip
+    args = ("--api-key", "cli-key", "--max-session-s", "60")
     with trio.fail_after(30):
-        process = await trio.lowlevel.open_process(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        try:
-            assert process.stdout is not None and process.stderr is not None
-            banner = b""
-            while b"\n" not in banner:
-                banner += await process.stdout.receive_some(4096)
-            match = re.search(rb"listening on (ws://127\.0\.0\.1:\d+/v3/ws)", banner)
-            assert match, banner
-            url = match.group(1).decode()
+        async with emulator_process("assemblyai", *args) as emulator:
+            assert emulator.url.endswith("/v3/ws")
             async with open_websocket_url(
-                f"{url}?{QUERY}", extra_headers=[(b"Authorization", b"cli-key")]
+                f"{emulator.url}?{QUERY}", extra_headers=[(b"Authorization", b"cli-key")]
             ) as ws:
                 assert json.loads(await ws.get_message())["type"] == "Begin"
                 await ws.send_message(b"\x12\x34" * 4000)
@@ -64,15 +52,7 @@ async def test_emulator_process_serves_and_logs_each_connection() -> None:
                 assert json.loads(await ws.get_message())["type"] == "Termination"
                 with pytest.raises(ConnectionClosed):
                     await ws.get_message()
-            errors = b""
-            while b"connection assemblyai #1" not in errors:  # logged once it is over
-                errors += await process.stderr.receive_some(65536)
-            process.send_signal(signal.SIGINT)
-            assert await process.wait() == 0
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-    log_line = errors.decode()
+            log_line = await emulator.logged("assemblyai #1")
+            assert await emulator.stop() == 0
     assert "connection assemblyai #1 /v3/ws?sample_rate=16000" in log_line
     assert "bytes=8000" in log_line and "close=1000" in log_line

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import re
-import signal
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -28,6 +24,7 @@ from speakflow.emulation.server import EmulatorServer
 from speakflow.providers.aws_transcribe import codec, signing
 
 from ..providers.aws_transcribe.support import botocore_decode, running_aws, signed
+from .support import emulator_process
 
 FRAME = bytes(range(1, 17)) * 1000  # 16000 bytes = 0.5 s at 16 kHz
 
@@ -285,22 +282,12 @@ def test_parser_and_vendor_options() -> None:
 
 
 async def test_emulator_process_verifies_signatures_with_the_given_keys() -> None:
-    command = [sys.executable, "-m", "speakflow", "emulate", "aws_transcribe", "--engine", "echo",
-               "--port", "0", "--access-key", "AKIDCLI", "--secret-key", "cli-secret"]  # fmt: skip
+    args = ("--access-key", "AKIDCLI", "--secret-key", "cli-secret")
     with trio.fail_after(30):
-        process = await trio.lowlevel.open_process(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        try:
-            assert process.stdout is not None and process.stderr is not None
-            banner = b""
-            while b"\n" not in banner:
-                banner += await process.stdout.receive_some(4096)
-            match = re.search(rb"listening on ws://127\.0\.0\.1:(\d+)/stream-transcription", banner)
-            assert match, banner
-            endpoint = f"ws://127.0.0.1:{match.group(1).decode()}"
+        async with emulator_process("aws_transcribe", *args) as emulator:
+            assert emulator.url.endswith("/stream-transcription-websocket")
             url = signing.presign(
-                codec.stream_url(endpoint, codec.StreamOptions()),
+                codec.stream_url(emulator.endpoint, codec.StreamOptions()),
                 signing.Credentials("AKIDCLI", "cli-secret"),
                 "us-west-2",
             )
@@ -311,15 +298,7 @@ async def test_emulator_process_verifies_signatures_with_the_given_keys() -> Non
                 assert alt["Transcript"] == "1234123412341234"
                 await ws.send_message(codec.END_OF_STREAM)
                 await closed_after(ws)
-            errors = b""
-            while b"connection aws_transcribe #1" not in errors:  # logged once it is over
-                errors += await process.stderr.receive_some(65536)
-            process.send_signal(signal.SIGINT)
-            assert await process.wait() == 0
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-    line = errors.decode()
+            line = await emulator.logged("aws_transcribe #1")
+            assert await emulator.stop() == 0
     assert "auth=sigv4" in line and "bytes=8000" in line and "close=1000" in line
     assert "X-Amz-Signature=***" in line

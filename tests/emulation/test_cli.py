@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import re
-import signal
-import subprocess
-import sys
-
 import pytest
 import trio
 from trio_websocket import open_websocket_url
 
 from speakflow.cli import build_parser
 
-from .support import LINEAR16, loads, token
+from .support import LINEAR16, emulator_process, loads, token
 
 
 def test_parser_takes_the_documented_options() -> None:
@@ -33,37 +28,18 @@ def test_bad_fault_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 async def test_emulator_process_serves_and_logs_each_connection() -> None:
-    command = [sys.executable, "-m", "speakflow", "emulate", "deepgram", "--engine", "echo",
-               "--port", "0", "--api-key", "cli-key"]  # fmt: skip
     with trio.fail_after(30):
-        process = await trio.lowlevel.open_process(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        try:
-            assert process.stdout is not None and process.stderr is not None
-            banner = b""
-            while b"\n" not in banner:
-                banner += await process.stdout.receive_some(4096)
-            match = re.search(rb"listening on (ws://127\.0\.0\.1:\d+/v1/listen)", banner)
-            assert match, banner
-            url = match.group(1).decode()
+        async with emulator_process("deepgram", "--api-key", "cli-key") as emulator:
+            assert emulator.url.endswith("/v1/listen")
             async with open_websocket_url(
-                f"{url}?{LINEAR16}", extra_headers=token("cli-key")
+                f"{emulator.url}?{LINEAR16}", extra_headers=token("cli-key")
             ) as ws:
                 await ws.send_message(b"\x12\x34" * 4000)
                 msg = loads(await ws.get_message())
                 assert msg["channel"]["alternatives"][0]["transcript"] == "1234123412341234"
                 await ws.send_message('{"type":"CloseStream"}')
                 assert loads(await ws.get_message())["type"] == "Metadata"
-            errors = b""
-            while b"connection deepgram #1" not in errors:  # logged once it is over
-                errors += await process.stderr.receive_some(65536)
-            process.send_signal(signal.SIGINT)
-            assert await process.wait() == 0
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-    log_line = errors.decode()
+            log_line = await emulator.logged("deepgram #1")
+            assert await emulator.stop() == 0
     assert "connection deepgram #1 /v1/listen?encoding=linear16" in log_line
     assert "bytes=8000" in log_line and "close=1000" in log_line

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import trio
-from trio_websocket import ConnectionClosed, open_websocket_url
 
 from speakflow.emulation.engines import (
     AudioFormat,
@@ -23,7 +22,7 @@ from speakflow.emulation.engines import (
 from speakflow.wer import wer
 
 from ..client import read_wav
-from .support import LINEAR16, loads, running_deepgram, token
+from .support import LINEAR16, deepgram_session, running_deepgram
 
 
 async def test_echo_stream() -> None:
@@ -71,26 +70,9 @@ async def test_whisper_engine_streams_like_deepgram(
         f"{LINEAR16}&interim_results=true&vad_events=true&endpointing=300"
         "&utterance_end_ms=1000&punctuate=false"
     )
-    got: list[dict[str, Any]] = []
     with trio.fail_after(60):
-        async with (
-            running_deepgram("whisper") as dg,
-            open_websocket_url(f"{dg.url}?{query}", extra_headers=token()) as ws,
-        ):
-
-            async def read() -> None:
-                try:
-                    while True:
-                        got.append(loads(await ws.get_message()))
-                except ConnectionClosed:
-                    pass
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(read)
-                for i in range(0, len(pcm), 8000):  # 250 ms frames at 4x real time
-                    await ws.send_message(pcm[i : i + 8000])
-                    await trio.sleep(0.25 / 4)
-                await ws.send_message('{"type":"CloseStream"}')
+        async with running_deepgram("whisper") as dg:
+            got = await deepgram_session(dg.url, query, pcm)
     kinds = [m["type"] for m in got]
     assert kinds[0] == "SpeechStarted" and kinds[-1] == "Metadata"
     results = [m for m in got if m["type"] == "Results"]
@@ -113,3 +95,33 @@ async def test_whisper_engine_streams_like_deepgram(
         assert abs(m["start"] - ends) < 1e-3 or m["start"] < ends
         if m["is_final"]:
             ends = round(m["start"] + m["duration"], 3)
+
+
+async def test_whisper_engine_serves_concurrent_streams(
+    audio_dir: Path, manifest: dict[str, Any]
+) -> None:
+    """Four connections on one emulator at once: each gets its own utterance's text.
+
+    The engine's scheduler is shared by every connection (finals batched across
+    them, stale partials dropped); no connection's text may leak into another's.
+    """
+    utts = manifest["utterances"][:4]
+    query = f"{LINEAR16}&interim_results=true&endpointing=300"
+    texts: dict[str, str] = {}
+
+    async def stream(url: str, utt: dict[str, Any]) -> None:
+        pcm = read_wav(audio_dir / utt["file"]) + b"\0\0" * 16000
+        got = await deepgram_session(url, query, pcm)
+        finals = [m for m in got if m["type"] == "Results" and m["is_final"]]
+        texts[utt["file"]] = " ".join(m["channel"]["alternatives"][0]["transcript"] for m in finals)
+        assert got[-1]["type"] == "Metadata"
+
+    with trio.fail_after(90):
+        async with running_deepgram("whisper") as dg, trio.open_nursery() as nursery:
+            for utt in utts:
+                nursery.start_soon(stream, dg.url, utt)
+    for utt in utts:
+        assert wer(utt["text"], texts[utt["file"]]) <= 0.2, (utt["text"], texts[utt["file"]])
+    scheduler = dg.vendor.engine.scheduler  # type: ignore[attr-defined]
+    assert scheduler.finals >= len(utts)  # every final went through the shared scheduler
+    assert [r.close_code for r in dg.log.records] == [1000] * len(utts)

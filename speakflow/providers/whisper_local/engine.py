@@ -6,11 +6,11 @@ uses every core for one call, so two calls at once only make both slower.
 Two ways in:
 
 * :meth:`WhisperEngine.transcribe`: faster-whisper's own whole-file path
-  (30 s windows). The offline baseline of the benchmark, and what the vendor
-  emulators use through :class:`ModelScheduler` (one call at a time).
+  (30 s windows), the offline baseline of the benchmark.
 * :meth:`WhisperEngine.decode_batch`: the streaming path, one CTranslate2
   ``encode`` + ``generate`` over a *batch* of utterances from many streams
-  (:mod:`.scheduler` forms the batches). Two measured facts shape it:
+  (:mod:`.scheduler` forms the batches; the provider and the vendor
+  emulators' whisper engine both decode this way). Two measured facts shape it:
 
   - The encoder cost is proportional to the window it is given, and Whisper's
     30 s window is mostly padding for a 4 s utterance. CTranslate2 accepts a
@@ -30,19 +30,16 @@ Two ways in:
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import threading
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
-import trio
 
 from ...errors import ConfigError
 from .models import bundled_model_path, resolve_model
@@ -50,7 +47,6 @@ from .models import bundled_model_path, resolve_model
 __all__ = [
     "DecodeJob",
     "Decoded",
-    "ModelScheduler",
     "Segment",
     "WhisperEngine",
     "bundled_model_path",
@@ -58,7 +54,6 @@ __all__ = [
     "shared_engine",
 ]
 
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
@@ -447,63 +442,3 @@ def shared_engine(
             model_path, device=device, compute_type=compute_type, cpu_threads=cpu_threads
         )
     return engine
-
-
-class ModelScheduler:
-    """Runs model calls one at a time, lowest priority number first, FIFO within one.
-
-    The simple serial path, for whole-file :meth:`WhisperEngine.transcribe`
-    calls (the vendor emulators); the provider batches through
-    :class:`~.scheduler.BatchScheduler` instead.
-
-    Priority 0 is a final (someone waits for it), 1 a partial (nice to have).
-    A waiter cancelled before its turn leaves the queue; one cancelled after
-    being handed the slot passes it on, so the slot is never lost.
-    """
-
-    FINAL = 0
-    PARTIAL = 1
-
-    def __init__(self) -> None:
-        self._busy = False
-        self._queue: list[tuple[int, int, trio.Event, list[bool]]] = []
-        self._seq = itertools.count()
-        self.calls = 0
-        self.busy_seconds = 0.0
-
-    def statistics(self) -> dict[str, int]:
-        return {"busy": int(self._busy), "waiting": len(self._queue), "calls": self.calls}
-
-    async def run(self, fn: Callable[[], T], priority: int) -> T:
-        await self._acquire(priority)
-        started = time.perf_counter()
-        try:
-            self.calls += 1
-            return await trio.to_thread.run_sync(fn)
-        finally:
-            self.busy_seconds += time.perf_counter() - started
-            self._release()
-
-    async def _acquire(self, priority: int) -> None:
-        if not self._busy:
-            self._busy = True
-            return
-        event = trio.Event()
-        alive = [True]
-        heapq.heappush(self._queue, (priority, next(self._seq), event, alive))
-        try:
-            await event.wait()
-        except BaseException:
-            if event.is_set():
-                self._release()
-            else:
-                alive[0] = False
-            raise
-
-    def _release(self) -> None:
-        while self._queue:
-            _, _, event, alive = heapq.heappop(self._queue)
-            if alive[0]:
-                event.set()
-                return
-        self._busy = False

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,7 +33,7 @@ from .engine import (
     suspicious,
 )
 from .policy import StablePartials, Utterance, VadSegmenter
-from .scheduler import BatchScheduler
+from .scheduler import BatchScheduler, StreamQueue
 
 log = logging.getLogger(__name__)
 
@@ -263,41 +262,8 @@ class WhisperLocalBackend:
         }
 
 
-class _Jobs:
-    """Finals and tentatives in order; of partials only the newest, older ones are stale."""
-
-    def __init__(self) -> None:
-        self.ordered: deque[Utterance] = deque()
-        self.partial: Utterance | None = None
-        self.closed = False
-        self._wake = trio.Event()
-
-    def put(self, utt: Utterance) -> None:
-        if utt.final or utt.tentative:
-            self.ordered.append(utt)
-            self.partial = None
-        else:
-            self.partial = utt
-        self._wake.set()
-
-    def final_queued(self, index: int) -> bool:
-        return any(u.final and u.index == index for u in self.ordered)
-
-    def close(self) -> None:
-        self.closed = True
-        self._wake.set()
-
-    async def get(self) -> Utterance | None:
-        while True:
-            if self.ordered:
-                return self.ordered.popleft()
-            if self.partial is not None:
-                utt, self.partial = self.partial, None
-                return utt
-            if self.closed:
-                return None
-            self._wake = trio.Event()
-            await self._wake.wait()
+def _final_queued(jobs: StreamQueue[Utterance], index: int) -> bool:
+    return any(u.final and u.index == index for u in jobs.ordered)
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,7 +313,7 @@ class WhisperLocalStream:
             pause_ms=s.WHISPER_PAUSE_MS,
             soft_max_utterance_s=s.WHISPER_SOFT_MAX_UTTERANCE_S,
         )
-        jobs = _Jobs()
+        jobs: StreamQueue[Utterance] = StreamQueue()
         key = object()  # this stream, for the scheduler
         backend.streams += 1
         try:
@@ -366,13 +332,17 @@ class WhisperLocalStream:
         finally:
             backend.streams -= 1
 
-    def _put(self, jobs: _Jobs, key: object, utt: Utterance) -> None:
-        jobs.put(utt)
-        if utt.final or utt.tentative:
+    def _put(self, jobs: StreamQueue[Utterance], key: object, utt: Utterance) -> None:
+        # finals and tentatives in order; of partials only the newest, older ones are stale
+        ordered = utt.final or utt.tentative
+        jobs.put(utt, partial=not ordered)
+        if ordered:
             # the worker may be waiting on a queued partial: that one is stale now
             self._backend.scheduler.supersede(key)
 
-    async def _work(self, jobs: _Jobs, key: object, emit: Emit, language: str | None) -> None:
+    async def _work(
+        self, jobs: StreamQueue[Utterance], key: object, emit: Emit, language: str | None
+    ) -> None:
         scheduler = self._backend.scheduler
         finalized = -1
         tentative: _Tentative | None = None
@@ -397,7 +367,7 @@ class WhisperLocalStream:
             ):
                 decoded = tentative.decoded  # nothing was said since the pause: same audio
             else:
-                if utt.tentative and jobs.final_queued(utt.index):
+                if utt.tentative and _final_queued(jobs, utt.index):
                     continue  # its final is already here: decode that one instead
                 decoded = await scheduler.submit(key, job, final=utt.final or utt.tentative)
                 if decoded is None:
@@ -424,7 +394,7 @@ class WhisperLocalStream:
                 continue
             if utt.tentative:
                 tentative = _Tentative(utt.index, utt.start, utt.end, len(utt.audio), decoded)
-                if jobs.final_queued(utt.index):
+                if _final_queued(jobs, utt.index):
                     continue
             shown = partials.update(utt.index, text, complete=utt.tentative)
             if shown:

@@ -16,6 +16,9 @@ meanwhile). Rules, in the order they apply when the model frees up:
    A stream has at most one request in flight (its worker awaits each), so
    oldest-first is round-robin across streams.
 
+Each stream feeds its worker through a :class:`StreamQueue` (finals in order,
+only the newest partial).
+
 There is no background task: the first caller to find the model idle becomes
 the *leader*, runs batches until its own request is answered, then hands the
 lead to the next waiting request (the same hand-off as a lock's, so a
@@ -38,6 +41,7 @@ import trio
 
 P = TypeVar("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 FINAL = 0
 PARTIAL = 1
@@ -245,3 +249,42 @@ class BatchScheduler(Generic[P, R]):
         head = min(self._pending, key=lambda w: (w.priority, w.seq))
         head.lead = True
         head.wake.set()
+
+
+class StreamQueue(Generic[T]):
+    """One stream's requests on their way to its worker, which submits them one by one.
+
+    Ordered items (finals and the like) wait in order; of partials only the
+    newest waits, older ones being stale. Putting an ordered item drops the
+    waiting partial too. ``get`` returns None once closed and empty.
+    """
+
+    def __init__(self) -> None:
+        self.ordered: deque[T] = deque()
+        self.partial: T | None = None
+        self.closed = False
+        self._wake = trio.Event()
+
+    def put(self, item: T, *, partial: bool) -> None:
+        if partial:
+            self.partial = item
+        else:
+            self.ordered.append(item)
+            self.partial = None
+        self._wake.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake.set()
+
+    async def get(self) -> T | None:
+        while True:
+            if self.ordered:
+                return self.ordered.popleft()
+            if self.partial is not None:
+                item, self.partial = self.partial, None
+                return item
+            if self.closed:
+                return None
+            self._wake = trio.Event()
+            await self._wake.wait()

@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from speakflow.providers.whisper_local.scheduler import BatchScheduler
+from speakflow.providers.whisper_local.scheduler import BatchScheduler, StreamQueue
 
 
 class FakeModel:
@@ -261,3 +261,37 @@ def test_oldest_final_wait_and_load_for_admission() -> None:
         assert final_load == pytest.approx(load)
 
     trio.run(main, clock=clock)
+
+
+async def test_stream_queue_keeps_ordered_items_and_only_the_newest_partial() -> None:
+    queue: StreamQueue[str] = StreamQueue()
+    queue.put("p1", partial=True)
+    queue.put("p2", partial=True)
+    assert await queue.get() == "p2"  # p1 was stale
+    queue.put("p3", partial=True)
+    queue.put("f1", partial=False)  # a final makes the waiting partial stale
+    queue.put("p4", partial=True)
+    queue.put("f2", partial=False)
+    queue.put("p5", partial=True)
+    queue.close()
+    got = [await queue.get() for _ in range(4)]
+    assert got == ["f1", "f2", "p5", None]
+
+
+async def test_stream_queue_get_waits_for_an_item_or_close() -> None:
+    queue: StreamQueue[str] = StreamQueue()
+    got: list[str | None] = []
+
+    async def worker() -> None:
+        while (item := await queue.get()) is not None:
+            got.append(item)
+        got.append(None)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker)
+            await trio.testing.wait_all_tasks_blocked()
+            queue.put("f1", partial=False)
+            await trio.testing.wait_all_tasks_blocked()
+            queue.close()
+    assert got == ["f1", None]
