@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import logging
 import os
@@ -17,6 +16,7 @@ from typing import Any
 
 import trio
 
+from ._gc import tune_for_latency
 from .config import Settings, load_settings
 from .errors import ConfigError
 
@@ -161,16 +161,7 @@ async def _serve(
         binds = await nursery.start(
             partial(serve, app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
         )
-        if os.environ.get("SPEAKFLOW_GC_FREEZE", "1") != "0":
-            # Everything allocated so far (modules, the model's Python side, the
-            # app) lives as long as the process: keep it out of the collector's
-            # full passes, which otherwise stall every connection at once.
-            gc.collect()
-            gc.freeze()
-        gen0 = int(os.environ.get("SPEAKFLOW_GC_GEN0", GC_GEN0_THRESHOLD) or 0)
-        if gen0:
-            _, gen1, gen2 = gc.get_threshold()
-            gc.set_threshold(gen0, gen1, gen2)
+        tune_for_latency()  # no collector pauses across all connections (see _gc.py)
         for url in binds:
             log.info("speakflow listening on %s (provider %s)", url, settings.SPEECH_PROVIDER)
             log.info(
@@ -178,15 +169,6 @@ async def _serve(
                 url.replace("http", "ws", 1),
                 url,
             )
-
-
-#: Allocations between young collections (CPython's default is 700). The relay
-#: allocates a few thousand short-lived containers a second per 100 sessions;
-#: at 700 they are scanned ~10 times a second, survivors get promoted, and
-#: every ~10 s a full collection over all sessions' objects stalls every
-#: connection for 50-200 ms (measured at 100-200 sessions). At 20,000 almost
-#: everything is dead before it is scanned and full passes become rare.
-GC_GEN0_THRESHOLD = 20_000
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
