@@ -29,6 +29,7 @@ their own tasks and never see a reconnect.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import math
@@ -429,14 +430,7 @@ class ResilientStream:
                 if self._inner is not None:
                     self._inner.close()  # flush this fallback, then try the primary
 
-        config_for = StreamConfig(
-            session_id=config.session_id,
-            source=config.source,
-            language=config.language,
-            sample_rate=config.sample_rate,
-            extras=config.extras,
-            hooks=_AliveHooks(config.hooks, self, reconnect),
-        )
+        config_for = dataclasses.replace(config, hooks=_AliveHooks(config.hooks, self, reconnect))
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watchdog, nursery.cancel_scope)

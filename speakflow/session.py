@@ -242,7 +242,7 @@ class Session:
         user_id: str,
         provider: str,
         backend: ProviderBackend,
-        language: str,
+        language: str | None,
     ) -> None:
         self.id = msg.session_id
         self.user_id = user_id
@@ -608,7 +608,7 @@ class Connection:
         if self.stopping is not None:
             await self.stopping.finished.wait()  # keep session_ended before session_started
         backend = await self.state.backend(provider)
-        language = msg.language or self.settings.DEFAULT_LANGUAGE
+        language = msg.language or None  # None: the provider's own default applies
         session = Session(msg, self.user_id, provider, backend, language)
         if sid in self.state.sessions:  # raced with another connection while we waited
             raise p.ProtocolViolation(
@@ -629,7 +629,7 @@ class Connection:
             "session started",
             provider=provider,
             sources=",".join(msg.sources),
-            language=language,
+            language=language or "default",
         )
 
     async def _resume(self, session: Session, msg: p.StartSession) -> None:

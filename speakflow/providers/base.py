@@ -90,7 +90,11 @@ class StreamConfig:
 
     session_id: str
     source: str
-    language: str
+    #: start_session's ``language``; None when the client chose none, so each
+    #: provider applies its own setting (e.g. DEEPGRAM_LANGUAGE), then
+    #: DEFAULT_LANGUAGE. Resolving it earlier made an explicit choice equal to
+    #: the default indistinguishable from no choice.
+    language: str | None
     sample_rate: int = SAMPLE_RATE
     extras: dict[str, str] = field(default_factory=dict)
     hooks: StreamHooks = field(default_factory=StreamHooks)

@@ -38,7 +38,7 @@ async def run_stream(
     backend: ProviderBackend,
     frames: list[AudioFrame],
     *,
-    language: str = "en",
+    language: str | None = "en",
     pause: float = 0.0,
     burst: bool = False,
     feed: Feed | None = None,

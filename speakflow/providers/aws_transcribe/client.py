@@ -156,15 +156,9 @@ class AwsTranscribeBackend(WebSocketBackend):
 
     def language_for(self, config: StreamConfig) -> str:
         """start_session.language, else AWS_TRANSCRIBE_LANGUAGE, else DEFAULT_LANGUAGE,
-        as AWS's code (``en`` -> ``en-US``).
-
-        The session resolves a missing ``language`` to DEFAULT_LANGUAGE, so a
-        stream language equal to that default is taken as "not chosen".
-        """
+        as AWS's code (``en`` -> ``en-US``)."""
         s = self.settings
-        if s.AWS_TRANSCRIBE_LANGUAGE and config.language in ("", s.DEFAULT_LANGUAGE):
-            return codec.aws_language(s.AWS_TRANSCRIBE_LANGUAGE)
-        return codec.aws_language(config.language or s.DEFAULT_LANGUAGE)
+        return codec.aws_language(config.language or s.language_for(s.AWS_TRANSCRIBE_LANGUAGE))
 
     def options_for(self, config: StreamConfig) -> codec.StreamOptions:
         stability = self.settings.AWS_TRANSCRIBE_STABILITY

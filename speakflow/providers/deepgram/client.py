@@ -67,14 +67,8 @@ class DeepgramBackend(WebSocketBackend):
         }
 
     def language_for(self, config: StreamConfig) -> str:
-        """start_session.language, else DEEPGRAM_LANGUAGE, else DEFAULT_LANGUAGE.
-
-        The session resolves a missing ``language`` to DEFAULT_LANGUAGE, so a
-        stream language equal to that default is taken as "not chosen".
-        """
+        """start_session.language, else DEEPGRAM_LANGUAGE, else DEFAULT_LANGUAGE."""
         s = self.settings
-        if s.DEEPGRAM_LANGUAGE and config.language in ("", s.DEFAULT_LANGUAGE):
-            return s.DEEPGRAM_LANGUAGE
         return config.language or s.language_for(s.DEEPGRAM_LANGUAGE)
 
     def options_for(self, config: StreamConfig) -> codec.ListenOptions:

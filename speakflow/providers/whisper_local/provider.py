@@ -283,14 +283,15 @@ class WhisperLocalStream:
 
     def _language(self, config: StreamConfig) -> str | None:
         engine = self._backend.engine
-        lang = config.language.split("-")[0].lower() if config.language else None
+        chosen = config.language or self._backend.settings.DEFAULT_LANGUAGE
+        lang = chosen.split("-")[0].lower() if chosen else None
         if engine.multilingual:
             return None if lang in (None, "", "auto", "multi") else lang
         if lang not in (None, "", "en", "auto"):
             raise ProviderRejected(
                 NAME,
                 f"model {engine.model_path.name} is English-only and cannot transcribe "
-                f"language {config.language!r}; set WHISPER_MODEL to a multilingual model",
+                f"language {chosen!r}; set WHISPER_MODEL to a multilingual model",
             )
         return "en"
 

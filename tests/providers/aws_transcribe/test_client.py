@@ -57,13 +57,14 @@ async def test_language_comes_from_the_session_then_the_setting() -> None:
         async with running_aws() as aws:
             await run_stream(AwsTranscribeBackend(settings_for(endpoint(aws))), [], language="es")
             gb = AwsTranscribeBackend(settings_for(endpoint(aws), AWS_TRANSCRIBE_LANGUAGE="en-GB"))
-            await run_stream(gb, [], language="en")  # en = DEFAULT_LANGUAGE: "not chosen"
+            await run_stream(gb, [], language=None)  # the client chose none: the setting
+            await run_stream(gb, [], language="en")  # chosen, though equal to the default
             await run_stream(gb, [], language="de")
             await run_stream(gb, [], language="fr-ca")
             spanish = AwsTranscribeBackend(settings_for(endpoint(aws), DEFAULT_LANGUAGE="es"))
-            await run_stream(spanish, [], language="es")  # the default: es-US, not en-US
+            await run_stream(spanish, [], language=None)  # the default: es-US, not en-US
     assert [r.query["language-code"] for r in aws.log.records] == [
-        "es-US", "en-GB", "de-DE", "fr-CA", "es-US",
+        "es-US", "en-GB", "en-US", "de-DE", "fr-CA", "es-US",
     ]  # fmt: skip
 
 

@@ -53,9 +53,11 @@ async def test_language_comes_from_the_session_then_the_setting() -> None:
         async with running_deepgram() as dg:
             await run_stream(DeepgramBackend(settings_for(dg.url)), [], language="es")
             fr = DeepgramBackend(settings_for(dg.url, DEEPGRAM_LANGUAGE="fr"))
-            await run_stream(fr, [], language="en")  # en = DEFAULT_LANGUAGE: "not chosen"
+            await run_stream(fr, [], language=None)  # the client chose none: the setting
+            await run_stream(fr, [], language="en")  # chosen, though equal to the default
             await run_stream(fr, [], language="de")
-    assert [r.query["language"] for r in dg.log.records] == ["es", "fr", "de"]
+            await run_stream(DeepgramBackend(settings_for(dg.url)), [], language=None)
+    assert [r.query["language"] for r in dg.log.records] == ["es", "fr", "en", "de", "en"]
 
 
 async def test_bad_key_is_a_provider_error_naming_deepgram() -> None:
