@@ -266,8 +266,11 @@ class LocalWhisperEngine:
         self.engine = shared_engine(resolve_model(model), device, compute_type, cpu_threads)
         self.vad_threshold = vad_threshold
         self.window = window
+        # A vendor sends interim results reliably; the provider's 1 s staleness
+        # bound would let a short turn under load go without any. 3 s still
+        # keeps many streams from backing the model up.
         self.scheduler: BatchScheduler[DecodeJob, Decoded] = BatchScheduler(
-            self._run_batch, max_batch=max_batch
+            self._run_batch, max_batch=max_batch, partial_max_wait=3.0
         )
 
     def _run_batch(self, jobs: Sequence[DecodeJob], busy: bool) -> list[Decoded]:
