@@ -80,7 +80,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     SHUTDOWN_TIMEOUT_S: PositiveFloat = 20.0
 
     MAX_CHUNK_BYTES: PositiveInt = 64_000
-    AUDIO_QUEUE_CHUNKS: PositiveInt = 120
+    #: audio (seconds, whatever the chunk size) a slow provider may fall behind by
+    AUDIO_QUEUE_S: PositiveFloat = 60.0
     OUTBOUND_QUEUE_MESSAGES: PositiveInt = 1024
     MAX_SESSIONS_PER_USER: NonNegativeInt = 4
     MAX_SESSIONS: NonNegativeInt = 0

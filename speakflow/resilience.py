@@ -29,6 +29,7 @@ their own tasks and never see a reconnect.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import logging
@@ -186,7 +187,7 @@ class ResilientStream:
         policy: RetryPolicy,
         response_timeout: float,
         replay_seconds: float,
-        queue_chunks: int,
+        queue_seconds: float,
         last_final_end: float = -math.inf,
     ) -> None:
         self.providers = list(providers)
@@ -194,7 +195,10 @@ class ResilientStream:
         self.policy = policy
         self.response_timeout = response_timeout
         self.buffer = ReplayBuffer(replay_seconds)
-        self.queue_chunks = queue_chunks
+        #: how far the provider may fall behind, as audio (not chunks: a client
+        #: sending 100 ms chunks must get as much slack as one sending 500 ms)
+        self.queue_samples = max(1, int(queue_seconds * SAMPLE_RATE))
+        self._replay_frames = 0  # the current channel's pre-filled replay, allowed on top
         self.last_final_end = last_final_end
         self.current = self.providers[0]
         #: the provider instance of the current (or last) connection
@@ -230,21 +234,22 @@ class ResilientStream:
         and the provider cost a task switch and a channel per chunk). The frame
         goes straight into the current connection's channel and, once taken,
         into the replay buffer; while no connection is up it is only buffered.
-        A full channel means the provider is ``queue_chunks`` behind: the frame
-        is refused (``Fed.BEHIND``) and not buffered, so a later replay never
-        splices in audio the vendor never heard in sequence.
+        A provider ``queue_seconds`` behind (counted in frames of this frame's
+        size, besides the replay the channel started with) gets no more: the
+        frame is refused (``Fed.BEHIND``) and not buffered, so a later replay
+        never splices in audio the vendor never heard in sequence.
         """
         if self._finished:
             return Fed.GONE
         loud = is_loud(frame.pcm)
         inner = self._inner
         if inner is not None:
-            try:
-                inner.send_nowait(frame)
-            except trio.WouldBlock:
+            limit = self._replay_frames + max(1, self.queue_samples // max(1, frame.samples))
+            if inner.statistics().current_buffer_used >= limit:
                 return Fed.BEHIND
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # that connection is ending: the replay buffer carries the frame over
+            # A connection that is ending refuses: the replay buffer carries the frame over.
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                inner.send_nowait(frame)
         if loud and self._unanswered_since is None:
             self._arm_watchdog()
         self.buffer.append(frame, loud)
@@ -294,9 +299,11 @@ class ResilientStream:
         """A fresh channel for a new connection, pre-filled with the replay."""
         start = int(self.last_final_end * SAMPLE_RATE) if self.last_final_end > 0 else 0
         replay = self.buffer.snapshot(start)
-        send, recv = trio.open_memory_channel[AudioFrame](len(replay) + self.queue_chunks)
+        # Unbounded channel: feed() bounds it by audio duration, which a count can't.
+        send, recv = trio.open_memory_channel[AudioFrame](math.inf)
         for frame in replay:
             send.send_nowait(frame)
+        self._replay_frames = len(replay)
         self._inner = send
         if self._audio_done:
             send.close()

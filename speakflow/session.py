@@ -17,8 +17,8 @@ vendor socket, task or buffer outlives it. Audio is routed only through the
 session bound to *this* connection: a session id in a message is checked
 against it, never looked up globally, so audio cannot reach another user.
 
-Slow providers: each source's provider channel holds AUDIO_QUEUE_CHUNKS chunks
-(60 s of desktop audio by default, enough for the desktop's reconnect replay). If
+Slow providers: each source's provider channel holds AUDIO_QUEUE_S of audio
+(60 s by default, enough for the desktop's reconnect replay). If
 the provider falls that far behind, new chunks are dropped and counted, and
 the client gets one ``provider_unavailable`` error per overflow episode;
 memory never grows past the bound.
@@ -550,7 +550,7 @@ class Connection:
             source.overflowing = True
             await self.send_error(
                 p.ErrorCode.PROVIDER_UNAVAILABLE,
-                f"{session.provider} is more than {self.settings.AUDIO_QUEUE_CHUNKS} chunks "
+                f"{session.provider} is more than {self.settings.AUDIO_QUEUE_S:g} s "
                 f"behind on source {source.name}; audio is being dropped",
                 session.id,
             )
@@ -784,7 +784,7 @@ class Connection:
             ),
             response_timeout=s.PROVIDER_RESPONSE_TIMEOUT,
             replay_seconds=s.REPLAY_BUFFER_S,
-            queue_chunks=s.AUDIO_QUEUE_CHUNKS,
+            queue_seconds=s.AUDIO_QUEUE_S,
             last_final_end=source.last_final_end,
         )
         session.nursery.start_soon(self._run_source, session, source, source.stream)

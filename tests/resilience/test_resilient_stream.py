@@ -104,7 +104,7 @@ async def run_stream(
         policy=policy or RetryPolicy(),
         response_timeout=response_timeout,
         replay_seconds=replay_seconds,
-        queue_chunks=16,
+        queue_seconds=8,
     )
 
     async def emit(ev: TranscriptEvent, provider: str) -> None:
@@ -232,7 +232,7 @@ async def test_speech_after_a_long_silence_is_not_a_stall(autojump_clock) -> Non
     assert texts(out)[-10:] == [f"w{i}" for i in range(80, 90)]
 
 
-def _stream(queue_chunks: int = 4, replay_seconds: float = 60) -> ResilientStream:
+def _stream(queue_seconds: float = 2.0, replay_seconds: float = 60) -> ResilientStream:
     async def backend_for(name: str) -> ScriptedBackend:
         return ScriptedBackend(name, [None])
 
@@ -242,16 +242,26 @@ def _stream(queue_chunks: int = 4, replay_seconds: float = 60) -> ResilientStrea
         policy=RetryPolicy(),
         response_timeout=30.0,
         replay_seconds=replay_seconds,
-        queue_chunks=queue_chunks,
+        queue_seconds=queue_seconds,
     )
 
 
-async def test_feed_refuses_when_the_provider_is_a_queue_behind(autojump_clock) -> None:
-    """A provider that stops reading: feed says BEHIND after queue_chunks, drops
-    without buffering, and takes audio again once the provider catches up."""
-    stream = _stream(queue_chunks=4)
+@pytest.mark.parametrize("frame_samples", [8000, 1600])  # 500 ms and 100 ms chunks
+async def test_feed_refuses_when_the_provider_is_a_queue_behind(
+    autojump_clock, frame_samples: int
+) -> None:
+    """A provider that stops reading: feed says BEHIND once queue_seconds of audio
+    wait, whatever the chunk size, drops without buffering, and takes audio again
+    once the provider catches up."""
+    stream = _stream(queue_seconds=2.0)
+    fits = 2 * SR // frame_samples  # 4 chunks of 500 ms, 20 of 100 ms
     release = trio.Event()
     got: list[int] = []
+
+    def chunk(i: int) -> AudioFrame:
+        return AudioFrame(
+            np.full(frame_samples, 1000 + i, dtype="<i2").tobytes(), i * frame_samples
+        )
 
     class Slow:
         name = "v"
@@ -279,14 +289,14 @@ async def test_feed_refuses_when_the_provider_is_a_queue_behind(autojump_clock) 
     async with trio.open_nursery() as n:
         n.start_soon(stream.run, emit, StreamConfig("s", "microphone", "en"), report)
         await trio.sleep(0.1)  # the first connection's channel is open
-        fed = [stream.feed(frame(i)) for i in range(6)]
-        assert fed == [Fed.TAKEN] * 4 + [Fed.BEHIND] * 2
-        assert stream.queued() == 4
+        fed = [stream.feed(chunk(i)) for i in range(fits + 2)]
+        assert fed == [Fed.TAKEN] * fits + [Fed.BEHIND] * 2
+        assert stream.queued() == fits
         release.set()
         await trio.sleep(0.1)
-        assert stream.feed(frame(6)) is Fed.TAKEN
+        assert stream.feed(chunk(fits + 2)) is Fed.TAKEN
         stream.end_of_audio()
-    assert got == [0, 1, 2, 3, 6]  # the refused frames never reach the vendor
+    assert got == [*range(fits), fits + 2]  # the refused chunks never reach the vendor
 
 
 async def test_audio_fed_before_the_stream_runs_reaches_the_first_connection(
