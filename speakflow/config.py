@@ -215,6 +215,13 @@ def _explain(err: msgspec.ValidationError, raw: Mapping[str, str]) -> str:
     return f"{name}: {reason[0].lower() + reason[1:]} (got {shown})"
 
 
+#: settings that were replaced: old name -> what to set now
+RENAMED = {
+    "AUDIO_QUEUE_CHUNKS": "AUDIO_QUEUE_S (seconds of audio a slow provider may fall "
+    "behind by; 60 = the old default of 120 desktop chunks)",
+}
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
 ) -> Settings:
@@ -228,6 +235,9 @@ def load_settings(
     if env_file is not None and Path(env_file).is_file():
         raw.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
     raw.update(env)
+    for old, new in RENAMED.items():
+        if old in raw:  # silently ignoring it would change a deployment's behaviour
+            raise ConfigError(f"{old} is no longer read: set {new} instead")
     known = {k: v for k, v in raw.items() if k in Settings.__struct_fields__}
     try:
         settings = msgspec.convert(known, Settings, strict=False)

@@ -69,3 +69,14 @@ def test_bad_whisper_model_dir(tmp_path) -> None:
     # checked while settings load (the registry's check), before the server starts
     with pytest.raises(ConfigError, match=r"^WHISPER_MODEL:"):
         load_settings(environ={"WHISPER_MODEL": str(tmp_path)}, env_file=None)
+
+
+def test_a_replaced_setting_is_a_startup_error_naming_its_successor(tmp_path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"AUDIO_QUEUE_CHUNKS is no longer read: set AUDIO_QUEUE_S"
+    ):
+        load_settings({"AUDIO_QUEUE_CHUNKS": "120"}, env_file=None)
+    env_file = tmp_path / ".env"
+    env_file.write_text("AUDIO_QUEUE_CHUNKS=120\n")
+    with pytest.raises(ConfigError, match="AUDIO_QUEUE_S"):
+        load_settings({}, env_file=env_file)
