@@ -39,8 +39,11 @@ def register(sub: Any) -> None:
         "partials and finals live and a summary at the end. WAV files of any rate and "
         "channel count are converted to 16 kHz mono PCM16.",
     )
+    stream.add_argument("--mic", type=Path, metavar="WAV", help="audio of the microphone source")
     stream.add_argument(
-        "--mic", required=True, type=Path, metavar="WAV", help="audio of the microphone source"
+        "--sample",
+        choices=("en", "es"),
+        help="stream a short clip shipped with SpeakFlow as the microphone (instead of --mic)",
     )
     stream.add_argument(
         "--system", type=Path, metavar="WAV", help="audio of the system source (optional)"
@@ -171,10 +174,13 @@ def register(sub: Any) -> None:
 
 
 def _cmd_stream(args: argparse.Namespace) -> int:
+    from ..samples import SAMPLES
     from .stream import StreamOptions, default_user_id, run_stream
 
+    if (args.mic is None) == (args.sample is None):
+        raise SystemExit("speakflow stream: give one of --mic WAV or --sample en|es")
     opts = StreamOptions(
-        mic=args.mic,
+        mic=args.mic if args.mic is not None else SAMPLES[args.sample],
         system=args.system,
         url=args.url,
         user_id=args.user_id or default_user_id(),

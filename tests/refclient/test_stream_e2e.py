@@ -145,3 +145,26 @@ async def test_client_offers_permessage_deflate_like_the_desktop():
             assert "unexpected_binary" in await ws.get_message()
         async with open_ws(server.ws, [(b"X-User-Id", b"u")], deflate=False) as ws:
             assert negotiated_extensions(ws) == []
+
+
+async def test_stream_sample_clip_needs_no_corpus():
+    """A newcomer without shared/ can still try the server: ``--sample en`` streams
+    the clip shipped inside the package."""
+    async with running_server() as server:
+        proc = await run_cli(
+            "stream", "--sample", "en", "--url", server.ws, "--json", "--speed", "4"
+        )
+    assert proc.returncode == 0, proc.stderr.decode()
+    finals = [
+        m["text"]
+        for m in json_lines(proc.stdout)
+        if m["type"] == "transcript" and m["is_final"] and m["source"] == "microphone"
+    ]
+    reference = "Good morning everyone, thanks for joining the weekly planning call."
+    assert wer(reference, " ".join(finals)) <= 0.15, finals
+
+
+async def test_stream_wants_exactly_one_microphone_input():
+    proc = await run_cli("stream", "--url", "ws://127.0.0.1:9/v1/stt/stream")
+    assert proc.returncode != 0
+    assert b"--mic WAV or --sample" in proc.stderr
