@@ -8,7 +8,7 @@ run only when named: ``uv run nox -s e2e``, ``uv run nox -s bench -- --sessions 
 
 Every session but ``lint`` installs the project exactly as ``uv.lock`` pins it
 (``uv sync --frozen``) into its own virtualenv under ``.nox/``; CI runs the
-README's ``uv run pytest``, the same suite as ``tests`` on one Python.
+README's ``uv run --dev pytest``, the same suite as ``tests`` on one Python.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ def sync(session: nox.Session) -> None:
         "uv",
         "sync",
         "--frozen",
+        "--group",
+        "dev",
         "--python",
         venv,
         env={"UV_PROJECT_ENVIRONMENT": venv},
