@@ -64,6 +64,9 @@ def browser_user_id(query: Mapping[str, str], subprotocols: Sequence[str]) -> st
 
 def create_app(settings: Settings) -> Starlette:
     state = ServerState(settings, processor=build_processor(settings))
+    from .shared_state import make_instance_id  # scale-out: this process's id in a cluster
+
+    instance_id = make_instance_id(settings.INSTANCE_ID)
     authenticator = Authenticator.from_settings(settings)
 
     @asynccontextmanager
@@ -89,6 +92,7 @@ def create_app(settings: Settings) -> Starlette:
             "provider_status": backend.status() if backend is not None else {},
             "uptime_s": round(time.time() - state.started_at, 1),
             "version": __version__,
+            "instance_id": instance_id,  # scale-out (docs/scaling.md)
         }
         return JSONResponse(body)
 
@@ -173,4 +177,5 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
     )
     app.state.speakflow = state
+    app.state.instance_id = instance_id
     return app

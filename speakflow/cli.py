@@ -119,7 +119,11 @@ def hypercorn_config(
 
 
 async def _serve(
-    settings: Settings, host: str | None, port: int | None, config_file: str | None = None
+    settings: Settings,
+    host: str | None,
+    port: int | None,
+    config_file: str | None = None,
+    listen_fd: int | None = None,
 ) -> None:
     from hypercorn.trio import serve
 
@@ -136,6 +140,8 @@ async def _serve(
         config.graceful_timeout,
         f" (from {config_file})" if config_file else "",
     )
+    if listen_fd is not None:  # scale-out: a worker of `serve --workers N` (speakflow.supervisor)
+        config.bind = [f"fd://{listen_fd}"]
 
     state = app.state.speakflow
 
@@ -179,8 +185,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 2
     _setup_logging(settings)
     log.debug("settings", extra={"event": "settings", "fields": dict(settings.safe_items())})
+    # >>> scale-out (speakflow.supervisor): --workers N > 1 supervises N of these processes
+    from .supervisor import parse_workers, run_supervisor
+
     try:
-        trio.run(_serve, settings, args.host, args.port, args.config)
+        workers = parse_workers(args.workers)
+        if workers > 1:
+            return run_supervisor(settings, args, workers)
+    except ConfigError as err:
+        print(f"speakflow: configuration error: {err}", file=sys.stderr)
+        return 2
+    # <<< scale-out
+    try:
+        trio.run(_serve, settings, args.host, args.port, args.config, args.listen_fd)
     except KeyboardInterrupt:
         pass
     except (ConfigError, BaseExceptionGroup) as err:
@@ -221,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="Hypercorn TOML file (e.g. deploy/hypercorn.toml); its keys win over settings",
     )
+    from .supervisor import add_arguments as add_scaleout_arguments
+
+    add_scaleout_arguments(serve)  # --workers (and the hidden --listen-fd of its children)
     serve.set_defaults(func=_cmd_serve)
     for module in _SUBCOMMAND_MODULES:
         importlib.import_module(module).register(sub)

@@ -79,6 +79,20 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     #: SIGTERM: time allowed to flush every session before sockets close
     SHUTDOWN_TIMEOUT_S: PositiveFloat = 20.0
 
+    # Scale-out (speakflow.shared_state, speakflow.supervisor; docs/scaling.md)
+    #: Redis/Valkey shared by every instance of a cluster (redis://, rediss://, unix://);
+    #: empty: this process alone (serve --workers N > 1 then starts an embedded Valkey)
+    REDIS_URL: str = ""
+    #: key prefix in Redis, so several clusters can share one server
+    REDIS_PREFIX: str = "speakflow:"
+    #: bound on every Redis call; past it the instance falls back to its own state
+    REDIS_TIMEOUT_S: PositiveFloat = 0.5
+    #: this instance's name in the cluster (health, logs); empty: the host name.
+    #: The process adds -<pid>-<random>: a restarted instance is a new owner
+    INSTANCE_ID: str = ""
+    #: heartbeat period; an instance silent for 4 periods counts as dead
+    INSTANCE_HEARTBEAT_S: PositiveFloat = 0.5
+
     MAX_CHUNK_BYTES: PositiveInt = 64_000
     #: audio (seconds, whatever the chunk size) a slow provider may fall behind by
     AUDIO_QUEUE_S: PositiveFloat = 60.0
@@ -277,3 +291,6 @@ def _check(settings: Settings) -> None:
         fallback.check(settings)
     check_processor(settings)
     check_proxy(settings)
+    from .shared_state import check_settings as check_shared_state  # scale-out
+
+    check_shared_state(settings)

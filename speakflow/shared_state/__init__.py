@@ -13,9 +13,11 @@ import os
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
+from ..errors import ConfigError
 from .base import (
     Final,
     Limits,
@@ -41,6 +43,7 @@ __all__ = [
     "SourceTimeline",
     "StaleOwner",
     "Takeover",
+    "check_settings",
     "heartbeat_loop",
     "make_instance_id",
     "open_shared_state",
@@ -101,3 +104,13 @@ async def heartbeat_loop(
         for notice in notices:
             await on_takeover(notice)
         await trio.sleep(interval_s)
+
+
+def check_settings(settings: Any) -> None:
+    """REDIS_URL must be a URL redis-py can open; said at startup, not at first use."""
+    url = settings.REDIS_URL
+    if url and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            f"REDIS_URL: expected redis://host:port[/db], rediss://... or unix:///path "
+            f"(got {url[:60]!r})"
+        )

@@ -134,9 +134,7 @@ class SharedState(Protocol):
 
     instance_id: str
 
-    async def open_session(
-        self, record: SessionRecord, limits: Limits, now: float
-    ) -> Opened:
+    async def open_session(self, record: SessionRecord, limits: Limits, now: float) -> Opened:
         """Admit a new session (atomically against both limits) or resume an existing one.
 
         Resume: epoch + 1, owner = this instance, attached; the previous live
@@ -162,7 +160,7 @@ class SharedState(Protocol):
         """The previous owner's last word after a takeover: its final timeline."""
         ...
 
-    async def wait_handoff(self, session_id: str, epoch: int, timeout: float) -> SessionRecord:
+    async def wait_handoff(self, session_id: str, epoch: int, patience_s: float) -> SessionRecord:
         """The new owner waits (bounded) for the previous owner's handoff, or its death;
         returns the record to continue from."""
         ...

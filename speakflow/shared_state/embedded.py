@@ -36,7 +36,9 @@ def valkey_binary() -> Path:
     try:
         return Path(get_binary_path())
     except Exception as err:  # unsupported platform: its message says which
-        raise ConfigError(f"no embedded Valkey server for this platform ({err}); set REDIS_URL")
+        raise ConfigError(
+            f"no embedded Valkey server for this platform ({err}); set REDIS_URL"
+        ) from None
 
 
 def free_port(host: str = "127.0.0.1") -> int:

