@@ -47,6 +47,7 @@ __all__ = [
     "heartbeat_loop",
     "make_instance_id",
     "open_shared_state",
+    "shared_state_from_settings",
 ]
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,21 @@ def open_shared_state(
         timeout_s=timeout_s,
         prefix=prefix,
         heartbeat_ttl_s=heartbeat_ttl_s,
+        on_error=on_error,
+    )
+
+
+def shared_state_from_settings(
+    settings: Any, instance_id: str, on_error: Callable[[str], None] | None = None
+) -> SharedState:
+    """The store as the settings say: REDIS_URL, REDIS_PREFIX, REDIS_TIMEOUT_S, and a
+    heartbeat TTL of four INSTANCE_HEARTBEAT_S periods."""
+    return open_shared_state(
+        settings.REDIS_URL,
+        instance_id,
+        timeout_s=settings.REDIS_TIMEOUT_S,
+        prefix=settings.REDIS_PREFIX,
+        heartbeat_ttl_s=4 * settings.INSTANCE_HEARTBEAT_S,
         on_error=on_error,
     )
 
