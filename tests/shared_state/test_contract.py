@@ -19,6 +19,7 @@ from speakflow.shared_state import (
     SourceTimeline,
     StaleOwner,
     Takeover,
+    heartbeat_loop,
 )
 
 from .conftest import Factory
@@ -265,3 +266,27 @@ async def test_end_forgets_the_record_and_its_journal(stores: Factory) -> None:
         assert await a.journal_pending("s1") == []
         again = await a.open_session(record("s1"), LIMITS, time.time())
     assert (again.status, again.epoch) == ("new", 1)  # and it had room: s1 was freed
+
+
+async def test_heartbeat_loop_tells_the_old_owner_within_two_seconds(stores: Factory) -> None:
+    a, b = stores("a"), stores("b")
+    await alive(a, b)
+    told: list[tuple[Takeover, float]] = []
+    heard = trio.Event()
+
+    async def on_takeover(notice: Takeover) -> None:
+        told.append((notice, trio.current_time()))
+        heard.set()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(heartbeat_loop, a, on_takeover, 0.5)
+            old = await a.open_session(record("s1"), LIMITS, time.time())
+            await trio.sleep(0.3)
+            resumed_at = trio.current_time()
+            await b.open_session(record("s1"), LIMITS, time.time())
+            await heard.wait()
+            nursery.cancel_scope.cancel()
+    ((notice, at),) = told
+    assert notice == Takeover("s1", old.epoch)
+    assert at - resumed_at < 2.0
