@@ -37,6 +37,7 @@ import trio
 
 from .config import Settings
 from .errors import ConfigError
+from .shared_state.embedded import EmbeddedValkey
 
 log = logging.getLogger("speakflow.supervisor")
 
@@ -121,9 +122,16 @@ class Worker:
 
 class Supervisor:
     def __init__(
-        self, host: str, port: int, workers: int, child_args: list[str], env: dict[str, str]
+        self,
+        host: str,
+        port: int,
+        workers: int,
+        child_args: list[str],
+        env: dict[str, str],
+        embedded: EmbeddedValkey | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self.embedded = embedded
         self.workers = [Worker(i) for i in range(workers)]
         self.child_args = child_args
         self.env = env
@@ -203,6 +211,44 @@ class Supervisor:
             backoff = min(backoff * 2, BACKOFF_MAX_S)
             worker.restarts += 1
 
+    async def _keep_embedded(self, server: EmbeddedValkey) -> None:
+        """The embedded Valkey is one more failure domain: restarted (empty, same URL)
+        when it dies. Meanwhile the workers fall back to their own state, and they
+        recover by themselves once it answers again."""
+        backoff = BACKOFF_FIRST_S
+        while server.proc is not None:
+            code = await _exited(server.proc)
+            if self.stopping.is_set():
+                return
+            log.warning(
+                "embedded Valkey (pid %d) died with %d; restarting in %.1f s",
+                server.proc.pid,
+                code,
+                backoff,
+                extra={"event": "shared_state.embedded_died", "fields": {"code": code}},
+            )
+            server.proc = None
+            while server.proc is None:
+                with trio.move_on_after(backoff):
+                    await self.stopping.wait()
+                if self.stopping.is_set():
+                    return
+                try:
+                    server.start(timeout=5)
+                except ConfigError as err:
+                    server.proc = None
+                    log.error("embedded Valkey could not restart: %s", err)
+                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+            log.info(
+                "embedded Valkey restarted at %s (pid %s)",
+                server.url,
+                server.pid,
+                extra={
+                    "event": "shared_state.embedded",
+                    "fields": {"url": server.url, "pid": server.pid},
+                },
+            )
+
     def _signal_all(self, sig: signal.Signals) -> None:
         for worker in self.workers:
             if worker.proc is not None and worker.proc.poll() is None:
@@ -221,6 +267,8 @@ class Supervisor:
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(keepers)
+                if self.embedded is not None:
+                    nursery.start_soon(self._keep_embedded, self.embedded)
                 first_at = 0.0
                 async for signum in signals:
                     name = signal.Signals(signum).name
@@ -241,7 +289,7 @@ class Supervisor:
 @dataclass
 class SharedStateSource:
     url: str
-    embedded: object | None = None  # an EmbeddedValkey to stop at the end
+    embedded: EmbeddedValkey | None = None  # to keep alive, and stop at the end
 
 
 def shared_state_for(settings: Settings, workers: int) -> SharedStateSource:
@@ -263,8 +311,6 @@ def shared_state_for(settings: Settings, workers: int) -> SharedStateSource:
             ) from None
         log.info("workers share state through REDIS_URL")
         return SharedStateSource(settings.REDIS_URL)
-    from .shared_state.embedded import EmbeddedValkey
-
     server = EmbeddedValkey()
     try:
         server.start()
@@ -281,7 +327,10 @@ def shared_state_for(settings: Settings, workers: int) -> SharedStateSource:
         server.url,
         server.pid,
         workers,
-        extra={"event": "shared_state.embedded", "fields": {"url": server.url}},
+        extra={
+            "event": "shared_state.embedded",
+            "fields": {"url": server.url, "pid": server.pid},
+        },
     )
     return SharedStateSource(server.url, server)
 
@@ -309,10 +358,7 @@ def run_supervisor(settings: Settings, args: argparse.Namespace, workers: int) -
     env = {**os.environ, "REDIS_URL": source.url}
     log.info("supervising %d workers on %s:%d (SO_REUSEPORT)", workers, host, port)
     try:
-        return trio.run(Supervisor(host, port, workers, child, env).run)
+        return trio.run(Supervisor(host, port, workers, child, env, source.embedded).run)
     finally:
         if source.embedded is not None:
-            from .shared_state.embedded import EmbeddedValkey
-
-            assert isinstance(source.embedded, EmbeddedValkey)
             source.embedded.stop()

@@ -8,8 +8,10 @@ the process lifecycle are under test here.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -134,6 +136,40 @@ async def test_a_killed_worker_is_restarted_and_the_other_keeps_serving(cluster:
     assert pid_of(replacement) != pid_of(victim)
     assert victim.split("-w")[1][0] == replacement.split("-w")[1][0]  # same worker slot
     assert '"event": "worker.died"' in cluster.text()
+
+
+def embedded_valkey(cluster: Cluster) -> list[dict[str, object]]:
+    """The embedded server's (re)starts the supervisor logged: url, pid."""
+    out = []
+    for line in cluster.text().splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            if entry.get("event") == "shared_state.embedded":
+                out.append(entry)
+    return out
+
+
+def pings(url: str) -> bool:
+    host, port = url.removeprefix("redis://").split(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1) as sock:
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+async def test_the_embedded_valkey_is_restarted_when_it_dies(cluster: Cluster) -> None:
+    with trio.fail_after(30):
+        (first,) = embedded_valkey(cluster)
+        url, pid = str(first["url"]), int(str(first["pid"]))
+        assert pings(url)
+        os.kill(pid, signal.SIGKILL)
+        while len(embedded_valkey(cluster)) < 2:  # noqa: ASYNC110 (another process's log)
+            await trio.sleep(0.05)
+    again = embedded_valkey(cluster)[-1]
+    assert again["url"] == url and again["pid"] != pid
+    assert pings(url)  # the same URL the workers were given
 
 
 async def test_sigterm_stops_every_worker_cleanly(cluster: Cluster) -> None:
