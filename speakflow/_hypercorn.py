@@ -55,8 +55,9 @@ from ._patches import require_attrs, require_version
 
 log = logging.getLogger(__name__)
 
-#: the releases whose internals these patches were read against
-PATCHED = {"hypercorn": ("0.17.", "0.18."), "wsproto": ("1.2.", "1.3.")}
+#: the releases whose internals these patches were read against (the copies below are 0.18's;
+#: 0.17 was never run with them, so it is refused rather than assumed)
+PATCHED = {"hypercorn": ("0.18.",), "wsproto": ("1.2.", "1.3.")}
 #: seconds a connection closed with 1009 gets to answer our Close before it is dropped
 CLOSE_GRACE_S = 1.0
 #: what ``WS_DEFLATE`` defaults to where a Config was not made by ``cli.hypercorn_config``
