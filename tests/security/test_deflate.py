@@ -201,6 +201,31 @@ async def test_deflate_bombs_beside_a_streaming_session(echo_server, audio_dir) 
             await trio.sleep(0.05)
 
 
+async def test_an_overflowed_connection_that_never_answers_the_close_is_dropped(server) -> None:
+    """After the 1009 the client keeps sending bombs and never closes: dropped, not inflated."""
+    with trio.fail_after(20), peak_rss() as rss:
+        ws = await RawWebSocket.connect(server.ws, [("X-User-Id", "stubborn")], deflate=True)
+        await ws.send(BOMB)
+        await read_to_close(ws)  # up to the server's Close frame, which we never answer
+        assert ws.close_code == 1009
+        dropped = trio.Event()
+
+        async def keep_sending() -> None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                while not dropped.is_set():
+                    await ws.stream.send_all(BOMB)
+                    await trio.sleep(0.01)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keep_sending)
+            with contextlib.suppress(trio.BrokenResourceError):
+                while await ws.stream.receive_some(65536):  # until the server's EOF
+                    pass
+            dropped.set()
+        await ws.close()
+    assert rss["peak"] < 64 * MB
+
+
 async def test_a_flood_of_legal_compressible_messages_is_slowed(echo_server, audio_dir) -> None:
     """Each message is under the limit (1 MiB of zeros in 1 KB): credit, not 1009, stops it."""
     zeros = compressed_frame(OP_BINARY, deflated(bytes(LIMIT - 1)))
