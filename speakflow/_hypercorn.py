@@ -164,6 +164,8 @@ def _make_handle_events() -> Any:
                     overflowed = True
                 elif wait := deflate.wait_s():
                     await trio.sleep(wait)  # not read again until its inflation is paid for
+                    if self.closed:
+                        return
             if isinstance(event, Message):
                 if overflowed:
                     continue  # closing with 1009: late data frames are dropped
