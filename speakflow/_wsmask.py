@@ -13,16 +13,17 @@ result) and does the XOR as one vectorised numpy operation.
 
 Installed process-wide by :func:`install` (the server and the emulators call
 it at startup) only for the wsproto versions whose internals it was checked
-against; ``tests/unit/test_wsmask.py`` compares it byte for byte with
-wsproto's own masker.
+against: on another, startup stops with a one-line ``PatchError`` (see
+``_patches.py``). ``tests/unit/test_wsmask.py`` compares it byte for byte
+with wsproto's own masker.
 """
 
 from __future__ import annotations
 
-from importlib.metadata import version
-
 import numpy as np
 from wsproto import frame_protocol
+
+from ._patches import require_attrs, require_version
 
 #: wsproto's own masker, kept for the comparison test whatever is installed
 WSPROTO_MASKER = frame_protocol.XorMaskerSimple
@@ -59,10 +60,10 @@ class NumpyXorMasker:
 
 
 def install() -> bool:
-    """Use :class:`NumpyXorMasker` in wsproto (idempotent); True if it is in place."""
+    """Use :class:`NumpyXorMasker` in wsproto (idempotent); ``PatchError`` if it cannot apply."""
     if frame_protocol.XorMaskerSimple is NumpyXorMasker:  # type: ignore[comparison-overlap]
         return True
-    if not version("wsproto").startswith(CHECKED_VERSIONS):
-        return False
+    found = require_version("wsproto", CHECKED_VERSIONS, "speakflow/_wsmask.py")
+    require_attrs("wsproto", found, frame_protocol, "XorMaskerSimple")
     frame_protocol.XorMaskerSimple = NumpyXorMasker  # type: ignore[misc,assignment]
     return True

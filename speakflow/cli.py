@@ -111,6 +111,7 @@ def hypercorn_config(
     for key, value in derived.items():
         if key not in given:
             setattr(config, key, value)
+    config.speakflow_ws_deflate = settings.WS_DEFLATE  # type: ignore[attr-defined]  # _hypercorn.py
     if host is not None or port is not None or "bind" not in given:
         host = settings.HOST if host is None else host
         port = settings.PORT if port is None else port

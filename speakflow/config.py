@@ -56,6 +56,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     CORS_ORIGINS: str = ""
     WS_PING_INTERVAL: PositiveFloat = 20.0
     WS_MAX_MESSAGE_BYTES: PositiveInt = 1_048_576
+    #: accept a client's permessage-deflate offer (inflation bounded: speakflow/_deflate.py);
+    #: off: frames arrive uncompressed: less server CPU, more bandwidth (desktop: either way)
+    WS_DEFLATE: bool = True
     #: reverse proxies whose X-Forwarded-For/-Proto/-Host are believed (speakflow.proxy);
     #: comma-separated addresses or networks, ``*`` for any peer, empty: never
     FORWARDED_ALLOW_IPS: str = ""

@@ -12,6 +12,8 @@ from typing import Any
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
+from speakflow.client.ws import negotiated_extensions, open_ws
+
 CHUNK_BYTES = 16000  # 500 ms
 
 
@@ -30,11 +32,22 @@ class TestClient:
     @classmethod
     @asynccontextmanager
     async def connect(
-        cls, url: str, user_id: str | None, headers: list[tuple[bytes, bytes]] | None = None
+        cls,
+        url: str,
+        user_id: str | None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        *,
+        deflate: bool = False,
     ) -> AsyncIterator[TestClient]:
+        """``deflate``: offer permessage-deflate as the desktop does, and insist it is used."""
         extra = list(headers or [])
         if user_id is not None:
             extra.append((b"X-User-Id", user_id.encode()))
+        if deflate:
+            async with open_ws(url, extra, message_queue_size=1000) as ws:
+                assert negotiated_extensions(ws) == ["permessage-deflate"]
+                yield cls(ws)
+            return
         async with open_websocket_url(url, extra_headers=extra, message_queue_size=1000) as ws:
             yield cls(ws)
 

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 import trio
 
 from ..client import TestClient, read_wav
+from ..conftest import running_server
 
 PCM = b"\x01\x00" * 8000  # 500 ms of near-silence
+
+
+@pytest.fixture(params=[False, True], ids=["plain", "deflate"])
+async def server(request):
+    """Each case as trio-websocket connects and as the desktop does (permessage-deflate)."""
+    async with running_server() as handle:
+        handle.client = partial(handle.client, deflate=request.param)
+        yield handle
 
 
 async def assert_usable(c: TestClient, sid: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import trio
 from trio_websocket import ConnectionClosed
@@ -12,6 +14,14 @@ from ..client import CHUNK_BYTES, read_wav
 from ..conftest import running_server
 
 TS0 = 1_717_000_000_000
+
+
+@pytest.fixture(params=[False, True], ids=["plain", "deflate"])
+async def server(request):
+    """Each case as trio-websocket connects and as the desktop does (permessage-deflate)."""
+    async with running_server() as handle:
+        handle.client = partial(handle.client, deflate=request.param)
+        yield handle
 
 
 def chunks(pcm: bytes) -> list[tuple[int, bytes]]:

@@ -28,11 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from speakflow.client.ws import open_ws
 from speakflow.protocol import decode_server
 from speakflow.wer import wer
 
@@ -241,7 +243,7 @@ class Stats:
     codes: dict[str, int] = field(default_factory=dict)
 
 
-async def drive(url: str, frames: list[Frame], stats: Stats) -> None:
+async def drive(url: str, frames: list[Frame], stats: Stats, deflate: bool = False) -> None:
     """Send ``frames`` on a fresh connection, then a probe; check every reply."""
     received: list[dict[str, Any]] = []
     probe_answered = trio.Event()
@@ -269,7 +271,9 @@ async def drive(url: str, frames: list[Frame], stats: Stats) -> None:
     with trio.fail_after(20):
         headers = [(b"X-User-Id", FUZZ_USER.encode())]
         async with (
-            open_websocket_url(
+            open_ws(url, headers, message_queue_size=10_000)
+            if deflate
+            else open_websocket_url(
                 url, extra_headers=headers, message_queue_size=10_000, max_message_size=2**24
             ) as ws,
             trio.open_nursery() as nursery,
@@ -307,10 +311,12 @@ class Honest:
     failure: BaseException | None = None
 
 
-async def honest_session(url: str, utterances: list[tuple[str, bytes]], out: Honest) -> None:
+async def honest_session(
+    url: str, utterances: list[tuple[str, bytes]], out: Honest, deflate: bool = False
+) -> None:
     """The desktop's shape: 500 ms chunks at real time, utterance after utterance."""
     silence = b"\x00\x00" * 16_000
-    async with TestClient.connect(url, HONEST_USER) as c:
+    async with TestClient.connect(url, HONEST_USER, deflate=deflate) as c:
         await c.start(HONEST_SID, user=HONEST_USER)
         await c.expect("session_started")
         async with trio.open_nursery() as nursery:
@@ -336,8 +342,9 @@ async def honest_session(url: str, utterances: list[tuple[str, bytes]], out: Hon
             await c.stop(HONEST_SID)
 
 
+@pytest.mark.parametrize("deflate", [False, True], ids=["plain", "deflate"])
 def test_fuzzed_frames_never_hurt_the_server_or_an_honest_session(
-    audio_dir, manifest, caplog
+    audio_dir, manifest, caplog, deflate: bool
 ) -> None:
     caplog.set_level(logging.WARNING)
     utterances = [(u["text"], read_wav(audio_dir / u["file"])) for u in manifest["utterances"][:4]]
@@ -351,7 +358,7 @@ def test_fuzzed_frames_never_hurt_the_server_or_an_honest_session(
             ready.set()
             try:
                 with trio.fail_after(HONEST_LIMIT_S):
-                    await honest_session(srv.ws, utterances, honest)
+                    await honest_session(srv.ws, utterances, honest, deflate)
                 # every fuzzed connection is gone, and its session with it (a detached
                 # record may wait for a resume, but nothing of it runs)
                 with trio.fail_after(10):
@@ -383,7 +390,7 @@ def test_fuzzed_frames_never_hurt_the_server_or_an_honest_session(
     @given(frames=sequences())
     def fuzz(frames: list[Frame]) -> None:
         assert honest.failure is None, honest.failure
-        trio.run(drive, url, frames, stats)
+        trio.run(drive, url, frames, stats, deflate)
 
     try:
         fuzz()
