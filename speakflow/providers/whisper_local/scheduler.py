@@ -32,6 +32,7 @@ oldest waiting final, batch and drop counters.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ import trio
 P = TypeVar("P")
 R = TypeVar("R")
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 FINAL = 0
 PARTIAL = 1
@@ -99,6 +102,10 @@ class BatchScheduler(Generic[P, R]):
         self.finals = 0
         self.partials = 0
         self.dropped_partials = 0
+        #: batches that failed and were decoded again request by request
+        self.isolated_failures = 0
+        #: requests that failed on their own (their caller got the error)
+        self.failed_items = 0
         #: model seconds per item of busy batches that carried finals (moving
         #: average): what a final costs when many streams want the model
         self.busy_item_cost: float | None = None
@@ -219,9 +226,12 @@ class BatchScheduler(Generic[P, R]):
                     f"run_batch returned {len(results)} results for {len(batch)} requests"
                 )
         except Exception as err:
-            for work in batch:
-                work.error = err
-                self._finish(work)
+            if len(batch) == 1:
+                batch[0].error = err
+                self.failed_items += 1
+                self._finish(batch[0])
+            else:
+                await self._one_by_one(batch, busy, err)
         else:
             for work, result in zip(batch, results, strict=True):
                 work.result = result
@@ -240,6 +250,35 @@ class BatchScheduler(Generic[P, R]):
                 cost = (ended - started) / len(batch)
                 old = self.busy_item_cost
                 self.busy_item_cost = cost if old is None else 0.8 * old + 0.2 * cost
+
+    async def _one_by_one(self, batch: list[_Work[P, R]], busy: bool, err: Exception) -> None:
+        """A batch failed: run each of its requests alone, so only the bad one fails.
+
+        One stream's bad request (a language the model rejects, audio that
+        trips a bug) must not fail every stream that happened to share its
+        batch. Requests not run yet when the leader is cancelled go back to
+        the queue for the next leader, in their original order.
+        """
+        self.isolated_failures += 1
+        log.warning("a batch of %d failed (%r): decoding its requests one by one", len(batch), err)
+        left = list(batch)
+        try:
+            while left:
+                work = left[0]
+                try:
+                    results = await trio.to_thread.run_sync(self._run_batch, [work.payload], busy)
+                    if len(results) != 1:
+                        raise RuntimeError(f"run_batch returned {len(results)} results for 1")
+                except Exception as one:
+                    work.error = one
+                    self.failed_items += 1
+                else:
+                    work.result = results[0]
+                left.pop(0)
+                self._finish(work)
+        finally:
+            if left:
+                self._pending.extend(left)
 
     def _pass_lead(self) -> None:
         """Wake the request that heads the next batch as the new leader, or go idle."""
