@@ -20,7 +20,18 @@ import trio
 
 from ...config import Settings
 from ...errors import ProviderOverloaded, ProviderRejected
-from ..base import SAMPLE_RATE, AudioFrame, Emit, SpeechProvider, StreamConfig, TranscriptEvent
+from ..base import (
+    AUTO,
+    SAMPLE_RATE,
+    AudioFrame,
+    Emit,
+    SpeechProvider,
+    StreamConfig,
+    TranscriptEvent,
+    UnsupportedLanguage,
+    primary_subtag,
+    shown,
+)
 from . import check_settings
 from .engine import (
     COMPRESSION_RATIO_THRESHOLD,
@@ -149,6 +160,33 @@ class WhisperLocalBackend:
             self.engine.decode_batch(batch, window="short", max_tokens=CALIBRATION_TOKENS)
             best = min(best, time.perf_counter() - started)
         return best / len(batch)
+
+    def check_language(self, code: str) -> None:
+        """start_session.language: raise UnsupportedLanguage unless the model can do it.
+
+        An English-only model (``*.en``) takes English only; a multilingual one
+        takes Whisper's language codes (regions ignored) and "auto" to detect.
+        A code Whisper does not know would fail the decode of every stream
+        batched with it, so it is refused here, before any audio.
+        """
+        model = self.settings.WHISPER_MODEL or "tiny.en"
+        if not self.engine.multilingual:
+            if primary_subtag(code) != "en":
+                what = "detect languages" if code.lower() in AUTO else f"transcribe {shown(code)}"
+                raise UnsupportedLanguage(
+                    f"model {model} is English-only and cannot {what}; send language "
+                    '"en" (or none), or set WHISPER_MODEL to a multilingual model (base, small)'
+                )
+            return
+        if code.lower() in AUTO:
+            return
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+        if primary_subtag(code) not in _LANGUAGE_CODES:
+            raise UnsupportedLanguage(
+                f"Whisper ({model}) does not know language {shown(code)}; send a code such "
+                'as "en", "es" or "pt", or "auto" to detect it'
+            )
 
     # ------------------------------------------------------------------ capacity
 
@@ -286,12 +324,18 @@ class WhisperLocalStream:
         chosen = config.language or self._backend.settings.DEFAULT_LANGUAGE
         lang = chosen.split("-")[0].lower() if chosen else None
         if engine.multilingual:
-            return None if lang in (None, "", "auto", "multi") else lang
+            if lang in (None, "", "auto", "multi"):
+                return None
+            try:  # start_session checked the client's choice; this is DEFAULT_LANGUAGE
+                self._backend.check_language(chosen)
+            except UnsupportedLanguage as err:
+                raise ProviderRejected(NAME, err.message) from None
+            return lang
         if lang not in (None, "", "en", "auto"):
             raise ProviderRejected(
                 NAME,
                 f"model {engine.model_path.name} is English-only and cannot transcribe "
-                f"language {chosen!r}; set WHISPER_MODEL to a multilingual model",
+                f"language {shown(chosen)}; set WHISPER_MODEL to a multilingual model",
             )
         return "en"
 
