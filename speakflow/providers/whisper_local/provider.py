@@ -111,6 +111,16 @@ class WhisperLocalBackend:
         self.streams = 0
         self.refused = 0
         self._calibration: float | None = None
+        #: each stream's queue of cut utterances (the backlog gauge)
+        self.queues: set[StreamQueue[Utterance]] = set()
+        #: a stream stops reading its audio while this many samples of cut
+        #: utterances wait for the model: AUDIO_QUEUE_S (at most one longest
+        #: utterance), so a stream behind on decoding is behind like any provider
+        self.backlog_limit = int(
+            min(settings.AUDIO_QUEUE_S, settings.WHISPER_MAX_UTTERANCE_S) * SAMPLE_RATE
+        )
+        #: the most samples one stream had waiting (high-water mark)
+        self.backlog_peak = 0
 
     def _run_batch(self, jobs: Sequence[DecodeJob], busy: bool) -> list[Decoded]:
         return self.engine.decode_batch(jobs, window=self.settings.WHISPER_WINDOW, busy=busy)
@@ -279,6 +289,10 @@ class WhisperLocalBackend:
             "speakflow_whisper_loops_cut_total": self.engine.loops_cut,
             "speakflow_whisper_full_window_seconds": self.engine.full_window_cost or 0.0,
             "speakflow_whisper_streams_refused_total": self.refused,
+            "speakflow_whisper_backlog_seconds": sum(backlog(q) for q in self.queues) / SAMPLE_RATE,
+            "speakflow_whisper_backlog_peak_seconds": self.backlog_peak / SAMPLE_RATE,
+            "speakflow_whisper_isolated_batch_failures_total": sched.isolated_failures,
+            "speakflow_whisper_failed_decodes_total": sched.failed_items,
         }
 
     def status(self) -> dict[str, object]:
@@ -298,6 +312,12 @@ class WhisperLocalBackend:
             ),
             **{f"scheduler_{k}": v for k, v in self.scheduler.statistics().items()},
         }
+
+
+def backlog(jobs: StreamQueue[Utterance]) -> int:
+    """Samples of cut utterances waiting for this stream's worker (the one it decodes
+    is not counted; of partials only the newest waits, and it is not counted either)."""
+    return sum(len(u.audio) for u in jobs.ordered)
 
 
 def _final_queued(jobs: StreamQueue[Utterance], index: int) -> bool:
@@ -360,7 +380,9 @@ class WhisperLocalStream:
         )
         jobs: StreamQueue[Utterance] = StreamQueue()
         key = object()  # this stream, for the scheduler
+        limit = backend.backlog_limit
         backend.streams += 1
+        backend.queues.add(jobs)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._work, jobs, key, emit, language)
@@ -370,12 +392,17 @@ class WhisperLocalStream:
                             backend.audio_seconds += frame.samples / SAMPLE_RATE
                             for utt in segmenter.feed(frame.pcm, frame.offset):
                                 self._put(jobs, key, utt)
+                            # Behind: stop reading, so the session's channel fills and
+                            # refuses chunks (AUDIO_QUEUE_S), as for any slow provider.
+                            while backlog(jobs) >= limit:
+                                await jobs.wait_taken()
                     for utt in segmenter.flush():
                         self._put(jobs, key, utt)
                 finally:
                     jobs.close()
         finally:
             backend.streams -= 1
+            backend.queues.discard(jobs)
 
     def _put(self, jobs: StreamQueue[Utterance], key: object, utt: Utterance) -> None:
         # finals and tentatives in order; of partials only the newest, older ones are stale
@@ -384,6 +411,8 @@ class WhisperLocalStream:
         if ordered:
             # the worker may be waiting on a queued partial: that one is stale now
             self._backend.scheduler.supersede(key)
+            backend = self._backend
+            backend.backlog_peak = max(backend.backlog_peak, backlog(jobs))
 
     async def _work(
         self, jobs: StreamQueue[Utterance], key: object, emit: Emit, language: str | None

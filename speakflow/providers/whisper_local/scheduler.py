@@ -303,6 +303,7 @@ class StreamQueue(Generic[T]):
         self.partial: T | None = None
         self.closed = False
         self._wake = trio.Event()
+        self._taken = trio.Event()
 
     def put(self, item: T, *, partial: bool) -> None:
         if partial:
@@ -316,9 +317,16 @@ class StreamQueue(Generic[T]):
         self.closed = True
         self._wake.set()
 
+    async def wait_taken(self) -> None:
+        """Until the worker takes an ordered item (the producer waits for room)."""
+        if self._taken.is_set():
+            self._taken = trio.Event()
+        await self._taken.wait()
+
     async def get(self) -> T | None:
         while True:
             if self.ordered:
+                self._taken.set()
                 return self.ordered.popleft()
             if self.partial is not None:
                 item, self.partial = self.partial, None
