@@ -33,6 +33,7 @@ from ..base import (
     shown,
 )
 from . import check_settings
+from .capacity import CostEstimate
 from .engine import (
     COMPRESSION_RATIO_THRESHOLD,
     Decoded,
@@ -59,6 +60,12 @@ ADMIT_MAX_FINAL_WAIT_S = 1.0
 UTTERANCE_PERIOD_S = 4.0
 TARGET_FINAL_LOAD = 0.5
 CALIBRATION_TOKENS = 20
+#: timed calibration rounds at start-up (the fastest counts: the others were
+#: slowed by something else on the machine)
+CALIBRATION_ROUNDS = 3
+#: with an estimated capacity, the model is timed again this often while it is
+#: idle, so the estimate follows the machine rather than its start-up moment
+RECALIBRATE_S = 300.0
 
 
 def usable_text(segments: list[Segment]) -> str:
@@ -101,16 +108,19 @@ class WhisperLocalBackend:
             settings.WHISPER_CPU_THREADS,
         )
         self.engine.full_window_budget = settings.WHISPER_FULL_WINDOW_BUDGET_MS / 1000
+        #: model seconds per final when busy: what the capacity divides by
+        self.estimate = CostEstimate(time.monotonic)
         self.scheduler: BatchScheduler[DecodeJob, Decoded] = BatchScheduler(
             self._run_batch,
             max_batch=settings.WHISPER_MAX_BATCH,
             partial_max_wait=settings.WHISPER_PARTIAL_INTERVAL_MS / 1000,
+            on_busy_cost=self.estimate.observe,
         )
         #: seconds of audio fed to this backend's streams (for the real-time factor)
         self.audio_seconds = 0.0
         self.streams = 0
         self.refused = 0
-        self._calibration: float | None = None
+        self.recalibrations = 0
         #: each stream's queue of cut utterances (the backlog gauge)
         self.queues: set[StreamQueue[Utterance]] = set()
         #: a stream stops reading its audio while this many samples of cut
@@ -134,15 +144,38 @@ class WhisperLocalBackend:
         if cached is None:
             cached = await trio.to_thread.run_sync(self._calibrate)
             _calibrations[(id(self.engine), key)] = cached
-        self._calibration = cached
+        self.estimate.calibrated(cached)
         log.info(
             "whisper model loaded from %s: a final costs %.0f ms in a busy batch, %.0f ms "
             "alone over the full window; capacity %d streams",
             self.engine.model_path,
-            self._calibration * 1000,
+            cached * 1000,
             (self.engine.full_window_cost or 0.0) * 1000,
             self.capacity,
         )
+        if not self.settings.WHISPER_MAX_STREAMS:
+            # A system task: the backend has no nursery of its own, and this one
+            # only sleeps between runs; it ends with the process's event loop.
+            trio.lowlevel.spawn_system_task(self._recalibrate_forever, name=f"{NAME} recalibration")
+
+    async def _recalibrate_forever(self) -> None:
+        """Time the model again every RECALIBRATE_S while it is idle (background).
+
+        It runs with the model to itself (:meth:`BatchScheduler.run_alone`), so
+        it neither slows a batch nor is slowed by one; a busy model is skipped
+        (its busy batches are measured anyway). Never raises: a failure is
+        logged and the estimate keeps what it had.
+        """
+        while True:
+            await trio.sleep(RECALIBRATE_S)
+            try:
+                cost = await self.scheduler.run_alone(lambda: self._time_batch(1))
+            except Exception:
+                log.exception("whisper recalibration failed; the estimate keeps what it had")
+                continue
+            if cost is not None:
+                self.recalibrations += 1
+                self.estimate.calibrated(cost)
 
     def _calibrate(self) -> float:
         """Warm the model up and time a busy moment: seconds of model time per final.
@@ -150,22 +183,32 @@ class WhisperLocalBackend:
         The first calls allocate (slow), so both windows are run once untimed.
         Then a full batch of 4 s utterances, short window, each forced to 20
         tokens (noise makes Whisper talk until stopped; a 4 s sentence is about
-        that long), as when many streams finish utterances at once.
+        that long), as when many streams finish utterances at once; the
+        fastest of CALIBRATION_ROUNDS (two made the figure vary 2x across
+        restarts on one machine).
         """
+        batch = self._calibration_batch()
+        job = batch[0]
+        engine = self.engine
+        engine.decode_batch([job], window="full", max_tokens=2)
+        engine.full_window_cost = None  # that first call allocated: measure a real one
+        engine.decode_batch([job], window="full", max_tokens=CALIBRATION_TOKENS)
+        engine.decode_batch(batch, window="short", max_tokens=2)
+        return self._time_batch(CALIBRATION_ROUNDS)
+
+    def _calibration_batch(self) -> list[DecodeJob]:
         import numpy as np
 
         rng = np.random.default_rng(0)
         language = None if self.engine.multilingual else "en"
         audio = (rng.standard_normal(4 * SAMPLE_RATE) * 0.01).astype(np.float32)
-        job = DecodeJob(audio, language, 4.0, final=True)
-        engine = self.engine
-        engine.decode_batch([job], window="full", max_tokens=2)
-        engine.full_window_cost = None  # that first call allocated: measure a real one
-        engine.decode_batch([job], window="full", max_tokens=CALIBRATION_TOKENS)
-        batch = [job] * self.settings.WHISPER_MAX_BATCH
-        self.engine.decode_batch(batch, window="short", max_tokens=2)
+        return [DecodeJob(audio, language, 4.0, final=True)] * self.settings.WHISPER_MAX_BATCH
+
+    def _time_batch(self, rounds: int) -> float:
+        """Blocking: the fastest of ``rounds`` timed busy batches, seconds per final."""
+        batch = self._calibration_batch()
         best = math.inf
-        for _ in range(2):
+        for _ in range(rounds):
             started = time.perf_counter()
             self.engine.decode_batch(batch, window="short", max_tokens=CALIBRATION_TOKENS)
             best = min(best, time.perf_counter() - started)
@@ -202,10 +245,10 @@ class WhisperLocalBackend:
 
     @property
     def final_cost(self) -> float | None:
-        """Model seconds per final when the model is busy: measured on real busy
-        batches once there were some (it follows the machine: a neighbour taking
-        CPU makes it rise), else the start-up calibration."""
-        return self.scheduler.busy_item_cost or self._calibration
+        """Model seconds per final when the model is busy (see :class:`CostEstimate`):
+        the median of recent busy batches, kept near the calibration, else the
+        calibration (start-up, then background runs)."""
+        return self.estimate.value
 
     @property
     def capacity(self) -> int:
@@ -286,6 +329,9 @@ class WhisperLocalBackend:
             "speakflow_whisper_final_decodes_total": sched.finals,
             "speakflow_whisper_partials_dropped_total": sched.dropped_partials,
             "speakflow_whisper_fallback_decodes_total": self.engine.fallbacks,
+            "speakflow_whisper_fallbacks_skipped_total": self.engine.fallbacks_skipped,
+            "speakflow_whisper_final_cost_seconds": self.final_cost or 0.0,
+            "speakflow_whisper_recalibrations_total": self.recalibrations,
             "speakflow_whisper_loops_cut_total": self.engine.loops_cut,
             "speakflow_whisper_full_window_seconds": self.engine.full_window_cost or 0.0,
             "speakflow_whisper_streams_refused_total": self.refused,
@@ -305,6 +351,7 @@ class WhisperLocalBackend:
             "streams": self.streams,
             "capacity_streams": self.capacity,
             "final_cost_ms": round(cost * 1000, 1) if cost is not None else None,
+            **{f"final_cost_{k}": v for k, v in self.estimate.snapshot().items()},
             "full_window_ms": (
                 round(self.engine.full_window_cost * 1000, 1)
                 if self.engine.full_window_cost is not None

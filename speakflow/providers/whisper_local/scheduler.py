@@ -81,6 +81,7 @@ class BatchScheduler(Generic[P, R]):
         busy_wait: float = 0.1,
         load_window: float = 10.0,
         clock: Callable[[], float] = trio.current_time,
+        on_busy_cost: Callable[[float], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
@@ -106,9 +107,9 @@ class BatchScheduler(Generic[P, R]):
         self.isolated_failures = 0
         #: requests that failed on their own (their caller got the error)
         self.failed_items = 0
-        #: model seconds per item of busy batches that carried finals (moving
-        #: average): what a final costs when many streams want the model
-        self.busy_item_cost: float | None = None
+        #: told the model seconds per item of each busy batch that carried
+        #: finals: what a final costs when many streams want the model
+        self._on_busy_cost = on_busy_cost
 
     # ------------------------------------------------------------------ public
 
@@ -142,6 +143,22 @@ class BatchScheduler(Generic[P, R]):
         if work.error is not None:
             raise work.error
         return work.result
+
+    async def run_alone(self, fn: Callable[[], T]) -> T | None:
+        """Run ``fn`` in a worker thread with the model to itself, if it is idle now.
+
+        None, without running it, when the model is busy or requests wait.
+        Requests submitted meanwhile queue behind it, as behind a batch. For
+        background work on the model (recalibration) that must neither slow
+        a batch down nor be slowed down by one.
+        """
+        if self._running or self._pending:
+            return None
+        self._running = True
+        try:
+            return await trio.to_thread.run_sync(fn)
+        finally:
+            self._pass_lead()
 
     def supersede(self, key: Hashable) -> None:
         """Drop ``key``'s queued partials: a final of that stream replaces them."""
@@ -246,10 +263,8 @@ class BatchScheduler(Generic[P, R]):
             self.items += len(batch)
             self.finals += n_final
             self.partials += len(batch) - n_final
-            if busy and n_final:
-                cost = (ended - started) / len(batch)
-                old = self.busy_item_cost
-                self.busy_item_cost = cost if old is None else 0.8 * old + 0.2 * cost
+            if busy and n_final and self._on_busy_cost is not None:
+                self._on_busy_cost((ended - started) / len(batch))
 
     async def _one_by_one(self, batch: list[_Work[P, R]], busy: bool, err: Exception) -> None:
         """A batch failed: run each of its requests alone, so only the bad one fails.

@@ -343,3 +343,40 @@ async def test_stream_queue_get_waits_for_an_item_or_close() -> None:
             await trio.testing.wait_all_tasks_blocked()
             queue.close()
     assert got == ["f1", None]
+
+
+async def test_run_alone_has_the_model_to_itself_or_does_not_run() -> None:
+    """Background work (recalibration) never overlaps a batch: requests wait behind it."""
+    model = FakeModel()
+    sched: BatchScheduler[str, str] = BatchScheduler(model, max_batch=8)
+    alone = threading.Event()
+    ran: list[str] = []
+
+    def work() -> str:
+        alone.wait(10)
+        ran.append("alone")
+        return "done"
+
+    results: dict[str, object] = {}
+
+    async def background() -> None:
+        results["alone"] = await sched.run_alone(work)
+
+    async def ask(name: str) -> None:
+        results[name] = await sched.submit(name, name, final=True)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            n.start_soon(background)
+            await trio.testing.wait_all_tasks_blocked()
+            n.start_soon(ask, "a")
+            await trio.testing.wait_all_tasks_blocked()
+            assert model.batches == [] and sched.waiting == 1  # "a" waits behind it
+            alone.set()
+        assert results == {"alone": "done", "a": "A"}
+        assert model.max_running == 1
+        async with trio.open_nursery() as n:
+            await _busy(sched, model, n)
+            assert await sched.run_alone(work) is None  # busy: not run
+            model.gate.set()
+    assert ran == ["alone"]
