@@ -85,3 +85,34 @@ def test_few_samples_do_not_count_and_the_calibration_is_the_median_of_its_runs(
     for cost in (0.05, 0.05, 0.05, 0.05):  # only the last five runs count
         estimate.calibrated(cost)
     assert estimate.calibration == 0.05
+
+
+def test_a_batch_the_model_cannot_make_sense_of_redoes_what_fits_the_budget(
+    audio_dir, manifest
+) -> None:
+    """Spanish into the English-only model: every final of the batch looks suspicious;
+    redoing all of them over the full window multiplied the batch's time."""
+    import numpy as np
+
+    from speakflow.providers.whisper_local.engine import DecodeJob, resolve_model, shared_engine
+
+    from ...client import read_wav
+
+    engine = shared_engine(resolve_model(""), "cpu", "int8", 0)
+    engine.load()
+    jobs = []
+    for utt in manifest["utterances_es"]:
+        audio = np.frombuffer(read_wav(audio_dir / utt["file"]), "<i2").astype(np.float32) / 32768
+        jobs.append(DecodeJob(audio, "en", len(audio) / 16000, final=True))
+    saved = engine.full_window_cost
+    engine.full_window_cost = engine.full_window_budget * 1.5  # one redo fits, not two
+    try:
+        before = (engine.fallbacks, engine.fallbacks_skipped)
+        out = engine.decode_batch(jobs, window="short", busy=True)
+        redone = engine.fallbacks - before[0]
+        skipped = engine.fallbacks_skipped - before[1]
+    finally:
+        engine.full_window_cost = saved
+    assert len(out) == 3
+    assert redone == 1 and skipped >= 1, (redone, skipped)
+    assert sum(d.fallback for d in out) == 1
