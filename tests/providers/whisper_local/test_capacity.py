@@ -116,3 +116,29 @@ def test_a_batch_the_model_cannot_make_sense_of_redoes_what_fits_the_budget(
     assert len(out) == 3
     assert redone == 1 and skipped >= 1, (redone, skipped)
     assert sum(d.fallback for d in out) == 1
+
+
+async def test_the_model_is_recalibrated_in_the_background_and_the_estimate_is_exposed(
+    monkeypatch,
+) -> None:
+    import httpx
+    import trio
+
+    from speakflow.providers.whisper_local import provider
+
+    from ...conftest import running_server
+
+    monkeypatch.setattr(provider, "RECALIBRATE_S", 0.2)
+    with trio.fail_after(120):
+        async with running_server(WHISPER_MAX_STREAMS=0) as server:
+            backend = server.state.backends["whisper_local"]
+            while backend.recalibrations < 2:  # noqa: ASYNC110 (a counter, no event)
+                await trio.sleep(0.1)
+            async with httpx.AsyncClient(base_url=server.http) as http:
+                health = (await http.get("/v1/health")).json()["provider_status"]
+                metrics = (await http.get("/metrics")).text
+    assert health["final_cost_calibration_runs"] >= 3  # start-up, then the background runs
+    assert health["final_cost_ms"] == health["final_cost_calibration_ms"] > 0
+    assert health["capacity_streams"] >= 1
+    assert "speakflow_whisper_recalibrations_total" in metrics
+    assert "speakflow_whisper_final_cost_seconds" in metrics
