@@ -5,7 +5,14 @@ Each stream owns a :class:`VadSegmenter` (what to decode, when) and a
 the :class:`BatchScheduler` in front of the model are shared by every stream
 of the process. A stream is admitted only while the model can serve it
 (:meth:`WhisperLocalBackend.admit`); otherwise ``stream()`` raises
-:class:`ProviderOverloaded` and the client gets ``rate_limited``.
+:class:`ProviderOverloaded` and the client gets ``rate_limited``. The capacity
+comes from a robust estimate of what a final costs (:mod:`.capacity`), so a
+few decodes of audio the model cannot make sense of cannot shrink it.
+
+A stream whose cut utterances wait for the model (more than
+min(AUDIO_QUEUE_S, WHISPER_MAX_UTTERANCE_S) of audio) stops reading its
+audio channel: the session's channel then fills and refuses chunks, the
+AUDIO_QUEUE_S policy every provider has, instead of an unbounded queue here.
 """
 
 from __future__ import annotations

@@ -16,8 +16,14 @@ meanwhile). Rules, in the order they apply when the model frees up:
    A stream has at most one request in flight (its worker awaits each), so
    oldest-first is round-robin across streams.
 
+A batch that fails is decoded again request by request, so one stream's bad
+request (a language the model rejects, audio that trips a bug) fails that
+request only, never the streams that happened to share its batch.
+
 Each stream feeds its worker through a :class:`StreamQueue` (finals in order,
-only the newest partial).
+only the newest partial); the producer can wait until the worker takes one
+(:meth:`StreamQueue.wait_taken`), which is how a stream behind on decoding
+stops reading its audio.
 
 There is no background task: the first caller to find the model idle becomes
 the *leader*, runs batches until its own request is answered, then hands the
