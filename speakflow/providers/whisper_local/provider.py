@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -435,17 +435,23 @@ class WhisperLocalStream:
         jobs: StreamQueue[Utterance] = StreamQueue()
         key = object()  # this stream, for the scheduler
         limit = backend.backlog_limit
+        # The stall watchdog's "the vendor answered": this provider is in the process,
+        # and it rightly says nothing for noise or while a decode runs, which the
+        # watchdog took for a dead connection (a "reconnect" per PROVIDER_RESPONSE_TIMEOUT
+        # of noise). Taking audio and finishing a decode are its answers.
+        alive = config.hooks.vendor_message
         backend.streams += 1
         backend.queues.add(jobs)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._work, jobs, key, emit, language)
+                nursery.start_soon(self._work, jobs, key, emit, language, alive)
                 try:
                     async with audio:
                         async for frame in audio:
                             backend.audio_seconds += frame.samples / SAMPLE_RATE
                             for utt in segmenter.feed(frame.pcm, frame.offset):
                                 self._put(jobs, key, utt)
+                            alive()
                             # Behind: stop reading, so the session's channel fills and
                             # refuses chunks (AUDIO_QUEUE_S), as for any slow provider.
                             while backlog(jobs) >= limit:
@@ -469,7 +475,12 @@ class WhisperLocalStream:
             backend.backlog_peak = max(backend.backlog_peak, backlog(jobs))
 
     async def _work(
-        self, jobs: StreamQueue[Utterance], key: object, emit: Emit, language: str | None
+        self,
+        jobs: StreamQueue[Utterance],
+        key: object,
+        emit: Emit,
+        language: str | None,
+        alive: Callable[[], None],
     ) -> None:
         scheduler = self._backend.scheduler
         finalized = -1
@@ -498,6 +509,7 @@ class WhisperLocalStream:
                 if utt.tentative and _final_queued(jobs, utt.index):
                     continue  # its final is already here: decode that one instead
                 decoded = await scheduler.submit(key, job, final=utt.final or utt.tentative)
+                alive()
                 if decoded is None:
                     continue  # a partial dropped as stale
             text = accepted_text(decoded)
