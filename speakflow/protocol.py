@@ -29,6 +29,7 @@ class ErrorCode(StrEnum):
     USER_MISMATCH = "user_mismatch"
     UNKNOWN_SOURCE = "unknown_source"
     UNSUPPORTED_AUDIO_CONFIG = "unsupported_audio_config"
+    UNSUPPORTED_LANGUAGE = "unsupported_language"
     PROVIDER_UNAVAILABLE = "provider_unavailable"
     PROVIDER_ERROR = "provider_error"
     RATE_LIMITED = "rate_limited"
@@ -50,6 +51,8 @@ ERROR_DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.UNKNOWN_SOURCE: "source other than `microphone` / `system`",
     ErrorCode.UNSUPPORTED_AUDIO_CONFIG: "sample rate, channels or encoding the server cannot "
     "honour",
+    ErrorCode.UNSUPPORTED_LANGUAGE: "`start_session.language` that the session's provider cannot "
+    "transcribe (e.g. Spanish on an English-only model); the session is not started",
     ErrorCode.PROVIDER_UNAVAILABLE: "the provider cannot be reached or cannot keep up",
     ErrorCode.PROVIDER_ERROR: "the provider rejected the stream (bad key, bad request)",
     ErrorCode.RATE_LIMITED: "a limit was hit (sessions per user or in total, audio far faster "

@@ -52,6 +52,8 @@ from .providers.base import (
     ProviderBackend,
     StreamConfig,
     TranscriptEvent,
+    UnsupportedLanguage,
+    check_language,
 )
 from .providers.registry import PROVIDERS
 from .resilience import Fed, ResilientStream, RetryPolicy
@@ -608,6 +610,10 @@ class Connection:
         if self.stopping is not None:
             await self.stopping.finished.wait()  # keep session_ended before session_started
         backend = await self.state.backend(provider)
+        try:  # whisperops (issue 16): refuse a language the provider cannot take, here
+            check_language(backend, msg.language or None)
+        except UnsupportedLanguage as err:
+            raise p.ProtocolViolation(p.ErrorCode(err.code), err.message, sid) from None
         language = msg.language or None  # None: the provider's own default applies
         session = Session(msg, self.user_id, provider, backend, language)
         if sid in self.state.sessions:  # raced with another connection while we waited

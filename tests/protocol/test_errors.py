@@ -248,16 +248,15 @@ async def test_rate_limited_sessions_per_user(audio_dir) -> None:
             await assert_usable(b, "two")
 
 
-async def test_provider_error_for_language_the_model_cannot_do(server) -> None:
+async def test_unsupported_language_for_language_the_model_cannot_do(server) -> None:
+    """Refused at start (issue 16), before anything reaches the shared model."""
     with trio.fail_after(20):
         async with server.client() as c:
             await c.start("s", language="es")
-            await c.expect("session_started")
-            err = await expect_error(c, "provider_error")
+            err = await expect_error(c, "unsupported_language")
             assert "English-only" in err["message"]
-            await c.chunk("s", "microphone", PCM)  # no crash, audio is dropped quietly
-            await c.stop("s")
-            await c.until("session_ended")
+            await c.chunk("s", "microphone", PCM)  # no crash: the session never started
+            await expect_error(c, "unknown_session")
             await assert_usable(c, "s2")
 
 

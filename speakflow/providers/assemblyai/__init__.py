@@ -13,6 +13,16 @@ from urllib.parse import urlsplit
 
 from ...config import Settings
 from ...errors import ConfigError
+from ..base import check_listed
+
+#: Universal Streaming: the English model, or the multilingual one (with
+#: language detection) for these languages; "auto" picks the multilingual one.
+LANGUAGES = frozenset({"en", "es", "fr", "de", "it", "pt"})
+
+
+def check_language(code: str) -> None:
+    """start_session.language: raise UnsupportedLanguage unless AssemblyAI takes it."""
+    check_listed(code, "AssemblyAI", LANGUAGES, auto=True)
 
 
 def check_settings(settings: Settings) -> None:

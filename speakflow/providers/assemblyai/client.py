@@ -53,7 +53,7 @@ from .._ws import (
     vendor_connection,
 )
 from ..base import AudioFrame, Emit, SpeechProvider, StreamConfig
-from . import codec
+from . import check_language, codec
 from .codec import NAME, VENDOR
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,8 @@ class AssemblyAIBackend(WebSocketBackend):
     """Process-wide AssemblyAI settings; one :class:`AssemblyAIStream` per source."""
 
     name = NAME
+    #: start_session.language against AssemblyAI's languages (issue 16)
+    check_language = staticmethod(check_language)
 
     def __init__(self, settings: Settings, connect: Connector = connect_websocket) -> None:
         super().__init__(settings, connect)

@@ -17,6 +17,16 @@ from urllib.parse import urlsplit
 
 from ...config import Settings
 from ...errors import ConfigError
+from ..base import UnsupportedLanguage, check_listed, primary_subtag, shown
+
+#: primary subtags of the languages AWS Transcribe streams (docs.aws.amazon.com
+#: "Supported languages", streaming column); the full code (es-US, en-GB) is
+#: what AWS takes, and a bare code is completed with its usual region.
+LANGUAGES = frozenset({
+    "af", "am", "ar", "ca", "cs", "da", "de", "el", "en", "es", "eu", "fa", "fi", "fr", "gl",
+    "he", "hi", "hr", "hy", "id", "it", "ja", "ko", "lv", "ms", "nl", "no", "pl", "pt", "ro",
+    "ru", "sk", "so", "sq", "sr", "sv", "ta", "te", "th", "tl", "tr", "uk", "vi", "zh", "zu",
+})  # fmt: skip
 
 #: AWS closes a stream that received no audio for 15 s.
 VENDOR_IDLE_LIMIT_S = 15.0
@@ -91,3 +101,20 @@ def _in_event_loop() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def check_language(code: str) -> None:
+    """start_session.language: raise UnsupportedLanguage unless AWS takes it.
+
+    A bare code must be one :func:`.codec.aws_language` can complete (es ->
+    es-US); AWS has no "auto" in this client (it streams one language).
+    """
+    check_listed(code, "AWS Transcribe", LANGUAGES, auto=False)
+    if "-" not in code:
+        from .codec import aws_language
+
+        if "-" not in aws_language(code):
+            raise UnsupportedLanguage(
+                f"AWS Transcribe needs the full code for language {shown(code)}, e.g. "
+                f"{primary_subtag(code)}-XX as AWS lists it"
+            )

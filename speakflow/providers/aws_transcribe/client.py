@@ -54,7 +54,7 @@ from .._ws import (
     vendor_connection,
 )
 from ..base import BYTES_PER_SAMPLE, AudioFrame, Emit, SpeechProvider, StreamConfig
-from . import NO_CREDENTIALS, codec, endpoint, signing
+from . import NO_CREDENTIALS, check_language, codec, endpoint, signing
 from .codec import NAME, VENDOR
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ class AwsTranscribeBackend(WebSocketBackend):
     """Process-wide AWS settings and credentials; one :class:`AwsTranscribeStream` per source."""
 
     name = NAME
+    #: start_session.language against AWS's languages (issue 16)
+    check_language = staticmethod(check_language)
 
     def __init__(
         self,

@@ -13,6 +13,22 @@ from urllib.parse import urlsplit
 
 from ...config import Settings
 from ...errors import ConfigError
+from ..base import check_listed
+
+#: primary subtags Deepgram's streaming models transcribe (nova-2 and nova-3,
+#: developers.deepgram.com "Models and Language Overview"); regions such as
+#: en-GB, es-419 or pt-BR are Deepgram's to judge. "auto" is nova-3's "multi".
+LANGUAGES = frozenset({
+    "af", "ar", "be", "bg", "bn", "bs", "ca", "cs", "da", "de", "el", "en", "es", "et", "fa",
+    "fi", "fr", "gl", "gu", "he", "hi", "hr", "hu", "id", "it", "ja", "kn", "ko", "lt", "lv",
+    "mk", "mr", "ms", "nl", "no", "pl", "pt", "ro", "ru", "sk", "sl", "sr", "sv", "ta", "te",
+    "th", "tl", "tr", "uk", "vi", "xh", "zh", "zu",
+})  # fmt: skip
+
+
+def check_language(code: str) -> None:
+    """start_session.language: raise UnsupportedLanguage unless Deepgram takes it."""
+    check_listed(code, "Deepgram", LANGUAGES, auto=True)
 
 
 def check_settings(settings: Settings) -> None:

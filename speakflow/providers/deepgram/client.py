@@ -41,7 +41,7 @@ from .._ws import (
     vendor_connection,
 )
 from ..base import AudioFrame, Emit, SpeechProvider, StreamConfig
-from . import codec
+from . import check_language, codec
 from .codec import NAME, VENDOR
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,8 @@ class DeepgramBackend(WebSocketBackend):
     """Process-wide Deepgram settings; one :class:`DeepgramStream` per source."""
 
     name = NAME
+    #: start_session.language against Deepgram's languages (issue 16)
+    check_language = staticmethod(check_language)
 
     async def start(self) -> None:
         """Nothing to load; the key is checked by Deepgram on the first stream."""

@@ -200,6 +200,8 @@ class WhisperEngine:
         self.fallbacks = 0
         #: short-window texts cut where they started repeating (see :func:`cut_loop`)
         self.loops_cut = 0
+        #: suspicious finals not redone: their batch's budget was spent
+        self.fallbacks_skipped = 0
         #: seconds a lone final's full-window decode may take (window "auto")
         self.full_window_budget = 0.35
         #: moving average of measured lone full-window decodes, seconds
@@ -341,6 +343,17 @@ class WhisperEngine:
         self._skipped_full += 1
         return self._skipped_full % PROBE_EVERY == 0
 
+    def _fallbacks_allowed(self) -> int:
+        """Full-window redos one batch may add: as many as fit ``full_window_budget``,
+        at least one. Audio the model cannot make sense of (a language an
+        English-only model does not know, noise) makes every final of a batch
+        suspicious, and redoing them all multiplied that batch's time, which
+        every stream in it waited for."""
+        cost = self.full_window_cost
+        if not cost:
+            return 1
+        return max(1, int(self.full_window_budget / cost))
+
     def _decode(
         self, jobs: Sequence[DecodeJob], full_window: bool, max_tokens: int | None
     ) -> list[Decoded]:
@@ -409,6 +422,10 @@ class WhisperEngine:
                 if job.final and not job.tentative and suspicious(d, job)
             ]
             if again:
+                allowed = self._fallbacks_allowed()
+                if len(again) > allowed:  # the rest keep their short-window text
+                    self.fallbacks_skipped += len(again) - allowed
+                    again = again[:allowed]
                 self.fallbacks += len(again)
                 for i in again:
                     d = out[i]

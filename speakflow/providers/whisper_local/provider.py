@@ -5,7 +5,14 @@ Each stream owns a :class:`VadSegmenter` (what to decode, when) and a
 the :class:`BatchScheduler` in front of the model are shared by every stream
 of the process. A stream is admitted only while the model can serve it
 (:meth:`WhisperLocalBackend.admit`); otherwise ``stream()`` raises
-:class:`ProviderOverloaded` and the client gets ``rate_limited``.
+:class:`ProviderOverloaded` and the client gets ``rate_limited``. The capacity
+comes from a robust estimate of what a final costs (:mod:`.capacity`), so a
+few decodes of audio the model cannot make sense of cannot shrink it.
+
+A stream whose cut utterances wait for the model (more than
+min(AUDIO_QUEUE_S, WHISPER_MAX_UTTERANCE_S) of audio) stops reading its
+audio channel: the session's channel then fills and refuses chunks, the
+AUDIO_QUEUE_S policy every provider has, instead of an unbounded queue here.
 """
 
 from __future__ import annotations
@@ -13,15 +20,27 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import trio
 
 from ...config import Settings
 from ...errors import ProviderOverloaded, ProviderRejected
-from ..base import SAMPLE_RATE, AudioFrame, Emit, SpeechProvider, StreamConfig, TranscriptEvent
+from ..base import (
+    AUTO,
+    SAMPLE_RATE,
+    AudioFrame,
+    Emit,
+    SpeechProvider,
+    StreamConfig,
+    TranscriptEvent,
+    UnsupportedLanguage,
+    primary_subtag,
+    shown,
+)
 from . import check_settings
+from .capacity import CostEstimate
 from .engine import (
     COMPRESSION_RATIO_THRESHOLD,
     Decoded,
@@ -48,6 +67,12 @@ ADMIT_MAX_FINAL_WAIT_S = 1.0
 UTTERANCE_PERIOD_S = 4.0
 TARGET_FINAL_LOAD = 0.5
 CALIBRATION_TOKENS = 20
+#: timed calibration rounds at start-up (the fastest counts: the others were
+#: slowed by something else on the machine)
+CALIBRATION_ROUNDS = 3
+#: with an estimated capacity, the model is timed again this often while it is
+#: idle, so the estimate follows the machine rather than its start-up moment
+RECALIBRATE_S = 300.0
 
 
 def usable_text(segments: list[Segment]) -> str:
@@ -90,16 +115,29 @@ class WhisperLocalBackend:
             settings.WHISPER_CPU_THREADS,
         )
         self.engine.full_window_budget = settings.WHISPER_FULL_WINDOW_BUDGET_MS / 1000
+        #: model seconds per final when busy: what the capacity divides by
+        self.estimate = CostEstimate(time.monotonic)
         self.scheduler: BatchScheduler[DecodeJob, Decoded] = BatchScheduler(
             self._run_batch,
             max_batch=settings.WHISPER_MAX_BATCH,
             partial_max_wait=settings.WHISPER_PARTIAL_INTERVAL_MS / 1000,
+            on_busy_cost=self.estimate.observe,
         )
         #: seconds of audio fed to this backend's streams (for the real-time factor)
         self.audio_seconds = 0.0
         self.streams = 0
         self.refused = 0
-        self._calibration: float | None = None
+        self.recalibrations = 0
+        #: each stream's queue of cut utterances (the backlog gauge)
+        self.queues: set[StreamQueue[Utterance]] = set()
+        #: a stream stops reading its audio while this many samples of cut
+        #: utterances wait for the model: AUDIO_QUEUE_S (at most one longest
+        #: utterance), so a stream behind on decoding is behind like any provider
+        self.backlog_limit = int(
+            min(settings.AUDIO_QUEUE_S, settings.WHISPER_MAX_UTTERANCE_S) * SAMPLE_RATE
+        )
+        #: the most samples one stream had waiting (high-water mark)
+        self.backlog_peak = 0
 
     def _run_batch(self, jobs: Sequence[DecodeJob], busy: bool) -> list[Decoded]:
         return self.engine.decode_batch(jobs, window=self.settings.WHISPER_WINDOW, busy=busy)
@@ -113,15 +151,38 @@ class WhisperLocalBackend:
         if cached is None:
             cached = await trio.to_thread.run_sync(self._calibrate)
             _calibrations[(id(self.engine), key)] = cached
-        self._calibration = cached
+        self.estimate.calibrated(cached)
         log.info(
             "whisper model loaded from %s: a final costs %.0f ms in a busy batch, %.0f ms "
             "alone over the full window; capacity %d streams",
             self.engine.model_path,
-            self._calibration * 1000,
+            cached * 1000,
             (self.engine.full_window_cost or 0.0) * 1000,
             self.capacity,
         )
+        if not self.settings.WHISPER_MAX_STREAMS:
+            # A system task: the backend has no nursery of its own, and this one
+            # only sleeps between runs; it ends with the process's event loop.
+            trio.lowlevel.spawn_system_task(self._recalibrate_forever, name=f"{NAME} recalibration")
+
+    async def _recalibrate_forever(self) -> None:
+        """Time the model again every RECALIBRATE_S while it is idle (background).
+
+        It runs with the model to itself (:meth:`BatchScheduler.run_alone`), so
+        it neither slows a batch nor is slowed by one; a busy model is skipped
+        (its busy batches are measured anyway). Never raises: a failure is
+        logged and the estimate keeps what it had.
+        """
+        while True:
+            await trio.sleep(RECALIBRATE_S)
+            try:
+                cost = await self.scheduler.run_alone(lambda: self._time_batch(1))
+            except Exception:
+                log.exception("whisper recalibration failed; the estimate keeps what it had")
+                continue
+            if cost is not None:
+                self.recalibrations += 1
+                self.estimate.calibrated(cost)
 
     def _calibrate(self) -> float:
         """Warm the model up and time a busy moment: seconds of model time per final.
@@ -129,35 +190,72 @@ class WhisperLocalBackend:
         The first calls allocate (slow), so both windows are run once untimed.
         Then a full batch of 4 s utterances, short window, each forced to 20
         tokens (noise makes Whisper talk until stopped; a 4 s sentence is about
-        that long), as when many streams finish utterances at once.
+        that long), as when many streams finish utterances at once; the
+        fastest of CALIBRATION_ROUNDS (two made the figure vary 2x across
+        restarts on one machine).
         """
+        batch = self._calibration_batch()
+        job = batch[0]
+        engine = self.engine
+        engine.decode_batch([job], window="full", max_tokens=2)
+        engine.full_window_cost = None  # that first call allocated: measure a real one
+        engine.decode_batch([job], window="full", max_tokens=CALIBRATION_TOKENS)
+        engine.decode_batch(batch, window="short", max_tokens=2)
+        return self._time_batch(CALIBRATION_ROUNDS)
+
+    def _calibration_batch(self) -> list[DecodeJob]:
         import numpy as np
 
         rng = np.random.default_rng(0)
         language = None if self.engine.multilingual else "en"
         audio = (rng.standard_normal(4 * SAMPLE_RATE) * 0.01).astype(np.float32)
-        job = DecodeJob(audio, language, 4.0, final=True)
-        engine = self.engine
-        engine.decode_batch([job], window="full", max_tokens=2)
-        engine.full_window_cost = None  # that first call allocated: measure a real one
-        engine.decode_batch([job], window="full", max_tokens=CALIBRATION_TOKENS)
-        batch = [job] * self.settings.WHISPER_MAX_BATCH
-        self.engine.decode_batch(batch, window="short", max_tokens=2)
+        return [DecodeJob(audio, language, 4.0, final=True)] * self.settings.WHISPER_MAX_BATCH
+
+    def _time_batch(self, rounds: int) -> float:
+        """Blocking: the fastest of ``rounds`` timed busy batches, seconds per final."""
+        batch = self._calibration_batch()
         best = math.inf
-        for _ in range(2):
+        for _ in range(rounds):
             started = time.perf_counter()
             self.engine.decode_batch(batch, window="short", max_tokens=CALIBRATION_TOKENS)
             best = min(best, time.perf_counter() - started)
         return best / len(batch)
 
+    def check_language(self, code: str) -> None:
+        """start_session.language: raise UnsupportedLanguage unless the model can do it.
+
+        An English-only model (``*.en``) takes English only; a multilingual one
+        takes Whisper's language codes (regions ignored) and "auto" to detect.
+        A code Whisper does not know would fail the decode of every stream
+        batched with it, so it is refused here, before any audio.
+        """
+        model = self.settings.WHISPER_MODEL or "tiny.en"
+        if not self.engine.multilingual:
+            if primary_subtag(code) != "en":
+                what = "detect languages" if code.lower() in AUTO else f"transcribe {shown(code)}"
+                raise UnsupportedLanguage(
+                    f"model {model} is English-only and cannot {what}; send language "
+                    '"en" (or none), or set WHISPER_MODEL to a multilingual model (base, small)'
+                )
+            return
+        if code.lower() in AUTO:
+            return
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+        if primary_subtag(code) not in _LANGUAGE_CODES:
+            raise UnsupportedLanguage(
+                f"Whisper ({model}) does not know language {shown(code)}; send a code such "
+                'as "en", "es" or "pt", or "auto" to detect it'
+            )
+
     # ------------------------------------------------------------------ capacity
 
     @property
     def final_cost(self) -> float | None:
-        """Model seconds per final when the model is busy: measured on real busy
-        batches once there were some (it follows the machine: a neighbour taking
-        CPU makes it rise), else the start-up calibration."""
-        return self.scheduler.busy_item_cost or self._calibration
+        """Model seconds per final when the model is busy (see :class:`CostEstimate`):
+        the median of recent busy batches, kept near the calibration, else the
+        calibration (start-up, then background runs)."""
+        return self.estimate.value
 
     @property
     def capacity(self) -> int:
@@ -238,9 +336,16 @@ class WhisperLocalBackend:
             "speakflow_whisper_final_decodes_total": sched.finals,
             "speakflow_whisper_partials_dropped_total": sched.dropped_partials,
             "speakflow_whisper_fallback_decodes_total": self.engine.fallbacks,
+            "speakflow_whisper_fallbacks_skipped_total": self.engine.fallbacks_skipped,
+            "speakflow_whisper_final_cost_seconds": self.final_cost or 0.0,
+            "speakflow_whisper_recalibrations_total": self.recalibrations,
             "speakflow_whisper_loops_cut_total": self.engine.loops_cut,
             "speakflow_whisper_full_window_seconds": self.engine.full_window_cost or 0.0,
             "speakflow_whisper_streams_refused_total": self.refused,
+            "speakflow_whisper_backlog_seconds": sum(backlog(q) for q in self.queues) / SAMPLE_RATE,
+            "speakflow_whisper_backlog_peak_seconds": self.backlog_peak / SAMPLE_RATE,
+            "speakflow_whisper_isolated_batch_failures_total": sched.isolated_failures,
+            "speakflow_whisper_failed_decodes_total": sched.failed_items,
         }
 
     def status(self) -> dict[str, object]:
@@ -253,6 +358,7 @@ class WhisperLocalBackend:
             "streams": self.streams,
             "capacity_streams": self.capacity,
             "final_cost_ms": round(cost * 1000, 1) if cost is not None else None,
+            **{f"final_cost_{k}": v for k, v in self.estimate.snapshot().items()},
             "full_window_ms": (
                 round(self.engine.full_window_cost * 1000, 1)
                 if self.engine.full_window_cost is not None
@@ -260,6 +366,12 @@ class WhisperLocalBackend:
             ),
             **{f"scheduler_{k}": v for k, v in self.scheduler.statistics().items()},
         }
+
+
+def backlog(jobs: StreamQueue[Utterance]) -> int:
+    """Samples of cut utterances waiting for this stream's worker (the one it decodes
+    is not counted; of partials only the newest waits, and it is not counted either)."""
+    return sum(len(u.audio) for u in jobs.ordered)
 
 
 def _final_queued(jobs: StreamQueue[Utterance], index: int) -> bool:
@@ -286,12 +398,18 @@ class WhisperLocalStream:
         chosen = config.language or self._backend.settings.DEFAULT_LANGUAGE
         lang = chosen.split("-")[0].lower() if chosen else None
         if engine.multilingual:
-            return None if lang in (None, "", "auto", "multi") else lang
+            if lang in (None, "", "auto", "multi"):
+                return None
+            try:  # start_session checked the client's choice; this is DEFAULT_LANGUAGE
+                self._backend.check_language(chosen)
+            except UnsupportedLanguage as err:
+                raise ProviderRejected(NAME, err.message) from None
+            return lang
         if lang not in (None, "", "en", "auto"):
             raise ProviderRejected(
                 NAME,
                 f"model {engine.model_path.name} is English-only and cannot transcribe "
-                f"language {chosen!r}; set WHISPER_MODEL to a multilingual model",
+                f"language {shown(chosen)}; set WHISPER_MODEL to a multilingual model",
             )
         return "en"
 
@@ -316,22 +434,35 @@ class WhisperLocalStream:
         )
         jobs: StreamQueue[Utterance] = StreamQueue()
         key = object()  # this stream, for the scheduler
+        limit = backend.backlog_limit
+        # The stall watchdog's "the vendor answered": this provider is in the process,
+        # and it rightly says nothing for noise or while a decode runs, which the
+        # watchdog took for a dead connection (a "reconnect" per PROVIDER_RESPONSE_TIMEOUT
+        # of noise). Taking audio and finishing a decode are its answers.
+        alive = config.hooks.vendor_message
         backend.streams += 1
+        backend.queues.add(jobs)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._work, jobs, key, emit, language)
+                nursery.start_soon(self._work, jobs, key, emit, language, alive)
                 try:
                     async with audio:
                         async for frame in audio:
                             backend.audio_seconds += frame.samples / SAMPLE_RATE
                             for utt in segmenter.feed(frame.pcm, frame.offset):
                                 self._put(jobs, key, utt)
+                            alive()
+                            # Behind: stop reading, so the session's channel fills and
+                            # refuses chunks (AUDIO_QUEUE_S), as for any slow provider.
+                            while backlog(jobs) >= limit:
+                                await jobs.wait_taken()
                     for utt in segmenter.flush():
                         self._put(jobs, key, utt)
                 finally:
                     jobs.close()
         finally:
             backend.streams -= 1
+            backend.queues.discard(jobs)
 
     def _put(self, jobs: StreamQueue[Utterance], key: object, utt: Utterance) -> None:
         # finals and tentatives in order; of partials only the newest, older ones are stale
@@ -340,9 +471,16 @@ class WhisperLocalStream:
         if ordered:
             # the worker may be waiting on a queued partial: that one is stale now
             self._backend.scheduler.supersede(key)
+            backend = self._backend
+            backend.backlog_peak = max(backend.backlog_peak, backlog(jobs))
 
     async def _work(
-        self, jobs: StreamQueue[Utterance], key: object, emit: Emit, language: str | None
+        self,
+        jobs: StreamQueue[Utterance],
+        key: object,
+        emit: Emit,
+        language: str | None,
+        alive: Callable[[], None],
     ) -> None:
         scheduler = self._backend.scheduler
         finalized = -1
@@ -371,6 +509,7 @@ class WhisperLocalStream:
                 if utt.tentative and _final_queued(jobs, utt.index):
                     continue  # its final is already here: decode that one instead
                 decoded = await scheduler.submit(key, job, final=utt.final or utt.tentative)
+                alive()
                 if decoded is None:
                     continue  # a partial dropped as stale
             text = accepted_text(decoded)

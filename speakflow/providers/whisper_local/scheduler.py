@@ -16,8 +16,14 @@ meanwhile). Rules, in the order they apply when the model frees up:
    A stream has at most one request in flight (its worker awaits each), so
    oldest-first is round-robin across streams.
 
+A batch that fails is decoded again request by request, so one stream's bad
+request (a language the model rejects, audio that trips a bug) fails that
+request only, never the streams that happened to share its batch.
+
 Each stream feeds its worker through a :class:`StreamQueue` (finals in order,
-only the newest partial).
+only the newest partial); the producer can wait until the worker takes one
+(:meth:`StreamQueue.wait_taken`), which is how a stream behind on decoding
+stops reading its audio.
 
 There is no background task: the first caller to find the model idle becomes
 the *leader*, runs batches until its own request is answered, then hands the
@@ -32,6 +38,7 @@ oldest waiting final, batch and drop counters.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +49,8 @@ import trio
 P = TypeVar("P")
 R = TypeVar("R")
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 FINAL = 0
 PARTIAL = 1
@@ -78,6 +87,7 @@ class BatchScheduler(Generic[P, R]):
         busy_wait: float = 0.1,
         load_window: float = 10.0,
         clock: Callable[[], float] = trio.current_time,
+        on_busy_cost: Callable[[float], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
@@ -99,9 +109,13 @@ class BatchScheduler(Generic[P, R]):
         self.finals = 0
         self.partials = 0
         self.dropped_partials = 0
-        #: model seconds per item of busy batches that carried finals (moving
-        #: average): what a final costs when many streams want the model
-        self.busy_item_cost: float | None = None
+        #: batches that failed and were decoded again request by request
+        self.isolated_failures = 0
+        #: requests that failed on their own (their caller got the error)
+        self.failed_items = 0
+        #: told the model seconds per item of each busy batch that carried
+        #: finals: what a final costs when many streams want the model
+        self._on_busy_cost = on_busy_cost
 
     # ------------------------------------------------------------------ public
 
@@ -135,6 +149,22 @@ class BatchScheduler(Generic[P, R]):
         if work.error is not None:
             raise work.error
         return work.result
+
+    async def run_alone(self, fn: Callable[[], T]) -> T | None:
+        """Run ``fn`` in a worker thread with the model to itself, if it is idle now.
+
+        None, without running it, when the model is busy or requests wait.
+        Requests submitted meanwhile queue behind it, as behind a batch. For
+        background work on the model (recalibration) that must neither slow
+        a batch down nor be slowed down by one.
+        """
+        if self._running or self._pending:
+            return None
+        self._running = True
+        try:
+            return await trio.to_thread.run_sync(fn)
+        finally:
+            self._pass_lead()
 
     def supersede(self, key: Hashable) -> None:
         """Drop ``key``'s queued partials: a final of that stream replaces them."""
@@ -219,9 +249,12 @@ class BatchScheduler(Generic[P, R]):
                     f"run_batch returned {len(results)} results for {len(batch)} requests"
                 )
         except Exception as err:
-            for work in batch:
-                work.error = err
-                self._finish(work)
+            if len(batch) == 1:
+                batch[0].error = err
+                self.failed_items += 1
+                self._finish(batch[0])
+            else:
+                await self._one_by_one(batch, busy, err)
         else:
             for work, result in zip(batch, results, strict=True):
                 work.result = result
@@ -236,10 +269,37 @@ class BatchScheduler(Generic[P, R]):
             self.items += len(batch)
             self.finals += n_final
             self.partials += len(batch) - n_final
-            if busy and n_final:
-                cost = (ended - started) / len(batch)
-                old = self.busy_item_cost
-                self.busy_item_cost = cost if old is None else 0.8 * old + 0.2 * cost
+            if busy and n_final and self._on_busy_cost is not None:
+                self._on_busy_cost((ended - started) / len(batch))
+
+    async def _one_by_one(self, batch: list[_Work[P, R]], busy: bool, err: Exception) -> None:
+        """A batch failed: run each of its requests alone, so only the bad one fails.
+
+        One stream's bad request (a language the model rejects, audio that
+        trips a bug) must not fail every stream that happened to share its
+        batch. Requests not run yet when the leader is cancelled go back to
+        the queue for the next leader, in their original order.
+        """
+        self.isolated_failures += 1
+        log.warning("a batch of %d failed (%r): decoding its requests one by one", len(batch), err)
+        left = list(batch)
+        try:
+            while left:
+                work = left[0]
+                try:
+                    results = await trio.to_thread.run_sync(self._run_batch, [work.payload], busy)
+                    if len(results) != 1:
+                        raise RuntimeError(f"run_batch returned {len(results)} results for 1")
+                except Exception as one:
+                    work.error = one
+                    self.failed_items += 1
+                else:
+                    work.result = results[0]
+                left.pop(0)
+                self._finish(work)
+        finally:
+            if left:
+                self._pending.extend(left)
 
     def _pass_lead(self) -> None:
         """Wake the request that heads the next batch as the new leader, or go idle."""
@@ -264,6 +324,7 @@ class StreamQueue(Generic[T]):
         self.partial: T | None = None
         self.closed = False
         self._wake = trio.Event()
+        self._taken = trio.Event()
 
     def put(self, item: T, *, partial: bool) -> None:
         if partial:
@@ -277,9 +338,16 @@ class StreamQueue(Generic[T]):
         self.closed = True
         self._wake.set()
 
+    async def wait_taken(self) -> None:
+        """Until the worker takes an ordered item (the producer waits for room)."""
+        if self._taken.is_set():
+            self._taken = trio.Event()
+        await self._taken.wait()
+
     async def get(self) -> T | None:
         while True:
             if self.ordered:
+                self._taken.set()
                 return self.ordered.popleft()
             if self.partial is not None:
                 item, self.partial = self.partial, None

@@ -17,7 +17,7 @@ def test_capacity_comes_from_the_setting_or_the_calibration() -> None:
     assert fixed.capacity == 3
     auto = WhisperLocalBackend(make_settings(WHISPER_MAX_STREAMS=0))
     assert auto.capacity == 0  # not started: nothing measured yet
-    auto._calibration = 0.05  # 50 ms of model time per final in a busy batch
+    auto.estimate.calibrated(0.05)  # 50 ms of model time per final in a busy batch
     assert auto.capacity == 40  # half the model for finals, one per 4 s per stream
 
 
@@ -76,7 +76,8 @@ def test_a_model_busy_with_finals_refuses(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_the_estimate_follows_the_measured_cost_of_busy_batches() -> None:
     backend = WhisperLocalBackend(make_settings(WHISPER_MAX_STREAMS=0))
-    backend._calibration = 0.05
+    backend.estimate.calibrated(0.05)
     assert backend.capacity == 40
-    backend.scheduler.busy_item_cost = 0.2  # the machine got slower under real load
+    for _ in range(8):  # the machine got slower under real load
+        backend.estimate.observe(0.2)
     assert backend.capacity == 10

@@ -217,7 +217,8 @@ async def test_the_leader_cancelled_while_waiting_hands_the_lead_on() -> None:
     assert sched.waiting == 0
 
 
-async def test_a_model_error_reaches_every_caller_of_that_batch_only() -> None:
+async def test_a_bad_request_fails_alone_and_its_batch_mates_are_decoded() -> None:
+    """Issue 16: one stream's bad request used to fail every stream of its batch."""
     model = FakeModel()
     model.fail_on = "bad"
     sched: BatchScheduler[str, str] = BatchScheduler(model, max_batch=2)
@@ -237,8 +238,55 @@ async def test_a_model_error_reaches_every_caller_of_that_batch_only() -> None:
                 await trio.testing.wait_all_tasks_blocked()
             model.gate.set()
     assert isinstance(outcome["bad"], RuntimeError)
-    assert isinstance(outcome["same-batch"], RuntimeError)
+    assert outcome["same-batch"] == "SAME-BATCH"
     assert outcome["next-batch"] == "NEXT-BATCH"
+    assert ["bad", "same-batch"] in model.batches  # they did share a batch
+    assert ["same-batch"] in model.batches  # then the good one was retried alone
+    assert (sched.isolated_failures, sched.failed_items) == (1, 1)
+
+
+async def test_a_leader_cancelled_while_retrying_alone_hands_the_rest_on() -> None:
+    """Requests of a failed batch not retried yet when its leader is cancelled are not lost."""
+    model = FakeModel()
+    model.fail_on = "bad"
+    retrying_b = threading.Event()
+    release_b = threading.Event()
+
+    def run(payloads: Sequence[str], busy: bool) -> list[str]:
+        if list(payloads) == ["b"]:
+            retrying_b.set()
+            release_b.wait(10)
+        return model(payloads, busy)
+
+    sched: BatchScheduler[str, str] = BatchScheduler(run, max_batch=3)
+    outcome: dict[str, object] = {}
+
+    async def ask(name: str) -> None:
+        try:
+            outcome[name] = await sched.submit(name, name, final=True)
+        except RuntimeError as err:
+            outcome[name] = err
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            await _busy(sched, model, n)
+            leader_scope = trio.CancelScope()
+            n.start_soon(_in_scope, leader_scope, ask, "bad")
+            await trio.testing.wait_all_tasks_blocked()
+            for name in ("b", "c"):
+                n.start_soon(ask, name)
+                await trio.testing.wait_all_tasks_blocked()
+            model.gate.set()  # "busy" ends; "bad" leads the batch [bad, b, c]; it fails
+            await trio.to_thread.run_sync(retrying_b.wait, 10)
+            leader_scope.cancel()  # the leader goes while b is retried and c waits
+            release_b.set()
+    assert outcome["b"] == "B" and outcome["c"] == "C"
+    assert sched.waiting == 0
+
+
+async def _in_scope(scope: trio.CancelScope, fn, *args) -> None:  # type: ignore[no-untyped-def]
+    with scope:
+        await fn(*args)
 
 
 def test_oldest_final_wait_and_load_for_admission() -> None:
@@ -295,3 +343,40 @@ async def test_stream_queue_get_waits_for_an_item_or_close() -> None:
             await trio.testing.wait_all_tasks_blocked()
             queue.close()
     assert got == ["f1", None]
+
+
+async def test_run_alone_has_the_model_to_itself_or_does_not_run() -> None:
+    """Background work (recalibration) never overlaps a batch: requests wait behind it."""
+    model = FakeModel()
+    sched: BatchScheduler[str, str] = BatchScheduler(model, max_batch=8)
+    alone = threading.Event()
+    ran: list[str] = []
+
+    def work() -> str:
+        alone.wait(10)
+        ran.append("alone")
+        return "done"
+
+    results: dict[str, object] = {}
+
+    async def background() -> None:
+        results["alone"] = await sched.run_alone(work)
+
+    async def ask(name: str) -> None:
+        results[name] = await sched.submit(name, name, final=True)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            n.start_soon(background)
+            await trio.testing.wait_all_tasks_blocked()
+            n.start_soon(ask, "a")
+            await trio.testing.wait_all_tasks_blocked()
+            assert model.batches == [] and sched.waiting == 1  # "a" waits behind it
+            alone.set()
+        assert results == {"alone": "done", "a": "A"}
+        assert model.max_running == 1
+        async with trio.open_nursery() as n:
+            await _busy(sched, model, n)
+            assert await sched.run_alone(work) is None  # busy: not run
+            model.gate.set()
+    assert ran == ["alone"]
