@@ -8,6 +8,7 @@ must stop startup, never surface later inside a session.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Mapping
@@ -222,6 +223,29 @@ RENAMED = {
 }
 
 
+def _read_env_file(path: Path) -> dict[str, str]:
+    """The NAME=value pairs of a dotenv file. A line that is not one stops startup:
+    python-dotenv only warns and skips it, so its setting would silently not apply.
+    The line's text is not shown (it may hold a key)."""
+    from dotenv.parser import parse_stream
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read this settings file: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not a UTF-8 text file (byte {err.start}); save it as UTF-8"
+        ) from None
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            original = binding.original
+            line = original.line + len(original.string) - len(original.string.lstrip("\n"))
+            raise ConfigError(f"{path} line {line}: expected NAME=value; fix or remove that line")
+    values = dotenv_values(stream=io.StringIO(text))
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
 ) -> Settings:
@@ -233,7 +257,7 @@ def load_settings(
     env = dict(os.environ if environ is None else environ)
     raw: dict[str, str] = {}
     if env_file is not None and Path(env_file).is_file():
-        raw.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        raw.update(_read_env_file(Path(env_file)))
     raw.update(env)
     for old, new in RENAMED.items():
         if old in raw:  # silently ignoring it would change a deployment's behaviour
@@ -277,3 +301,55 @@ def _check(settings: Settings) -> None:
         fallback.check(settings)
     check_processor(settings)
     check_proxy(settings)
+    _check_languages(settings)
+    _check_whisper_device(settings)
+
+
+def _check_whisper_device(settings: Settings) -> None:
+    """WHISPER_DEVICE=cuda on a machine without CUDA: one line now, not a failed
+    model load later (CTranslate2 counts devices without loading anything)."""
+    uses_whisper = "whisper_local" in (settings.SPEECH_PROVIDER, *settings.fallback_providers)
+    if not uses_whisper or settings.WHISPER_DEVICE != "cuda":
+        return
+    import ctranslate2
+
+    if ctranslate2.get_cuda_device_count() == 0:
+        raise ConfigError(
+            "WHISPER_DEVICE=cuda: CTranslate2 finds no CUDA device (or driver) on this machine; "
+            "set WHISPER_DEVICE=cpu, or auto to use CUDA only where there is one"
+        )
+
+
+def _check_languages(settings: Settings) -> None:
+    """DEFAULT_LANGUAGE (and the per-provider language settings) must be one the
+    configured providers can use: otherwise every stream without its own
+    language fails after a startup that looked fine."""
+    from . import languages
+
+    problem = languages.check_default(settings.DEFAULT_LANGUAGE)
+    for name in (settings.SPEECH_PROVIDER, *settings.fallback_providers):
+        problem = problem or _language_problem(settings, name)
+    if problem:
+        raise ConfigError(problem)
+
+
+def _language_problem(settings: Settings, provider: str) -> str | None:
+    from . import languages
+
+    def chosen(own: str) -> tuple[str, str]:
+        value = getattr(settings, own)
+        return (own, value) if value else ("DEFAULT_LANGUAGE", settings.DEFAULT_LANGUAGE)
+
+    if provider == "whisper_local":
+        return languages.whisper_problem(
+            "DEFAULT_LANGUAGE", settings.DEFAULT_LANGUAGE, settings.WHISPER_MODEL
+        )
+    if provider == "assemblyai":
+        return languages.assemblyai_problem(
+            "DEFAULT_LANGUAGE", settings.DEFAULT_LANGUAGE, settings.ASSEMBLYAI_SPEECH_MODEL
+        )
+    if provider == "deepgram":
+        return languages.deepgram_problem(*chosen("DEEPGRAM_LANGUAGE"))
+    if provider == "aws_transcribe":
+        return languages.aws_problem(*chosen("AWS_TRANSCRIBE_LANGUAGE"))
+    return None
