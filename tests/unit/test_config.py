@@ -126,7 +126,7 @@ def test_an_english_only_model_with_another_default_language_is_refused(
 def test_languages_the_model_can_use_are_accepted(model: str, language: str) -> None:
     env = {"WHISPER_MODEL": model, "DEFAULT_LANGUAGE": language}
     settings = load_settings(environ=env, env_file=None)
-    assert (settings.WHISPER_MODEL, settings.DEFAULT_LANGUAGE) == (model, language)
+    assert (model, language) == (settings.WHISPER_MODEL, settings.DEFAULT_LANGUAGE)
 
 
 @pytest.mark.parametrize(
