@@ -42,12 +42,20 @@ def is_auto(code: str) -> bool:
     return code.strip().lower() in AUTO
 
 
+def model_name(setting: str) -> str:
+    """The model an empty WHISPER_MODEL stands for, as ``models`` resolves it."""
+    from .providers.whisper_local import models
+
+    default: str = getattr(models, "DEFAULT_MODEL", models.BUNDLED)
+    return setting.strip() or default
+
+
 def english_only_model(setting: str) -> bool:
-    """A WHISPER_MODEL value known to be English-only before loading: the bundled
-    tiny.en (also the empty value) and any name or directory ending in ``.en``.
-    Other directories are checked after the model loads (``multilingual``)."""
-    name = setting.strip().rstrip("/\\")
-    return not name or Path(name).name.lower().endswith(".en")
+    """A WHISPER_MODEL value known to be English-only before loading: tiny.en and
+    any name or directory ending in ``.en``. Other directories are checked after
+    the model loads (``multilingual``)."""
+    name = model_name(setting).rstrip("/\\")
+    return Path(name).name.lower().endswith(".en")
 
 
 def _not_a_code(setting: str, value: str, examples: str) -> str:
@@ -77,7 +85,7 @@ def whisper_problem(setting: str, value: str, model: str) -> str | None:
             "(en, es, fr, de, pt, zh, ...) or auto to detect it"
         )
     if lang != "en" and english_only_model(model):
-        shown = model.strip() or "tiny.en (the bundled default)"
+        shown = model.strip() or f"{model_name(model)} (the default)"
         return (
             f"{setting}={value} needs a multilingual model but WHISPER_MODEL={shown} is "
             f"English-only: set WHISPER_MODEL=base (or {setting}=en)"

@@ -21,7 +21,7 @@ from ..conftest import running_server
 from ..observability.test_metrics import samples
 
 TS = 1_717_000_000_000
-SPEED = 2.0  # twice real time: the desktop's pacing, shortened
+SPEED = 1.0  # the desktop's pacing: one 500 ms chunk per source every 500 ms
 
 
 async def capacity(http: httpx.AsyncClient) -> tuple[dict[str, Any], float]:

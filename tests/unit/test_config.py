@@ -96,7 +96,6 @@ def _refusal(**env: str) -> str:
 @pytest.mark.parametrize(
     ("model", "language"),
     [
-        ("", "es"),  # the bundled tiny.en
         ("tiny.en", "es"),
         ("tiny.en", "es-MX"),
         ("/models/base.en", "fr"),
@@ -116,6 +115,18 @@ def test_an_english_only_model_with_another_default_language_is_refused(
     message = _refusal(WHISPER_MODEL=model, DEFAULT_LANGUAGE=language)
     assert message.startswith(f"DEFAULT_LANGUAGE={language} needs a multilingual model")
     assert "English-only: set WHISPER_MODEL=base" in message
+
+
+def test_an_empty_model_is_judged_as_the_model_it_loads() -> None:
+    """WHISPER_MODEL= means the default model: refused with Spanish exactly when that
+    default is the English-only tiny.en."""
+    from speakflow.providers.whisper_local.models import bundled_model_path, resolve_model
+
+    env = {"WHISPER_MODEL": "", "DEFAULT_LANGUAGE": "es"}
+    if resolve_model("") == bundled_model_path():
+        assert "WHISPER_MODEL=tiny.en (the default) is English-only" in _refusal(**env)
+    else:
+        assert load_settings(environ=env, env_file=None).WHISPER_MODEL == ""
 
 
 @pytest.mark.parametrize(
@@ -233,3 +244,10 @@ def test_dotenv_comments_exports_and_quotes_still_work(tmp_path) -> None:
     env_file.write_text('# comment\nexport PORT=9100\nCORS_ORIGINS="https://a.example"\nHOST=\n')
     s = load_settings(environ={}, env_file=env_file)
     assert (s.PORT, s.cors_origins, s.HOST) == (9100, ["https://a.example"], "")
+
+
+def test_the_shipped_env_example_loads() -> None:
+    """Copied to .env as it is, it must pass the stricter reading (every line NAME=value)."""
+    from ..conftest import REPO
+
+    load_settings(environ={}, env_file=REPO / ".env.example")
