@@ -286,12 +286,23 @@ def _config_error(err: BaseException | None, depth: int = 0) -> ConfigError | No
     return _config_error(err.__cause__ or err.__context__, depth + 1)
 
 
+def _port(text: str) -> int:
+    """--port as PORT is checked: 0-65535 (Hypercorn would fail with a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535 (got {text!r})")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="speakflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the stream server")
     serve.add_argument("--host", default=None, help="address to bind (default HOST, 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=None, help="port (default PORT, 8000)")
+    serve.add_argument("--port", type=_port, default=None, help="port (default PORT, 8000)")
     serve.add_argument("--env-file", default=".env", help="dotenv file to read (default .env)")
     serve.add_argument(
         "--config",

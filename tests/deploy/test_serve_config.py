@@ -202,3 +202,13 @@ def test_a_cache_dir_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
     assert_one_line_refusal(
         status, lines, "WHISPER_CACHE_DIR", "set WHISPER_CACHE_DIR to a writable directory"
     )
+
+
+def test_a_port_out_of_range_is_refused_by_the_parser(tmp_path: Path) -> None:
+    status, lines = serve_output(tmp_path, {}, "--port", "99999")
+    assert status == 2, lines
+    errors = [line for line in lines if "error" in line]
+    assert errors == [
+        "speakflow serve: error: argument --port: expected a port number 0-65535 (got '99999')"
+    ], lines
+    assert not any("Traceback" in line for line in lines), lines
