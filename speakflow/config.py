@@ -303,6 +303,22 @@ def _check(settings: Settings) -> None:
     check_proxy(settings)
     _check_languages(settings)
     _check_whisper_device(settings)
+    _check_cors(settings)
+
+
+#: an Origin as browsers send it: scheme://host[:port], no path (a trailing / is tolerated)
+_ORIGIN_RE = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s]+/?", re.IGNORECASE)
+
+
+def _check_cors(settings: Settings) -> None:
+    """An entry that can never equal a browser's Origin header (a bare host, a path)
+    would pass startup and then refuse that site's every connection."""
+    for origin in settings.cors_origins:
+        if origin not in ("*", "null") and not _ORIGIN_RE.fullmatch(origin):
+            raise ConfigError(
+                f"CORS_ORIGINS: {origin[:80]!r} is not an origin; write scheme://host[:port] "
+                "with no path, e.g. https://app.example.com, or * for any"
+            )
 
 
 def _check_whisper_device(settings: Settings) -> None:

@@ -24,6 +24,8 @@ def test_values_are_coerced_from_strings() -> None:
         env_file=None,
     )
     assert s.PORT == 9000 and s.ALLOW_PROVIDER_OVERRIDE is True
+    origins = "https://a.example/, http://localhost:5173, chrome-extension://abc, *"
+    assert load_settings(environ={"CORS_ORIGINS": origins}, env_file=None).cors_origins
     assert s.cors_origins == ["https://a.example", "https://b.example"]
 
 
@@ -35,6 +37,8 @@ def test_values_are_coerced_from_strings() -> None:
         ({"PORT": "70000"}, "PORT"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"SPEECH_PROVIDER": "nope"}, "SPEECH_PROVIDER"),
+        ({"CORS_ORIGINS": "app.example.com"}, "CORS_ORIGINS"),
+        ({"CORS_ORIGINS": "https://a.example, https://b.example/app"}, "CORS_ORIGINS"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], name: str) -> None:
