@@ -334,11 +334,12 @@ async def running_app(
     """
     from hypercorn.trio import serve
 
-    from .app import create_app
+    from .app import create_app, start_provider
 
     app = create_app(settings)
     config = hypercorn_config(settings, host, port)
     config.graceful_timeout = graceful_timeout
+    await start_provider(app.state.speakflow)  # a failure raises here, as in `serve`
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(

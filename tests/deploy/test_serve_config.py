@@ -212,3 +212,19 @@ def test_a_port_out_of_range_is_refused_by_the_parser(tmp_path: Path) -> None:
         "speakflow serve: error: argument --port: expected a port number 0-65535 (got '99999')"
     ], lines
     assert not any("Traceback" in line for line in lines), lines
+
+
+async def test_running_app_raises_what_serve_refuses(tmp_path: Path) -> None:
+    """Tools and tests that run the app in-process (``running_app``) start the provider
+    before Hypercorn too: a failure raises, never a server without its model."""
+    import trio
+
+    from speakflow.cli import running_app
+    from speakflow.providers.whisper_local.models import bundled_model_path
+
+    model = tmp_path / "my-model"
+    model.symlink_to(bundled_model_path(), target_is_directory=True)
+    settings = make_settings(WHISPER_MODEL=str(model), DEFAULT_LANGUAGE="fr")
+    with trio.fail_after(120), pytest.raises(ConfigError, match="English-only"):
+        async with running_app(settings):
+            pytest.fail("the server started")
