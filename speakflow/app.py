@@ -25,7 +25,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from . import __version__
+from . import __version__, languages
 from .auth import (
     REASON_ORIGIN,
     Authenticator,
@@ -36,6 +36,7 @@ from .auth import (
 )
 from .config import Settings
 from .docs import docs_html, openapi_document
+from .errors import ConfigError
 from .postprocess import build_processor
 from .providers.registry import PROVIDERS
 from .proxy import TrustedProxyMiddleware
@@ -62,6 +63,28 @@ def browser_user_id(query: Mapping[str, str], subprotocols: Sequence[str]) -> st
     return None
 
 
+async def start_provider(state: ServerState) -> None:
+    """Start SPEECH_PROVIDER (load the model, resolve credentials); idempotent.
+
+    Raises ConfigError for what only shows once it is loaded: a model
+    directory that is English-only while DEFAULT_LANGUAGE is not English.
+    """
+    settings = state.settings
+    name = settings.SPEECH_PROVIDER
+    started = name in state.backends
+    backend = await state.backend(name)
+    if started:
+        return
+    engine = getattr(backend, "engine", None)  # local Whisper's loaded model
+    lang = settings.DEFAULT_LANGUAGE
+    english_only = engine is not None and not engine.multilingual
+    if english_only and not languages.is_auto(lang) and languages.primary(lang) != "en":
+        raise ConfigError(
+            languages.english_only_loaded("DEFAULT_LANGUAGE", lang, settings.WHISPER_MODEL)
+        )
+    log.info("provider %s ready", name)
+
+
 def create_app(settings: Settings) -> Starlette:
     state = ServerState(settings, processor=build_processor(settings))
     from .shared_state import make_instance_id  # scale-out: this process's id in a cluster
@@ -71,8 +94,9 @@ def create_app(settings: Settings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await state.backend(settings.SPEECH_PROVIDER)
-        log.info("provider %s ready", settings.SPEECH_PROVIDER)
+        # `speakflow serve` has done this before binding (start_provider); tools and
+        # tests that run the app directly start the provider here.
+        await start_provider(state)
         yield
 
     state.metrics.add_state_collector(state.gauges)

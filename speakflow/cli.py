@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
 import signal
+import socket
 import sys
 import tomllib
 from collections.abc import AsyncIterator, Sequence
@@ -128,10 +130,16 @@ async def _serve(
 ) -> None:
     from hypercorn.trio import serve
 
-    from .app import create_app
+    from .app import create_app, start_provider
 
-    app = create_app(settings)
     config = hypercorn_config(settings, host, port, config_file)
+    knobs = _bind_knobs(host, port, config_file)
+    check_binds(config, knobs)
+    app = create_app(settings)
+    # Before Hypercorn starts: it logs "Running on" even when the app's lifespan
+    # start-up fails (it carries on "without Lifespan support"), so a model that
+    # cannot load must fail here, before any line claims the server is ready.
+    await start_provider(app.state.speakflow)
     log.info(
         "hypercorn: bind %s, websocket_ping_interval %s s, websocket_max_message_size %s, "
         "graceful_timeout %s s%s",
@@ -165,9 +173,16 @@ async def _serve(
                 nursery.cancel_scope.cancel()
 
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(
-            partial(serve, app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
-        )
+        try:
+            binds = await nursery.start(
+                partial(serve, app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+            )
+        except (OSError, BaseExceptionGroup) as err:
+            # the address was taken between check_binds and Hypercorn's own bind
+            taken = _bind_os_error(err)
+            if taken is None:
+                raise
+            raise ConfigError(bind_error(taken, config.bind, knobs)) from None
         tune_for_latency()  # no collector pauses across all connections (see _gc.py)
         for url in binds:
             log.info("speakflow listening on %s (provider %s)", url, settings.SPEECH_PROVIDER)
@@ -176,6 +191,69 @@ async def _serve(
                 url.replace("http", "ws", 1),
                 url,
             )
+
+
+#: errors of bind(): an address that is taken, not ours, not allowed, or unresolvable
+_BIND_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
+
+
+def _bind_knobs(host: str | None, port: int | None, config_file: str | None) -> tuple[str, str]:
+    """What the operator changes to move the server: (for the port, for the address)."""
+    if config_file and host is None and port is None and "bind" in read_hypercorn_file(config_file):
+        return f"bind in {config_file}", f"bind in {config_file}"
+    return "--port/PORT", "--host/HOST"
+
+
+def bind_error(err: OSError, binds: Sequence[str], knobs: tuple[str, str]) -> str:
+    """One line for a failed bind that names the setting to change."""
+    port_knob, host_knob = knobs
+    where = ", ".join(binds)
+    if err.errno == errno.EADDRINUSE:
+        return (
+            f"{port_knob}: {where} is already in use (another speakflow or another program "
+            f"listens there); stop it or choose another port with {port_knob}"
+        )
+    if err.errno == errno.EACCES:
+        return (
+            f"{port_knob}: not allowed to listen on {where} (ports below 1024 need root or "
+            "CAP_NET_BIND_SERVICE); use a port above 1023, behind nginx for 80 and 443"
+        )
+    return (
+        f"{host_knob}: cannot listen on {where}: {err.strerror or err}; use an address of "
+        "this machine (127.0.0.1, or 0.0.0.0 for all)"
+    )
+
+
+def check_binds(config: Any, knobs: tuple[str, str]) -> None:
+    """Bind every address once and let go, before the model loads.
+
+    An address in use (or not on this machine) is then one line naming what
+    to change, at once, instead of Hypercorn's tracebacks after the model has
+    loaded. Hypercorn binds again right after start-up (SO_REUSEADDR, so the
+    closed probe does not block it). Inherited descriptors (fd://) are not
+    probed: closing them would lose them.
+    """
+    if any(bind.startswith("fd://") for bind in (*config.bind, *config.insecure_bind)):
+        return
+    try:
+        sockets = config.create_sockets()
+    except OSError as err:
+        raise ConfigError(bind_error(err, config.bind, knobs)) from None
+    for sock in (*sockets.secure_sockets, *sockets.insecure_sockets, *sockets.quic_sockets):
+        sock.close()
+
+
+def _bind_os_error(err: BaseException | None, depth: int = 0) -> OSError | None:
+    if err is None or depth > 10:
+        return None
+    if isinstance(err, socket.gaierror) or (isinstance(err, OSError) and err.errno in _BIND_ERRNOS):
+        return err
+    if isinstance(err, BaseExceptionGroup):
+        for inner in err.exceptions:
+            found = _bind_os_error(inner, depth + 1)
+            if found is not None:
+                return found
+    return _bind_os_error(err.__cause__ or err.__context__, depth + 1)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -226,12 +304,23 @@ def _config_error(err: BaseException | None, depth: int = 0) -> ConfigError | No
     return _config_error(err.__cause__ or err.__context__, depth + 1)
 
 
+def _port(text: str) -> int:
+    """--port as PORT is checked: 0-65535 (Hypercorn would fail with a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535 (got {text!r})")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="speakflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the stream server")
     serve.add_argument("--host", default=None, help="address to bind (default HOST, 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=None, help="port (default PORT, 8000)")
+    serve.add_argument("--port", type=_port, default=None, help="port (default PORT, 8000)")
     serve.add_argument("--env-file", default=".env", help="dotenv file to read (default .env)")
     serve.add_argument(
         "--config",
@@ -266,11 +355,12 @@ async def running_app(
     """
     from hypercorn.trio import serve
 
-    from .app import create_app
+    from .app import create_app, start_provider
 
     app = create_app(settings)
     config = hypercorn_config(settings, host, port)
     config.graceful_timeout = graceful_timeout
+    await start_provider(app.state.speakflow)  # a failure raises here, as in `serve`
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(

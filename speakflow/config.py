@@ -8,6 +8,7 @@ must stop startup, never surface later inside a session.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Mapping
@@ -239,6 +240,29 @@ RENAMED = {
 }
 
 
+def _read_env_file(path: Path) -> dict[str, str]:
+    """The NAME=value pairs of a dotenv file. A line that is not one stops startup:
+    python-dotenv only warns and skips it, so its setting would silently not apply.
+    The line's text is not shown (it may hold a key)."""
+    from dotenv.parser import parse_stream
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read this settings file: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not a UTF-8 text file (byte {err.start}); save it as UTF-8"
+        ) from None
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            original = binding.original
+            line = original.line + len(original.string) - len(original.string.lstrip("\n"))
+            raise ConfigError(f"{path} line {line}: expected NAME=value; fix or remove that line")
+    values = dotenv_values(stream=io.StringIO(text))
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
 ) -> Settings:
@@ -250,7 +274,7 @@ def load_settings(
     env = dict(os.environ if environ is None else environ)
     raw: dict[str, str] = {}
     if env_file is not None and Path(env_file).is_file():
-        raw.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        raw.update(_read_env_file(Path(env_file)))
     raw.update(env)
     for old, new in RENAMED.items():
         if old in raw:  # silently ignoring it would change a deployment's behaviour
@@ -297,3 +321,71 @@ def _check(settings: Settings) -> None:
     from .shared_state import check_settings as check_shared_state  # scale-out
 
     check_shared_state(settings)
+    _check_languages(settings)
+    _check_whisper_device(settings)
+    _check_cors(settings)
+
+
+#: an Origin as browsers send it: scheme://host[:port], no path (a trailing / is tolerated)
+_ORIGIN_RE = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s]+/?", re.IGNORECASE)
+
+
+def _check_cors(settings: Settings) -> None:
+    """An entry that can never equal a browser's Origin header (a bare host, a path)
+    would pass startup and then refuse that site's every connection."""
+    for origin in settings.cors_origins:
+        if origin not in ("*", "null") and not _ORIGIN_RE.fullmatch(origin):
+            raise ConfigError(
+                f"CORS_ORIGINS: {origin[:80]!r} is not an origin; write scheme://host[:port] "
+                "with no path, e.g. https://app.example.com, or * for any"
+            )
+
+
+def _check_whisper_device(settings: Settings) -> None:
+    """WHISPER_DEVICE=cuda on a machine without CUDA: one line now, not a failed
+    model load later (CTranslate2 counts devices without loading anything)."""
+    uses_whisper = "whisper_local" in (settings.SPEECH_PROVIDER, *settings.fallback_providers)
+    if not uses_whisper or settings.WHISPER_DEVICE != "cuda":
+        return
+    import ctranslate2
+
+    if ctranslate2.get_cuda_device_count() == 0:
+        raise ConfigError(
+            "WHISPER_DEVICE=cuda: CTranslate2 finds no CUDA device (or driver) on this machine; "
+            "set WHISPER_DEVICE=cpu, or auto to use CUDA only where there is one"
+        )
+
+
+def _check_languages(settings: Settings) -> None:
+    """DEFAULT_LANGUAGE (and the per-provider language settings) must be one the
+    configured providers can use: otherwise every stream without its own
+    language fails after a startup that looked fine."""
+    from . import languages
+
+    problem = languages.check_default(settings.DEFAULT_LANGUAGE)
+    for name in (settings.SPEECH_PROVIDER, *settings.fallback_providers):
+        problem = problem or _language_problem(settings, name)
+    if problem:
+        raise ConfigError(problem)
+
+
+def _language_problem(settings: Settings, provider: str) -> str | None:
+    from . import languages
+
+    def chosen(own: str) -> tuple[str, str]:
+        value = getattr(settings, own)
+        return (own, value) if value else ("DEFAULT_LANGUAGE", settings.DEFAULT_LANGUAGE)
+
+    if provider == "whisper_local":
+        return languages.whisper_problem(
+            "DEFAULT_LANGUAGE", settings.DEFAULT_LANGUAGE, settings.WHISPER_MODEL
+        )
+    if provider == "assemblyai":
+        return languages.assemblyai_problem(
+            "DEFAULT_LANGUAGE", settings.DEFAULT_LANGUAGE, settings.ASSEMBLYAI_SPEECH_MODEL
+        )
+    if provider == "deepgram":
+        return languages.deepgram_problem(*chosen("DEEPGRAM_LANGUAGE"))
+    if provider == "aws_transcribe":
+        return languages.aws_problem(*chosen("AWS_TRANSCRIBE_LANGUAGE"))
+    return None

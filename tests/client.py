@@ -104,6 +104,25 @@ class TestClient:
             if msg["type"] == type_:
                 return out
 
+    async def past_end(self, sid: str) -> list[dict[str, Any]]:
+        """What the server sends after ``sid``'s session_ended (already read).
+
+        A stop_session for the ended session goes out, and everything up to its
+        answer (``unknown_session``) is returned. The server writes in order, so a
+        transcript of ``sid`` queued behind session_ended shows up here, which a
+        collector that stops at session_ended can never see.
+        """
+        await self.stop(sid)
+        out = []
+        while True:
+            msg = await self.recv()
+            if msg["type"] == "error" and (msg["code"], msg.get("session_id")) == (
+                "unknown_session",
+                sid,
+            ):
+                return out
+            out.append(msg)
+
     async def stream(
         self, sid: str, source: str, pcm: bytes, *, pace: float = 0.0, ts: int = 1_700_000_000_000
     ) -> None:
@@ -112,3 +131,14 @@ class TestClient:
             await self.chunk(sid, source, pcm[i : i + CHUNK_BYTES], ts + i // 32)
             if pace:
                 await trio.sleep(pace)
+
+
+def assert_ended_last(msgs: list[dict[str, Any]], sid: str) -> None:
+    """``sid`` ended exactly once and nothing of ``sid`` came after its session_ended
+    (``msgs`` must reach past the end: :meth:`TestClient.past_end`)."""
+    ends = [
+        i for i, m in enumerate(msgs) if (m["type"], m.get("session_id")) == ("session_ended", sid)
+    ]
+    assert len(ends) == 1, msgs
+    late = [m for m in msgs[ends[0] + 1 :] if m.get("session_id") == sid]
+    assert not late, f"after session_ended: {late}"

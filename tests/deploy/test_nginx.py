@@ -27,7 +27,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from speakflow.wer import wer
 
-from ..client import TestClient, read_wav
+from ..client import TestClient, assert_ended_last, read_wav
 from .support import (
     DEPLOY,
     NGINX,
@@ -198,9 +198,10 @@ async def test_dual_source_session_survives_silence_longer_than_read_timeout(
                 # still connected, still the same session: speak again, then stop
                 await c.stream("dual", "system", read_wav(audio_dir / late["file"]), ts=ts + 60_000)
                 await c.stop("dual")
+            msgs += await c.past_end("dual")
 
     assert not [m for m in msgs if m["type"] == "error"], msgs
-    assert msgs[-1]["type"] == "session_ended"
+    assert_ended_last(msgs, "dual")
 
     def finals(part: list[dict[str, Any]], src: str | None = None) -> str:
         return " ".join(

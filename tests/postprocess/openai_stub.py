@@ -41,6 +41,8 @@ class Reply:
     status: int = 200
     #: The assistant message; ``None``: the stub's ``transform`` of the user's text.
     content: str | None = None
+    #: The reply waits until the test sets this: orders events without a clock.
+    until: trio.Event | None = None
 
 
 @dataclass
@@ -66,6 +68,8 @@ class OpenAIStub:
         reply = self.by_text.get(text) or (self.queue.popleft() if self.queue else Reply())
         if reply.delay:
             await trio.sleep(reply.delay)
+        if reply.until is not None:
+            await reply.until.wait()
         if reply.status != 200:
             return JSONResponse(
                 {"error": {"message": "scripted failure", "type": "server_error"}},

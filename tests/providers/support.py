@@ -21,7 +21,7 @@ from speakflow.providers._ws import Connector
 from speakflow.providers.base import AudioFrame, ProviderBackend, StreamConfig, TranscriptEvent
 from speakflow.wer import wer
 
-from ..client import CHUNK_BYTES, TestClient, read_wav
+from ..client import CHUNK_BYTES, TestClient, assert_ended_last, read_wav
 from ..conftest import running_server
 
 FRAME = bytes(range(1, 17)) * 1000  # 0.5 s; the echo engine's text is its first 8 bytes in hex
@@ -142,6 +142,7 @@ async def collect(c: TestClient, msgs: list[dict[str, Any]]) -> None:
         msg = await c.recv()
         msgs.append(msg)
         if msg["type"] == "session_ended":
+            msgs.extend(await c.past_end(msg["session_id"]))  # anything late shows
             return
 
 
@@ -219,7 +220,9 @@ async def talk_over_a_muted_system(
 def check_clean_session(msgs: list[dict[str, Any]], provider: str) -> None:
     """No error reached the client, the session ended, and ``provider`` sent every transcript."""
     assert not [m for m in msgs if m["type"] == "error"], msgs
-    assert msgs[-1]["type"] == "session_ended"
+    ended = [m["session_id"] for m in msgs if m["type"] == "session_ended"]
+    assert ended, msgs
+    assert_ended_last(msgs, ended[0])
     assert {m["provider"] for m in msgs if m["type"] == "transcript"} == {provider}
 
 

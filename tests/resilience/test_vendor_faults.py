@@ -16,7 +16,7 @@ import trio
 
 from speakflow.wer import wer
 
-from ..client import CHUNK_BYTES, TestClient, read_wav
+from ..client import CHUNK_BYTES, TestClient, assert_ended_last, read_wav
 from ..conftest import running_server
 from ..emulation.support import running_deepgram
 
@@ -61,6 +61,7 @@ async def stream_meeting(
                     await c.chunk(sid, src, pcm[off : off + CHUNK_BYTES], TS + off // 32)
             await trio.sleep(0.5 / speed)
         await c.stop(sid)
+    msgs += await c.past_end(sid)
 
 
 def check_source(
@@ -185,7 +186,7 @@ async def test_vendor_that_never_comes_back(meeting_tracks) -> None:
     )
     alive = next(src for src in tracks if src != dead)
     check_source(msgs, meeting, alive)
-    assert msgs[-1]["type"] == "session_ended"
+    assert_ended_last(msgs, "m")
 
 
 async def test_failover_to_second_vendor(meeting_tracks) -> None:

