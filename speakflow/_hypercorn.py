@@ -99,6 +99,10 @@ def _make_handle_events() -> Any:
                     await self._send_wsproto_event(
                         CloseConnection(code=CloseReason.MESSAGE_TOO_BIG)
                     )
+                    # [session] tell the app now (ASGI: a server-side close is a
+                    # disconnect): until the client answers the close, Hypercorn
+                    # drops the app's sends without a word, and finals were lost.
+                    await self.app_put({"type": "websocket.disconnect", "code": 1009})
                     continue
                 if event.message_finished:
                     await self.app_put(self.buffer.to_message())
