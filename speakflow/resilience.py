@@ -112,8 +112,8 @@ class ReplayBuffer:
     The quiet frames at the front (before the first loud one) are counted as
     frames arrive and leave, so trimming costs O(1) amortized per frame: a
     client may send 2-byte chunks, and rescanning the leading silence for each
-    one was quadratic. ``scanned`` counts the frames looked at to find where a
-    new quiet run ends (each frame at most twice in its life).
+    one was quadratic. The run is measured again only when a loud frame leaves
+    the front, over frames that were never part of it before.
     """
 
     def __init__(self, max_seconds: float) -> None:
@@ -125,7 +125,6 @@ class ReplayBuffer:
         #: after them, if any, is loud
         self._quiet_frames = 0
         self._quiet_samples = 0
-        self.scanned = 0
 
     def append(self, frame: AudioFrame, loud: bool) -> None:
         self.frames.append((frame, loud))
@@ -157,7 +156,6 @@ class ReplayBuffer:
     def _measure_quiet_run(self) -> None:
         frames = samples = 0
         for frame, loud in self.frames:
-            self.scanned += 1
             if loud:
                 break
             frames += 1
