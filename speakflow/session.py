@@ -6,11 +6,18 @@
     └── connection nursery
         ├── _writer: the only task that sends on the socket
         ├── _reader: frames -> FrameReader -> dispatch   (runs in the body)
+        ├── _control: while a start_session is carried out (it may wait for a
+        │   previous run's flush), it and everything after it, in order
         └── Session._run                   (at most one active; a stopping one may flush)
             └── session nursery
                 └── _run_source per source: ResilientStream.run -> provider.stream
                     (the reader hands each chunk to ResilientStream.feed, which
                     puts it on the provider's bounded channel: no task between)
+
+The reader never waits on session work: Hypercorn answers a client's pings
+only while the app drains its small receive queue, and a desktop whose pong
+times out reconnects. A closed socket (the client left, Hypercorn closed it,
+a send failed) is a detach: the session stays resumable with its finals.
 
 Ending a session (stop, disconnect, error, shutdown) ends its nursery, so no
 vendor socket, task or buffer outlives it. Audio is routed only through the
@@ -337,8 +344,6 @@ class Connection:
         self._reader_scope = trio.CancelScope()
         #: the client is gone (reader ended): a start still waiting is not carried out
         self._closing = False
-        #: the socket failed under the writer: nothing more is sent
-        self._gone = False
         #: start_session runs in the control task, so the reader never waits on
         #: session work (Hypercorn answers pings only while the app reads). What
         #: the client sends meanwhile waits here, in order, and is bounded.
@@ -492,7 +497,6 @@ class Connection:
         its record, with the unsent ones), and the connection ends as on a
         disconnect, so the record stays resumable.
         """
-        self._gone = True
         session = self.active
         if session is not None:
             if session.conn is self:
@@ -573,8 +577,14 @@ class Connection:
         MIN_CHUNK_S): past that, chunks are dropped with one ``rate_limited``.
         """
         if isinstance(item, p.AudioChunk):
-            self.frames.expect_audio(item)  # pair its binary frame; checked in turn
-            return
+            try:  # the session checks come in turn; a bad source name is known now
+                p.check_source(item.source, item.session_id)
+            except p.ProtocolViolation as err:
+                self.frames.discard_audio()
+                item = err
+            else:
+                self.frames.expect_audio(item)  # pair its binary frame
+                return
         if isinstance(item, p.AudioIn):
             cost = _deferred_cost(item)
             if self._backlog_bytes + cost > self._backlog_max:
