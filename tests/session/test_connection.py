@@ -119,6 +119,39 @@ async def test_pings_are_answered_while_a_resume_waits_for_a_slow_flush() -> Non
     ]  # every queued chunk, once, in order
 
 
+async def test_audio_waiting_behind_a_slow_resume_is_bounded() -> None:
+    """What waits behind a start is bounded (twice AUDIO_QUEUE_S of audio, at least
+    4 chunks of MAX_CHUNK_BYTES): past it, chunks are dropped with one rate_limited;
+    the ones kept reach the session in order."""
+    got: list[dict[str, Any]] = []
+    settings = deepgram(
+        "", PROVIDER_RESPONSE_TIMEOUT=3, AUDIO_QUEUE_S=1, MAX_CHUNK_BYTES=16_000
+    )  # 64 000 bytes: twice 1 s of audio, and 4 chunks of 16 000
+    with trio.fail_after(60):
+        async with running_deepgram("echo", faults=["stall-after=1", "times=1"]) as dg:
+            settings["DEEPGRAM_URL"] = dg.url
+            async with running_server(**settings) as srv:
+                async with srv.client() as c:
+                    await c.start("flood")
+                    await c.expect("session_started")
+                    for k in range(2):
+                        await c.chunk("flood", "microphone", loud_chunk(k), TS0 + 500 * k)
+                    await barrier(c)
+                async with srv.client() as c:
+                    await c.start("flood")
+                    for k in range(2, 12):
+                        await c.chunk("flood", "microphone", loud_chunk(k), TS0 + 500 * k)
+                    await c.stop("flood")
+                    got = await c.until("session_ended")
+    errors = [m for m in got if m["type"] == "error"]
+    assert [e["code"] for e in errors] == ["rate_limited"], errors
+    started = next(m for m in got if m["type"] == "session_started")
+    assert started["resumed"] is True
+    sent = {echo_text(loud_chunk(k)) for k in range(2, 12)}
+    kept = [t for t in final_texts(got) if t in sent]  # (finals of the first run come too)
+    assert kept == [echo_text(loud_chunk(k)) for k in range(2, 6)]
+
+
 async def test_a_start_and_its_chunks_keep_their_order_behind_a_stop() -> None:
     """stop, start (new id) and its chunks sent back to back: session_ended of the
     first comes before session_started of the second, and every chunk of the
