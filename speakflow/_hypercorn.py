@@ -152,6 +152,10 @@ def _make_handle_events() -> Any:
         if deflate is not None:
             deflate.stop()
         await self._send_wsproto_event(CloseConnection(code=CloseReason.MESSAGE_TOO_BIG))
+        # Tell the app now (ASGI: a server-side close is a disconnect): until the
+        # client answers the close, Hypercorn drops the app's sends without a word,
+        # and the session's finals were lost instead of kept for its resume.
+        await self.app_put({"type": "websocket.disconnect", "code": 1009})
         self.task_group.spawn(drop_unless_closed, self)
 
     async def _handle_events(self: Any) -> None:

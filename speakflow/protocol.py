@@ -14,6 +14,15 @@ from typing import Any
 import msgspec
 
 SOURCES = ("microphone", "system")
+#: Client strings in error messages and logs are cut to this many characters
+#: (ids to MAX_ID_CHARS, the longest valid one): echoed, never megabytes of them.
+MAX_ECHO_CHARS = 64
+MAX_ID_CHARS = 128
+
+
+def clip(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """``text``, or its first ``limit`` characters marked as cut."""
+    return text if len(text) <= limit else f"{text[:limit]}...(+{len(text) - limit} chars)"
 
 
 class ErrorCode(StrEnum):
@@ -192,7 +201,7 @@ def check_audio_config(cfg: AudioConfig) -> None:
         raise ProtocolViolation(
             ErrorCode.UNSUPPORTED_AUDIO_CONFIG,
             "only 16000 Hz, 1 channel, pcm16le audio is supported "
-            f"(got {cfg.sample_rate} Hz, {cfg.channels} channel(s), {cfg.encoding!r})",
+            f"(got {cfg.sample_rate} Hz, {cfg.channels} channel(s), {clip(cfg.encoding)!r})",
         )
 
 

@@ -108,6 +108,12 @@ class ReplayBuffer:
     Leading silence beyond PREROLL_S is dropped as it ages (a vendor that lost
     it lost nothing said). Past ``max_seconds`` the oldest frames go and are
     counted in ``dropped_seconds``.
+
+    The quiet frames at the front (before the first loud one) are counted as
+    frames arrive and leave, so trimming costs O(1) amortized per frame: a
+    client may send 2-byte chunks, and rescanning the leading silence for each
+    one was quadratic. The run is measured again only when a loud frame leaves
+    the front, over frames that were never part of it before.
     """
 
     def __init__(self, max_seconds: float) -> None:
@@ -115,35 +121,52 @@ class ReplayBuffer:
         self.frames: deque[tuple[AudioFrame, bool]] = deque()  # (frame, loud)
         self.samples = 0
         self.dropped_seconds = 0.0
+        #: frames[:_quiet_frames] are quiet and hold _quiet_samples; the frame
+        #: after them, if any, is loud
+        self._quiet_frames = 0
+        self._quiet_samples = 0
 
     def append(self, frame: AudioFrame, loud: bool) -> None:
         self.frames.append((frame, loud))
         self.samples += frame.samples
+        if not loud and self._quiet_frames == len(self.frames) - 1:
+            self._quiet_frames += 1  # no loud frame yet: the leading quiet run grows
+            self._quiet_samples += frame.samples
         while self.samples > self.max_samples and self.frames:
-            old, _ = self.frames.popleft()
-            self.samples -= old.samples
+            old = self._pop_front()
             self.dropped_seconds += old.samples / SAMPLE_RATE
         self._trim_silence()
 
     def finalized(self, until_sample: int) -> None:
         """A final covers audio up to ``until_sample``: older frames are done."""
         while self.frames and self.frames[0][0].end <= until_sample:
-            old, _ = self.frames.popleft()
-            self.samples -= old.samples
+            self._pop_front()
         self._trim_silence()
+
+    def _pop_front(self) -> AudioFrame:
+        old, _ = self.frames.popleft()
+        self.samples -= old.samples
+        if self._quiet_frames:
+            self._quiet_frames -= 1
+            self._quiet_samples -= old.samples
+        else:  # a loud frame left: the quiet run after it (if any) now leads
+            self._measure_quiet_run()
+        return old
+
+    def _measure_quiet_run(self) -> None:
+        frames = samples = 0
+        for frame, loud in self.frames:
+            if loud:
+                break
+            frames += 1
+            samples += frame.samples
+        self._quiet_frames, self._quiet_samples = frames, samples
 
     def _trim_silence(self) -> None:
         # Drop leading quiet frames, keeping PREROLL_S before the first loud one.
         keep = int(PREROLL_S * SAMPLE_RATE)
-        quiet = 0
-        for frame, loud in self.frames:
-            if loud:
-                break
-            quiet += frame.samples
-        while self.frames and not self.frames[0][1] and quiet - self.frames[0][0].samples >= keep:
-            old, _ = self.frames.popleft()
-            self.samples -= old.samples
-            quiet -= old.samples
+        while self._quiet_frames and self._quiet_samples - self.frames[0][0].samples >= keep:
+            self._pop_front()
 
     def snapshot(self, from_sample: int = 0) -> list[AudioFrame]:
         """Frames to replay, the first cut so replay starts exactly at ``from_sample``."""

@@ -6,11 +6,18 @@
     └── connection nursery
         ├── _writer: the only task that sends on the socket
         ├── _reader: frames -> FrameReader -> dispatch   (runs in the body)
+        ├── _control: while a start_session is carried out (it may wait for a
+        │   previous run's flush), it and everything after it, in order
         └── Session._run                   (at most one active; a stopping one may flush)
             └── session nursery
                 └── _run_source per source: ResilientStream.run -> provider.stream
                     (the reader hands each chunk to ResilientStream.feed, which
                     puts it on the provider's bounded channel: no task between)
+
+The reader never waits on session work: Hypercorn answers a client's pings
+only while the app drains its small receive queue, and a desktop whose pong
+times out reconnects. A closed socket (the client left, Hypercorn closed it,
+a send failed) is a detach: the session stays resumable with its finals.
 
 Ending a session (stop, disconnect, error, shutdown) ends its nursery, so no
 vendor socket, task or buffer outlives it. Audio is routed only through the
@@ -40,8 +47,8 @@ from starlette.websockets import WebSocket
 
 from . import protocol as p
 from .config import Settings
-from .errors import ProviderError
-from .limits import RealTimeMeter
+from .errors import ConfigError, ProviderError
+from .limits import BYTES_PER_SECOND, MIN_CHUNK_S, RealTimeMeter
 from .observability.logs import event, provider_var, session_id_var, source_var, user_id_var
 from .observability.metrics import Metrics, MetricsHooks, SourceMeters
 from .postprocess import TranscriptProcessor
@@ -82,7 +89,11 @@ class ServerState:
     live: set[Connection] = field(default_factory=set)
     #: set on SIGTERM: no new sessions, every session is being finalized
     draining: bool = False
+    #: session id -> user id of each start_session past the limits and not yet
+    #: registered: counted by the limits, so starts awaiting together can't overshoot
+    starting: dict[str, str] = field(default_factory=dict)
     _backend_lock: trio.Lock = field(default_factory=trio.Lock)
+    _expiry_running: bool = False
 
     @property
     def default_provider(self) -> str:
@@ -103,12 +114,41 @@ class ServerState:
         return backend
 
     def purge_expired(self) -> None:
-        """Forget detached sessions older than RESUME_WINDOW_S (called on each start)."""
+        """Forget detached sessions older than RESUME_WINDOW_S (their timer does this too)."""
         horizon = trio.current_time() - self.settings.RESUME_WINDOW_S
         for sid, session in list(self.sessions.items()):
             detached = session.detached_at
-            if detached is not None and detached < horizon and session.finished.is_set():
+            if detached is not None and detached <= horizon and session.finished.is_set():
                 del self.sessions[sid]
+
+    def expire_later(self) -> None:
+        """A record was detached: make sure a timer forgets it when its window ends.
+
+        Without one a record, with its replay buffers, stayed until some later
+        request happened to purge it. One system task serves every record (it
+        outlives the connection that detached them) and ends when none is left.
+        """
+        if not self._expiry_running:
+            self._expiry_running = True
+            trio.lowlevel.spawn_system_task(self._expire_detached, name="speakflow.expiry")
+
+    async def _expire_detached(self) -> None:
+        window = self.settings.RESUME_WINDOW_S
+        try:
+            while True:
+                self.purge_expired()
+                due = [
+                    s.detached_at
+                    for s in self.sessions.values()
+                    if s.detached_at is not None and s.finished.is_set()
+                ]
+                if not due:
+                    return  # a later detach starts a new timer
+                # Records detach in time order with one window, so the earliest is
+                # always due first: nothing later needs an earlier wake-up.
+                await trio.sleep_until(min(due) + window)
+        finally:
+            self._expiry_running = False
 
     def evict_oldest_detached(self, user_id: str | None = None) -> bool:
         """Make room at a session limit: forget the longest-detached session record
@@ -194,6 +234,7 @@ class SourceStream:
     """One audio source of a session: its timeline and the stream to its provider."""
 
     __slots__ = (
+        "clock_steps",
         "dropped_chunks",
         "duplicates",
         "failed",
@@ -204,6 +245,7 @@ class SourceStream:
         "name",
         "overflowing",
         "rate",
+        "replaying_until",
         "stream",
         "timeline",
     )
@@ -220,11 +262,17 @@ class SourceStream:
         self.overflowing = False
         self.failed = False
         self.rate: RealTimeMeter | None = None  # MAX_AUDIO_LEAD_S, set by the connection
-        #: resume: newest chunk timestamp received (older or equal ones are replays),
-        #: and where the last final ended (a new vendor connection never repeats it)
+        #: the last accepted chunk's timestamp, and where the last final ended (a
+        #: new vendor connection never repeats it)
         self.last_timestamp: int | None = None
         self.last_final_end = -math.inf
+        #: after a resume, until a newer chunk comes: chunks stamped up to this are
+        #: the client's replay of audio already received, dropped as duplicates
+        self.replaying_until: int | None = None
         self.duplicates = 0
+        #: chunks stamped no later than the one before, outside a replay: the
+        #: client's clock stepped back; the audio is new and is kept
+        self.clock_steps = 0
 
 
 class Session:
@@ -294,6 +342,22 @@ class Connection:
         #: IDLE_TIMEOUT_S: time of the last client message, and the close to send on expiry.
         self.last_rx = trio.current_time()
         self.close_with: tuple[int, str] | None = None
+        #: cancelled to end the connection: the reader stops, the session detaches
+        self._reader_scope = trio.CancelScope()
+        #: the client is gone (reader ended): a start still waiting is not carried out
+        self._closing = False
+        #: start_session runs in the control task, so the reader never waits on
+        #: session work (Hypercorn answers pings only while the app reads). What
+        #: the client sends meanwhile waits here, in order, and is bounded.
+        self._backlog: deque[Deferred] = deque()
+        self._backlog_bytes = 0
+        self._backlog_max = max(
+            int(2 * self.settings.AUDIO_QUEUE_S * BYTES_PER_SECOND),
+            4 * self.settings.MAX_CHUNK_BYTES,
+        )
+        self._backlog_overflowed = False
+        #: set while the control task runs (None: the reader acts on messages itself)
+        self._control_done: trio.Event | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -309,7 +373,8 @@ class Connection:
                 if self.settings.IDLE_TIMEOUT_S:
                     nursery.start_soon(self._idle_watchdog)
                 try:
-                    await self._reader()
+                    with self._reader_scope:
+                        await self._reader()
                 finally:
                     await self._detach_all()
                     nursery.cancel_scope.cancel()
@@ -323,22 +388,51 @@ class Connection:
     async def _detach_all(self) -> None:
         """The client is gone: flush the active session into its record (resumable),
         and let a stopping one finish. Shielded and bounded: this runs in a
-        ``finally`` that may itself be under cancellation."""
-        session, self.active = self.active, None
-        with trio.move_on_after(self.settings.PROVIDER_RESPONSE_TIMEOUT + 1) as scope:
+        ``finally`` that may itself be under cancellation.
+
+        A start or resume the control task is carrying out completes first (it
+        is bounded too), so the session it attaches is detached like any other.
+        """
+        self._closing = True
+        budget = 2 * (self.settings.PROVIDER_RESPONSE_TIMEOUT + 1)
+        with trio.move_on_after(budget) as scope:
             scope.shield = True
+            if self._control_done is not None:
+                await self._control_done.wait()
+            session, self.active = self.active, None
             if session is not None:
+                self._keep_unsent(session)
                 await self._detach(session)
             if self.stopping is not None:
                 await self.stopping.finished.wait()
 
+    def _keep_unsent(self, session: Session, failed: str | None = None) -> None:
+        """Finals of ``session`` still queued for the writer go back into its record,
+        to be delivered on resume: the socket they were meant for is gone (Hypercorn
+        drops writes to a closing socket without a word). Everything else queued
+        (partials, errors) was for this connection only."""
+        pending = [] if failed is None else [failed]
+        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+            while True:
+                pending.append(self._out_recv.receive_nowait())
+        for text in pending:
+            msg = p.decode_server(text)
+            if isinstance(msg, p.Transcript) and msg.is_final and msg.session_id == session.id:
+                session.undelivered.append(text)
+
     async def _detach(self, session: Session) -> None:
-        session.conn = None
+        if session.conn is self:
+            session.conn = None
         session.detached_at = trio.current_time()
         session.ending = "detach"
         session.stop_requested.set()
         event(log, "session.detach", "client gone; session kept for resume")
         await session.finished.wait()
+
+    def _hang_up(self) -> None:
+        """End this connection the orderly way: the reader stops, then its ``finally``
+        detaches the session (kept for a resume) before anything is cancelled."""
+        self._reader_scope.cancel()
 
     async def give_up(self, session: Session) -> None:
         """Another connection resumed ``session``: flush it here, then close this
@@ -347,8 +441,7 @@ class Connection:
             self.active = None
             await self._detach(session)
         self.close_with = (1000, "session resumed on another connection")
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
+        self._hang_up()
 
     async def send_raw(self, text: str) -> None:
         """Queue for the writer. Closed only while shutting down (the socket is
@@ -361,10 +454,10 @@ class Connection:
         try:
             self._out_send.send_nowait(text)
         except trio.WouldBlock:
-            with contextlib.suppress(trio.ClosedResourceError):
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
                 await self._out_send.send(text)  # the client is slow: wait for room
-        except trio.ClosedResourceError:
-            pass
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # shutting down, or the socket failed (the session was detached)
 
     async def _idle_watchdog(self) -> None:
         """Close a connection that sent nothing for IDLE_TIMEOUT_S.
@@ -385,8 +478,7 @@ class Connection:
             await trio.sleep_until(deadline)
         event(log, "connection.idle", "closing idle connection", timeout_s=timeout)
         self.close_with = (1001, f"idle timeout ({timeout:g} s without a message)")
-        assert self._nursery is not None
-        self._nursery.cancel_scope.cancel()
+        self._hang_up()
 
     async def _writer(self) -> None:
         try:
@@ -394,10 +486,26 @@ class Connection:
                 async for text in self._out_recv:
                     try:
                         await self.ws.send_text(text)
-                    except Exception:  # the client went away; the reader sees the disconnect
+                    except Exception:
+                        self._socket_failed(text)
                         return
         finally:
             self._writer_done.set()
+
+    def _socket_failed(self, text: str) -> None:
+        """A send raised: the socket is gone, which is a detach, never a crash.
+
+        The session stops taking this connection at once (later finals wait in
+        its record, with the unsent ones), and the connection ends as on a
+        disconnect, so the record stays resumable.
+        """
+        session = self.active
+        if session is not None:
+            if session.conn is self:
+                session.conn = None
+            self._keep_unsent(session, text)
+        event(log, "connection.lost", "sending failed; treating it as a disconnect")
+        self._hang_up()
 
     async def shutdown(self) -> None:
         """Stop the active session (finals flushed), send what is queued, close 1001."""
@@ -409,8 +517,7 @@ class Connection:
         self._out_send.close()  # the writer sends what is queued, then ends
         await self._writer_done.wait()
         self.close_with = (1001, "server shutting down")
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
+        self._hang_up()
 
     async def send(self, msg: p.ServerMessage) -> None:
         await self.send_raw(p.encode(msg))
@@ -419,6 +526,8 @@ class Connection:
         self, code: str, message: str, session_id: str | None = None, trace_id: str | None = None
     ) -> None:
         self.state.metrics.client_errors.labels(code).inc()
+        if session_id is not None and len(session_id) > p.MAX_ID_CHARS:
+            session_id = p.clip(session_id, p.MAX_ID_CHARS)  # not a valid id: don't echo it all
         await self.send(
             p.Error(code=code, message=message, session_id=session_id, trace_id=trace_id)
         )
@@ -440,7 +549,9 @@ class Connection:
                 item = frames.binary(data)
                 if item is None:
                     continue
-                if isinstance(item, p.ProtocolViolation):
+                if self._control_done is not None:  # behind a start: keep the order
+                    await self._defer(item)
+                elif isinstance(item, p.ProtocolViolation):
                     await self.send_error(item.code, item.message, item.session_id)
                 else:
                     await self._audio(item)
@@ -449,10 +560,75 @@ class Connection:
             if text is None:
                 continue
             for out in frames.text(text):
-                if isinstance(out, p.ProtocolViolation):
+                if self._control_done is not None or isinstance(out, p.StartSession):
+                    await self._defer(out)
+                elif isinstance(out, p.ProtocolViolation):
                     await self.send_error(out.code, out.message, out.session_id)
                 else:
                     await self._dispatch(out)
+
+    # ------------------------------------------------------------------ control task
+
+    async def _defer(self, item: Deferred | p.AudioChunk) -> None:
+        """Hand ``item`` to the control task (started if idle), after what it holds.
+
+        A start_session may wait for a previous run's flush (up to
+        PROVIDER_RESPONSE_TIMEOUT), a stopping session or a backend starting;
+        the desktop meanwhile sends its queued chunks at once. They wait here,
+        bounded by twice AUDIO_QUEUE_S of audio (a chunk counts at least
+        MIN_CHUNK_S): past that, chunks are dropped with one ``rate_limited``.
+        """
+        if isinstance(item, p.AudioChunk):
+            try:  # the session checks come in turn; a bad source name is known now
+                p.check_source(item.source, item.session_id)
+            except p.ProtocolViolation as err:
+                self.frames.discard_audio()
+                item = err
+            else:
+                self.frames.expect_audio(item)  # pair its binary frame
+                return
+        if isinstance(item, p.AudioIn):
+            cost = _deferred_cost(item)
+            if self._backlog_bytes + cost > self._backlog_max:
+                if not self._backlog_overflowed:
+                    self._backlog_overflowed = True
+                    await self.send_error(
+                        p.ErrorCode.RATE_LIMITED,
+                        "audio arrived faster than the session could start; chunks were dropped",
+                        item.meta.session_id,
+                    )
+                return
+            self._backlog_bytes += cost
+        self._backlog.append(item)
+        if self._control_done is None:
+            self._control_done = trio.Event()
+            assert self._nursery is not None
+            self._nursery.start_soon(self._control, self._control_done)
+
+    async def _control(self, done: trio.Event) -> None:
+        """Carry out deferred messages in order until none is left, then step back:
+        the reader acts on messages itself again (audio without a task hop)."""
+        backlog = self._backlog
+        try:
+            while backlog:
+                item = backlog.popleft()
+                if isinstance(item, p.AudioIn):
+                    self._backlog_bytes -= _deferred_cost(item)
+                    refusal = self._meta_refusal(item.meta)
+                    if refusal is not None:
+                        await self.send_error(refusal.code, refusal.message, refusal.session_id)
+                    else:
+                        await self._audio(item)
+                elif isinstance(item, p.ProtocolViolation):
+                    await self.send_error(item.code, item.message, item.session_id)
+                elif not (self._closing and isinstance(item, p.StartSession)):
+                    await self._dispatch(item)
+        finally:
+            backlog.clear()  # only left over when cancelled: the connection is ending
+            self._backlog_bytes = 0
+            self._backlog_overflowed = False
+            self._control_done = None
+            done.set()
 
     async def _dispatch(self, msg: p.ClientMessage) -> None:
         try:
@@ -495,17 +671,23 @@ class Connection:
             sid,
         )
 
-    async def _audio_meta(self, meta: p.AudioChunk) -> None:
+    def _meta_refusal(self, meta: p.AudioChunk) -> p.ProtocolViolation | None:
+        """Why a chunk's metadata is refused (not this connection's session, a bad source)."""
         session = self.active
         if session is None or meta.session_id != session.id:
-            self.frames.discard_audio()
-            raise self._not_active(meta.session_id)
+            return self._not_active(meta.session_id)
         if meta.source not in session.sources:
             try:
                 p.check_source(meta.source, meta.session_id)
-            except p.ProtocolViolation:
-                self.frames.discard_audio()
-                raise
+            except p.ProtocolViolation as err:
+                return err
+        return None
+
+    async def _audio_meta(self, meta: p.AudioChunk) -> None:
+        refusal = self._meta_refusal(meta)
+        if refusal is not None:
+            self.frames.discard_audio()
+            raise refusal
         self.frames.expect_audio(meta)
 
     async def _audio(self, chunk: p.AudioIn) -> None:
@@ -520,11 +702,17 @@ class Connection:
         source = session.sources.get(meta.source)
         if source is None:
             source = self._add_source(session, meta.source)
+        ts = meta.timestamp
         last = source.last_timestamp
-        if last is not None and meta.timestamp <= last:
-            source.duplicates += 1  # a resumed client replaying audio we already have
-            return
-        source.last_timestamp = meta.timestamp
+        if last is not None and ts <= last:
+            replaying = source.replaying_until
+            if replaying is not None and ts <= replaying:
+                source.duplicates += 1  # a resumed client replaying audio we already have
+                return
+            _clock_stepped(source, last, ts)
+        elif source.replaying_until is not None:
+            source.replaying_until = None  # past the replay: new audio from here on
+        source.last_timestamp = ts
         nbytes = len(chunk.pcm)
         rate = source.rate
         if rate is not None and not rate.admit(nbytes, trio.current_time()):
@@ -606,21 +794,27 @@ class Connection:
             await self._resume(other, msg)
             return
         self._check_limits(sid)
-        provider = self._choose_provider(msg)
-        if self.stopping is not None:
-            await self.stopping.finished.wait()  # keep session_ended before session_started
-        backend = await self.state.backend(provider)
-        try:  # whisperops (issue 16): refuse a language the provider cannot take, here
-            check_language(backend, msg.language or None)
-        except UnsupportedLanguage as err:
-            raise p.ProtocolViolation(p.ErrorCode(err.code), err.message, sid) from None
-        language = msg.language or None  # None: the provider's own default applies
-        session = Session(msg, self.user_id, provider, backend, language)
-        if sid in self.state.sessions:  # raced with another connection while we waited
-            raise p.ProtocolViolation(
-                p.ErrorCode.SESSION_ACTIVE, "this session is active on another connection", sid
-            )
-        self.state.sessions[sid] = session
+        # Admission is atomic: the slot is held from the check through the awaits
+        # below (the limits count it), and given back if the start fails.
+        self.state.starting[sid] = self.user_id
+        try:
+            provider = self._choose_provider(msg)
+            if self.stopping is not None:
+                await self.stopping.finished.wait()  # keep session_ended before session_started
+            backend = await self._backend(provider, sid)
+            try:  # refuse a language the provider cannot take, before it reaches a model
+                check_language(backend, msg.language or None)
+            except UnsupportedLanguage as err:
+                raise p.ProtocolViolation(p.ErrorCode(err.code), err.message, sid) from None
+            language = msg.language or None  # None: the provider's own default applies
+            session = Session(msg, self.user_id, provider, backend, language)
+            if sid in self.state.sessions:  # raced with another connection while we waited
+                raise p.ProtocolViolation(
+                    p.ErrorCode.SESSION_ACTIVE, "this session is active on another connection", sid
+                )
+            self.state.sessions[sid] = session
+        finally:
+            del self.state.starting[sid]
         session.conn = self
         assert self._nursery is not None
         await self._nursery.start(self._run_session, session)
@@ -635,8 +829,30 @@ class Connection:
             "session started",
             provider=provider,
             sources=",".join(msg.sources),
-            language=language or "default",
+            language=p.clip(language or "default"),
         )
+
+    async def _backend(self, provider: str, sid: str) -> ProviderBackend:
+        """The started backend, or the client's answer when it cannot be had: a
+        provider named in start_session that this server has no settings for is
+        the client's ``provider_error``, not a bug of ours (and no traceback)."""
+        try:
+            return await self.state.backend(provider)
+        except ConfigError as err:
+            event(
+                log,
+                "provider.unconfigured",
+                f"start_session named provider {provider} which is not configured: {err}",
+                logging.WARNING,
+            )
+            raise p.ProtocolViolation(
+                p.ErrorCode.PROVIDER_ERROR,
+                f"provider {provider!r} is not configured on this server",
+                sid,
+            ) from None
+        except ProviderError as err:
+            event(log, "provider.error", str(err), logging.WARNING, code=err.code)
+            raise p.ProtocolViolation(p.ErrorCode(err.code), str(err), sid) from None
 
     async def _resume(self, session: Session, msg: p.StartSession) -> None:
         """protocol.md "Resume": same user, same id: continue on the same timelines.
@@ -666,6 +882,9 @@ class Connection:
         session.conn = self
         session.detached_at = None
         session.resumes += 1
+        for source in session.sources.values():
+            # the client replays what it had not seen confirmed: already received
+            source.replaying_until = source.last_timestamp
         assert self._nursery is not None
         await self._nursery.start(self._run_session, session)
         self.active = session
@@ -699,9 +918,16 @@ class Connection:
             raise p.ProtocolViolation(
                 p.ErrorCode.RATE_LIMITED, "server is shutting down; reconnect and retry", sid
             )
-        # Detached records (kept for a resume) count, but give way at a limit.
         state = self.state
-        while s.MAX_SESSIONS and len(state.sessions) >= s.MAX_SESSIONS:
+        if sid in state.starting:
+            raise p.ProtocolViolation(
+                p.ErrorCode.SESSION_ACTIVE,
+                "this session is being started on another connection",
+                sid,
+            )
+        # Detached records (kept for a resume) count, but give way at a limit; so do
+        # starts under way (state.starting), which hold their slot until registered.
+        while s.MAX_SESSIONS and len(state.sessions) + len(state.starting) >= s.MAX_SESSIONS:
             if not state.evict_oldest_detached():
                 raise p.ProtocolViolation(
                     p.ErrorCode.RATE_LIMITED,
@@ -710,6 +936,7 @@ class Connection:
                 )
         while s.MAX_SESSIONS_PER_USER:
             mine = sum(1 for x in state.sessions.values() if x.user_id == self.user_id)
+            mine += sum(1 for user in state.starting.values() if user == self.user_id)
             if mine < s.MAX_SESSIONS_PER_USER:
                 break
             if not state.evict_oldest_detached(self.user_id):
@@ -825,11 +1052,14 @@ class Connection:
                     "session ended",
                     dropped_chunks=sum(s.dropped_chunks for s in session.sources.values()),
                     duplicates=sum(s.duplicates for s in session.sources.values()),
+                    clock_steps=sum(s.clock_steps for s in session.sources.values()),
                 )
         finally:
             if session.ending == "stop":
                 self.state.sessions.pop(session.id, None)
             session.finished.set()
+            if session.ending == "detach":
+                self.state.expire_later()  # the record goes when its window ends
             if self.stopping is session:
                 self.stopping = None
             if self.active is session:
@@ -890,6 +1120,32 @@ class Connection:
             post.close()
             source.last_final_end = stream.last_final_end
             self.state.streams.pop(key, None)
+
+
+#: what waits for the control task: messages, protocol errors, complete chunks
+Deferred = p.ClientMessage | p.ProtocolViolation | p.AudioIn
+#: a deferred chunk counts at least this much against the backlog bound, so a
+#: flood of 2-byte chunks is bounded in number as well as in bytes
+_MIN_DEFERRED_BYTES = int(MIN_CHUNK_S * BYTES_PER_SECOND)
+
+
+def _deferred_cost(chunk: p.AudioIn) -> int:
+    return max(len(chunk.pcm), _MIN_DEFERRED_BYTES)
+
+
+def _clock_stepped(source: SourceStream, last: int, ts: int) -> None:
+    """A chunk stamped no later than the previous one, outside a resume's replay:
+    the client's clock stepped back (NTP, sleep). Its audio is new: kept, counted,
+    logged once per source."""
+    source.clock_steps += 1
+    if source.clock_steps == 1:
+        event(
+            log,
+            "audio.clock_step",
+            "client timestamp went back; the chunk is kept as new audio",
+            logging.WARNING,
+            back_ms=last - ts,
+        )
 
 
 def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:

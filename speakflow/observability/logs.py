@@ -8,6 +8,11 @@ passing identifiers through vendor code.
 Redaction runs in the formatter, on the final text (message, arguments and
 traceback), so a secret can't slip out through an exception's ``str`` or a
 vendor URL that carries a token.
+
+Lengths are capped there too: fields and context values (a client's
+``language``, user id, session id) at MAX_FIELD_CHARS and a message at
+MAX_MESSAGE_CHARS, so a client cannot make one line megabytes long. Tracebacks
+are our own and stay whole.
 """
 
 from __future__ import annotations
@@ -36,6 +41,14 @@ _CONTEXT = (
 )
 
 MASK = "***"
+MAX_FIELD_CHARS = 200
+MAX_MESSAGE_CHARS = 4000
+
+
+def cap(text: str, limit: int = MAX_FIELD_CHARS) -> str:
+    """``text``, or its first ``limit`` characters marked as cut."""
+    return text if len(text) <= limit else f"{text[:limit]}...(+{len(text) - limit} chars)"
+
 
 # Secrets in common shapes: auth headers, query parameters, JWTs, vendor key prefixes.
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
@@ -80,7 +93,7 @@ redact = Redactor()
 
 
 def _context() -> dict[str, str]:
-    return {name: value for name, var in _CONTEXT if (value := var.get()) is not None}
+    return {name: cap(value) for name, var in _CONTEXT if (value := var.get()) is not None}
 
 
 class JsonFormatter(logging.Formatter):
@@ -92,7 +105,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": redact(record.getMessage()),
+            "msg": redact(cap(record.getMessage(), MAX_MESSAGE_CHARS)),
         }
         entry.update(_context())
         event = getattr(record, "event", None)
@@ -107,7 +120,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def _safe(value: object) -> object:
-    return redact(value) if isinstance(value, str) else value
+    return redact(cap(value)) if isinstance(value, str) else value
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -117,11 +130,15 @@ class ConsoleFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if len(message) > MAX_MESSAGE_CHARS:  # a copy: other handlers see the record as is
+            record = logging.makeLogRecord(record.__dict__)
+            record.msg, record.args = cap(message, MAX_MESSAGE_CHARS), None
         line = super().format(record)
         ctx = _context()
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            ctx.update({k: str(v) for k, v in fields.items()})
+            ctx.update({k: cap(str(v)) for k, v in fields.items()})
         if ctx:
             line += " [" + " ".join(f"{k}={v}" for k, v in ctx.items()) + "]"
         return redact(line)
