@@ -362,15 +362,21 @@ def _check_languages(settings: Settings) -> None:
     language fails after a startup that looked fine."""
     from . import languages
 
-    problem = languages.check_default(settings.DEFAULT_LANGUAGE)
+    problem = languages.setting_problem("DEFAULT_LANGUAGE", settings.DEFAULT_LANGUAGE, _any)
     for name in (settings.SPEECH_PROVIDER, *settings.fallback_providers):
         problem = problem or _language_problem(settings, name)
     if problem:
         raise ConfigError(problem)
 
 
+def _any(code: str) -> None:
+    """DEFAULT_LANGUAGE's own rule, whatever the provider: a tag or auto."""
+
+
 def _language_problem(settings: Settings, provider: str) -> str | None:
+    """The provider's start_session rule applied to the language it would use by default."""
     from . import languages
+    from .providers import assemblyai, aws_transcribe, deepgram
 
     def chosen(own: str) -> tuple[str, str]:
         value = getattr(settings, own)
@@ -381,11 +387,19 @@ def _language_problem(settings: Settings, provider: str) -> str | None:
             "DEFAULT_LANGUAGE", settings.DEFAULT_LANGUAGE, settings.WHISPER_MODEL
         )
     if provider == "assemblyai":
-        return languages.assemblyai_problem(
-            "DEFAULT_LANGUAGE", settings.DEFAULT_LANGUAGE, settings.ASSEMBLYAI_SPEECH_MODEL
+        if settings.ASSEMBLYAI_SPEECH_MODEL not in assemblyai.SPEECH_MODELS:
+            return None  # a model we have no list for: AssemblyAI judges
+        return languages.setting_problem(
+            "DEFAULT_LANGUAGE", settings.DEFAULT_LANGUAGE, assemblyai.check_language
         )
     if provider == "deepgram":
-        return languages.deepgram_problem(*chosen("DEEPGRAM_LANGUAGE"))
+        return languages.setting_problem(*chosen("DEEPGRAM_LANGUAGE"), deepgram.check_language)
     if provider == "aws_transcribe":
-        return languages.aws_problem(*chosen("AWS_TRANSCRIBE_LANGUAGE"))
+        setting, value = chosen("AWS_TRANSCRIBE_LANGUAGE")
+        if languages.is_auto(value):
+            return (
+                f"{setting}={value}: AWS Transcribe streaming needs one language; set "
+                "AWS_TRANSCRIBE_LANGUAGE to a code such as en-US or es-US"
+            )
+        return languages.setting_problem(setting, value, aws_transcribe.check_language)
     return None

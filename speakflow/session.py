@@ -48,6 +48,7 @@ from starlette.websockets import WebSocket
 from . import protocol as p
 from .config import Settings
 from .errors import ConfigError, ProviderError
+from .languages import UnsupportedLanguage
 from .limits import BYTES_PER_SECOND, MIN_CHUNK_S, RealTimeMeter
 from .observability.logs import event, provider_var, session_id_var, source_var, user_id_var
 from .observability.metrics import Metrics, MetricsHooks, SourceMeters
@@ -59,7 +60,6 @@ from .providers.base import (
     ProviderBackend,
     StreamConfig,
     TranscriptEvent,
-    UnsupportedLanguage,
     check_language,
 )
 from .providers.registry import PROVIDERS

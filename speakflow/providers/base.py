@@ -9,14 +9,13 @@ on that connection to the vendor's times (see ``speakflow.timeline``).
 
 from __future__ import annotations
 
-import re
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
 
-from ..errors import ClientError
+from ..languages import check_tag
 
 SAMPLE_RATE = 16000
 BYTES_PER_SAMPLE = 2
@@ -150,41 +149,10 @@ class ProviderBackend(Protocol):
 
 # ---------------------------------------------------------------------- languages
 
-#: start_session.language longer than this is not a language tag: the tags in
-#: use are 2-11 characters, and RFC 5646 asks an implementation to take 35.
-MAX_LANGUAGE_CHARS = 35
-#: a language tag's shape: "es", "es-419", "zh-Hant-TW", or "auto" / "multi"
-_TAG = re.compile(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*")
-#: how much of a refused value an error message or a log line repeats
-SHOWN_CHARS = 40
-#: "detect the language": accepted by providers that can
-AUTO = frozenset({"auto", "multi"})
-
-
-class UnsupportedLanguage(ClientError):
-    """start_session.language that the session's provider cannot transcribe.
-
-    ``code`` is ``unsupported_language``, or ``invalid_message`` for a value
-    that is not a language tag at all.
-    """
-
-    def __init__(self, message: str, *, code: str = "unsupported_language") -> None:
-        super().__init__(code, message)
-
-
-def shown(value: str) -> str:
-    """A client's string as an error message or a log line may repeat it: cut, quoted."""
-    cut = value[:SHOWN_CHARS]
-    return repr(cut) + ("..." if len(value) > SHOWN_CHARS else "")
-
-
-def primary_subtag(code: str) -> str:
-    """``es-419`` -> ``es``: what vendors and Whisper key their language support on."""
-    return code.split("-", 1)[0].lower()
-
 
 def check_language(backend: ProviderBackend, code: str | None) -> None:
-    """Raise :class:`UnsupportedLanguage` unless ``backend`` can take ``code``.
+    """Raise :class:`~speakflow.languages.UnsupportedLanguage` unless ``backend``
+    can take ``code``.
 
     Called at start_session, so a bad value is refused with a clear error
     there, before it reaches a vendor or a model shared with other sessions.
@@ -193,29 +161,7 @@ def check_language(backend: ProviderBackend, code: str | None) -> None:
     """
     if code is None:
         return
-    if len(code) > MAX_LANGUAGE_CHARS or not _TAG.fullmatch(code):
-        raise UnsupportedLanguage(
-            f"language {shown(code)} is not a language tag (expected a code like "
-            '"en", "es" or "es-419", at most 35 characters)',
-            code="invalid_message",
-        )
+    check_tag(code)
     check = getattr(backend, "check_language", None)
     if check is not None:
         check(code)
-
-
-def check_listed(code: str, provider: str, primaries: Collection[str], *, auto: bool) -> None:
-    """The usual vendor rule: ``code``'s primary subtag is one the vendor transcribes
-    (the region, if any, is the vendor's to judge); "auto"/"multi" when it detects."""
-    if code.lower() in AUTO:
-        if auto:
-            return
-        raise UnsupportedLanguage(
-            f"{provider} cannot detect the language ({shown(code)}): send the code of the "
-            'language spoken, e.g. "en" or "es"'
-        )
-    if primary_subtag(code) not in primaries:
-        raise UnsupportedLanguage(
-            f"{provider} does not transcribe language {shown(code)}; it takes "
-            f"{', '.join(sorted(primaries))}" + (', or "auto"' if auto else "")
-        )

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import trio
 
+from speakflow.languages import UnsupportedLanguage
 from speakflow.providers import assemblyai, aws_transcribe, deepgram
-from speakflow.providers.base import UnsupportedLanguage
 
 from ..client import TestClient
 from ..conftest import running_server
@@ -48,8 +48,8 @@ async def test_the_english_only_model_refuses_other_languages_at_start(server) -
             assert "WHISPER_MODEL" in msg["message"]  # what the operator can do
             msg = await refused(c, "auto", "unsupported_language")
             assert "detect" in msg["message"]
-            msg = await refused(c, "klingon", "unsupported_language")
-            assert "'klingon'" in msg["message"]
+            msg = await refused(c, "tlh", "unsupported_language")  # Klingon's ISO 639 code
+            assert "'tlh'" in msg["message"]
             assert server.state.sessions == {}
             await usable(c, "en-gb", language="en-GB")  # English with a region is English
             await usable(c, "none")  # no language: the provider's default

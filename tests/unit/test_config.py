@@ -163,10 +163,11 @@ def test_a_language_name_is_not_a_language_code(env: dict[str, str]) -> None:
 @pytest.mark.parametrize(
     ("env", "start"),
     [
-        ({"WHISPER_MODEL": "base", "DEFAULT_LANGUAGE": "xx"}, "DEFAULT_LANGUAGE: Whisper has no"),
+        ({"WHISPER_MODEL": "base", "DEFAULT_LANGUAGE": "xx"},
+         "DEFAULT_LANGUAGE=xx: Whisper (base) does not know"),
         ({"WHISPER_MODEL": "base", "DEFAULT_LANGUAGE": ""}, "DEFAULT_LANGUAGE: '' is not"),
         ({"SPEECH_PROVIDER": "assemblyai", "ASSEMBLYAI_API_KEY": "k", "DEFAULT_LANGUAGE": "ja"},
-         "DEFAULT_LANGUAGE: AssemblyAI streaming has no language 'ja'"),
+         "DEFAULT_LANGUAGE=ja: AssemblyAI does not transcribe language 'ja'"),
         ({"SPEECH_PROVIDER": "deepgram", "DEEPGRAM_API_KEY": "k", "DEEPGRAM_LANGUAGE": "French"},
          "DEEPGRAM_LANGUAGE: 'French' is not"),
         ({"SPEECH_PROVIDER": "aws_transcribe", "AWS_ACCESS_KEY_ID": "a",

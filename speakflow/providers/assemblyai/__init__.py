@@ -13,11 +13,13 @@ from urllib.parse import urlsplit
 
 from ...config import Settings
 from ...errors import ConfigError
-from ..base import check_listed
+from ...languages import check_listed
 
 #: Universal Streaming: the English model, or the multilingual one (with
 #: language detection) for these languages; "auto" picks the multilingual one.
 LANGUAGES = frozenset({"en", "es", "fr", "de", "it", "pt"})
+#: the streaming models that list is for (another model: AssemblyAI judges its languages)
+SPEECH_MODELS = frozenset({"universal-streaming-english", "universal-streaming-multilingual"})
 
 
 def check_language(code: str) -> None:

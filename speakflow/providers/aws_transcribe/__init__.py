@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from ...config import Settings
 from ...errors import ConfigError
-from ..base import UnsupportedLanguage, check_listed, primary_subtag, shown
+from ...languages import UnsupportedLanguage, check_listed, primary, shown
 
 #: primary subtags of the languages AWS Transcribe streams (docs.aws.amazon.com
 #: "Supported languages", streaming column); the full code (es-US, en-GB) is
@@ -116,5 +116,5 @@ def check_language(code: str) -> None:
         if "-" not in aws_language(code):
             raise UnsupportedLanguage(
                 f"AWS Transcribe needs the full code for language {shown(code)}, e.g. "
-                f"{primary_subtag(code)}-XX as AWS lists it"
+                f"{primary(code)}-XX as AWS lists it"
             )

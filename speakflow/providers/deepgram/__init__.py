@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from ...config import Settings
 from ...errors import ConfigError
-from ..base import check_listed
+from ...languages import check_listed
 
 #: primary subtags Deepgram's streaming models transcribe (nova-2 and nova-3,
 #: developers.deepgram.com "Models and Language Overview"); regions such as

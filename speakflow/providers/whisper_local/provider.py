@@ -27,17 +27,14 @@ import trio
 
 from ...config import Settings
 from ...errors import ProviderOverloaded, ProviderRejected
+from ...languages import UnsupportedLanguage, check_whisper, shown
 from ..base import (
-    AUTO,
     SAMPLE_RATE,
     AudioFrame,
     Emit,
     SpeechProvider,
     StreamConfig,
     TranscriptEvent,
-    UnsupportedLanguage,
-    primary_subtag,
-    shown,
 )
 from . import check_settings
 from .capacity import CostEstimate
@@ -224,29 +221,11 @@ class WhisperLocalBackend:
     def check_language(self, code: str) -> None:
         """start_session.language: raise UnsupportedLanguage unless the model can do it.
 
-        An English-only model (``*.en``) takes English only; a multilingual one
-        takes Whisper's language codes (regions ignored) and "auto" to detect.
         A code Whisper does not know would fail the decode of every stream
         batched with it, so it is refused here, before any audio.
         """
         model = self.settings.WHISPER_MODEL or "tiny.en"
-        if not self.engine.multilingual:
-            if primary_subtag(code) != "en":
-                what = "detect languages" if code.lower() in AUTO else f"transcribe {shown(code)}"
-                raise UnsupportedLanguage(
-                    f"model {model} is English-only and cannot {what}; send language "
-                    '"en" (or none), or set WHISPER_MODEL to a multilingual model (base, small)'
-                )
-            return
-        if code.lower() in AUTO:
-            return
-        from faster_whisper.tokenizer import _LANGUAGE_CODES
-
-        if primary_subtag(code) not in _LANGUAGE_CODES:
-            raise UnsupportedLanguage(
-                f"Whisper ({model}) does not know language {shown(code)}; send a code such "
-                'as "en", "es" or "pt", or "auto" to detect it'
-            )
+        check_whisper(code, multilingual=self.engine.multilingual, model=model)
 
     # ------------------------------------------------------------------ capacity
 
