@@ -74,6 +74,8 @@ class StartSession(msgspec.Struct, tag="start_session", tag_field="type", frozen
     audio_config: AudioConfig = AudioConfig()
     language: str | None = None
     provider: str | None = None
+    #: extension: off | auto | on, overrides ECHO_CANCELLATION for this session
+    echo_cancellation: str | None = None
 
 
 class AudioChunk(msgspec.Struct, tag="audio_chunk", tag_field="type", frozen=True):

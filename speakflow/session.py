@@ -33,11 +33,13 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
 from starlette.websockets import WebSocket
 
+from . import echo
 from . import protocol as p
 from .config import Settings
 from .errors import ProviderError
@@ -255,6 +257,8 @@ class Session:
         self.detached_at: float | None = None
         self.resumes = 0
         self.started_at = trio.current_time()  # MAX_SESSION_S counts across resumes
+        #: echo hook: the session's canceller (speakflow.echo), kept across resumes
+        self.echo: echo.EchoGate | None = None
         self.new_run()
 
     def new_run(self) -> None:
@@ -535,9 +539,27 @@ class Connection:
         source.meters.chunk(nbytes, source.timeline.samples)
         if source.level is not None:
             source.level.feed(chunk.pcm, offset)
+        # echo hook: a microphone chunk of a cancelling session is fed later, cleaned
+        # (speakflow.echo); a system chunk is copied there as reference and goes on.
+        echo_gate = session.echo
+        if echo_gate is not None and echo_gate.take(
+            source.name, chunk.pcm, offset, meta.timestamp
+        ):
+            return
+        await self._feed(session, source, AudioFrame(chunk.pcm, offset))
+
+    async def _feed_source(self, session: Session, frame: AudioFrame) -> None:
+        """echo hook: the cleaned microphone audio from the session's echo task."""
+        source = session.sources.get("microphone")
+        if source is not None and source.stream is not None:
+            await self._feed(session, source, frame)
+
+    async def _feed(self, session: Session, source: SourceStream, frame: AudioFrame) -> None:
+        """Hand a frame to the source's provider stream; report what it refused."""
+        nbytes = len(frame.pcm)
         stream = source.stream
         assert stream is not None  # set with the source, replaced on resume
-        fed = stream.feed(AudioFrame(chunk.pcm, offset))
+        fed = stream.feed(frame)
         if fed is Fed.TAKEN:
             source.overflowing = False
             lost = stream.unreported_drop(source.name)
@@ -586,6 +608,7 @@ class Connection:
         for name in msg.sources:
             p.check_source(name, sid)
         p.check_audio_config(msg.audio_config)
+        echo_mode = echo.mode(self.settings.ECHO_CANCELLATION, msg.echo_cancellation, sid)
         if active is not None:  # the same session again: add sources, confirm
             for name in msg.sources:
                 if name not in active.sources:
@@ -610,6 +633,7 @@ class Connection:
         backend = await self.state.backend(provider)
         language = msg.language or None  # None: the provider's own default applies
         session = Session(msg, self.user_id, provider, backend, language)
+        session.echo = echo.gate(echo_mode, self.state.metrics)  # echo hook
         if sid in self.state.sessions:  # raced with another connection while we waited
             raise p.ProtocolViolation(
                 p.ErrorCode.SESSION_ACTIVE, "this session is active on another connection", sid
@@ -797,12 +821,16 @@ class Connection:
         try:
             async with trio.open_nursery() as nursery:
                 session.nursery = nursery
+                if session.echo is not None:  # echo hook: cleans the microphone in its own task
+                    nursery.start_soon(session.echo.run, partial(self._feed_source, session))
                 task_status.started()
                 limit = self.settings.MAX_SESSION_S or math.inf
                 with trio.move_on_at(session.started_at + limit):
                     await session.stop_requested.wait()
                 if not session.stop_requested.is_set():
                     await self._stop_at_max_duration(session)
+                if session.echo is not None:  # echo hook: no microphone audio stays held
+                    await session.echo.flush(final=session.ending == "stop")
                 for source in session.sources.values():
                     if source.stream is not None:
                         source.stream.end_of_audio()  # providers flush and return
