@@ -183,9 +183,8 @@ class Aligner:
 
     def flush(self, now: float) -> list[Release]:
         """Everything held, with whatever reference there is (the session is ending)."""
-        out = [self._release(head, len(head.pcm) // BYTES_PER_SAMPLE, now) for head in self._near]
-        self._near.clear()
-        return out
+        held = list(self._near)  # each release pops its chunk
+        return [self._release(head, len(head.pcm) // BYTES_PER_SAMPLE, now) for head in held]
 
     def _covered(self, until: int) -> int:
         """Client sample up to which microphone audio has its reference (``lead`` ahead)."""

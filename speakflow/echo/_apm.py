@@ -18,6 +18,7 @@ never loads it, and it must not be loaded before a fork (its runtime refuses).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,8 @@ class Processed:
     near: npt.NDArray[np.float64]
     out: npt.NDArray[np.float64]
     far: npt.NDArray[np.float64]
+    #: CPU seconds this call took (its thread's time)
+    cpu_s: float
 
 
 def frame_energy(pcm: bytes) -> npt.NDArray[np.float64]:
@@ -62,6 +65,7 @@ class Canceller:
 
     def process(self, near: bytes, reference: bytes) -> Processed:
         """Clean ``near`` with ``reference`` (the far end of the same moment, same length)."""
+        began = time.thread_time()
         rtc, apm = self._rtc, self._apm
         out = bytearray()
         for start in range(0, len(near), FRAME_BYTES):
@@ -79,4 +83,5 @@ class Canceller:
             out += cleaned[: len(near) - start] if short else cleaned
             self.frames += 1
         pcm = bytes(out)
-        return Processed(pcm, frame_energy(near), frame_energy(pcm), frame_energy(reference))
+        energies = frame_energy(near), frame_energy(pcm), frame_energy(reference)
+        return Processed(pcm, *energies, cpu_s=time.thread_time() - began)

@@ -54,6 +54,7 @@ class EchoGate:
         self._closing = False
         self._reported = False
         self.max_wait_s = 0.0
+        self.cpu_s = 0.0
 
     # ------------------------------------------------------------------ hot path
 
@@ -132,10 +133,12 @@ class EchoGate:
         near, reference = release.near, release.reference
         done = await trio.to_thread.run_sync(lambda: canceller.process(near, reference))
         processed, suppressing = self.stats.add(done.near, done.out, done.far)
+        self.cpu_s += done.cpu_s
         if not release.referenced:
             self.stats.passthrough_s += processed
         if m is not None:
             m.echo_processed_seconds.inc(processed)
+            m.echo_cpu_seconds.inc(done.cpu_s)
             if suppressing:
                 m.echo_suppressing_seconds.inc(suppressing)
             if not release.referenced:
@@ -166,5 +169,6 @@ class EchoGate:
         return {
             **self.stats.summary(),
             "max_hold_ms": round(self.max_wait_s * 1000),
+            "cpu_ms": round(self.cpu_s * 1000, 1),
             "stalls": self.aligner.stalls,
         }

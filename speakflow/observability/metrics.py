@@ -104,6 +104,11 @@ class Metrics:
             "Microphone seconds in which the canceller removed echo of the system source",
             registry=r,
         )
+        self.echo_cpu_seconds = Counter(
+            "speakflow_echo_cpu_seconds",
+            "CPU seconds spent in the echo canceller (its worker threads)",
+            registry=r,
+        )
         self.echo_passthrough_seconds = Counter(
             "speakflow_echo_passthrough_seconds",
             "Microphone seconds of cancelling sessions passed on without any system reference",
