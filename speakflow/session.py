@@ -542,9 +542,7 @@ class Connection:
         # echo hook: a microphone chunk of a cancelling session is fed later, cleaned
         # (speakflow.echo); a system chunk is copied there as reference and goes on.
         echo_gate = session.echo
-        if echo_gate is not None and echo_gate.take(
-            source.name, chunk.pcm, offset, meta.timestamp
-        ):
+        if echo_gate is not None and echo_gate.take(source.name, chunk.pcm, offset, meta.timestamp):
             return
         await self._feed(session, source, AudioFrame(chunk.pcm, offset))
 

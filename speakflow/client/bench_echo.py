@@ -336,9 +336,7 @@ def register(sub: Any) -> None:
         default=None,
         help="a scenario to run (repeatable; default: all five)",
     )
-    p.add_argument(
-        "--speed", type=float, default=1.0, help="x real time (default 1; 0: no pause)"
-    )
+    p.add_argument("--speed", type=float, default=1.0, help="x real time (default 1; 0: no pause)")
     p.add_argument("--model", default="tiny.en", help="WHISPER_MODEL (default tiny.en)")
     p.add_argument("--json", action="store_true", help="print the runs as JSON too")
     p.set_defaults(func=run_bench_echo)

@@ -58,7 +58,9 @@ async def stream_scenario(
 
 
 def finals(msgs: Sequence[dict[str, Any]], source: str) -> list[dict[str, Any]]:
-    return [m for m in msgs if m["type"] == "transcript" and m["is_final"] and m["source"] == source]
+    return [
+        m for m in msgs if m["type"] == "transcript" and m["is_final"] and m["source"] == source
+    ]
 
 
 def text_of(msgs: Sequence[dict[str, Any]], source: str) -> str:
