@@ -631,7 +631,7 @@ class Connection:
         backend = await self.state.backend(provider)
         language = msg.language or None  # None: the provider's own default applies
         session = Session(msg, self.user_id, provider, backend, language)
-        session.echo = echo.gate(echo_mode, self.state.metrics)  # echo hook
+        session.echo = echo.gate(echo_mode, msg.sources, self.state.metrics)  # echo hook
         if sid in self.state.sessions:  # raced with another connection while we waited
             raise p.ProtocolViolation(
                 p.ErrorCode.SESSION_ACTIVE, "this session is active on another connection", sid

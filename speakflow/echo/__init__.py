@@ -16,13 +16,15 @@ before any provider hears it.
 
 ``ECHO_CANCELLATION`` (``off`` | ``auto`` | ``on``) sets the server's
 default; a ``start_session`` may carry ``echo_cancellation`` to choose per
-session. ``auto`` cancels once the session has both sources; ``on`` also
-holds the microphone for a system source that has not sent audio yet (up to
-one hold) so the very first echo is cancelled too.
+session. ``auto`` cancels once the session has both sources (announced in
+``start_session`` or joined later); ``on`` also holds the microphone for a
+system source that was not announced (one hold at most), so the very first
+echo is cancelled even when the system capture starts a moment later.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from .. import protocol as p
@@ -50,8 +52,15 @@ def mode(default: str, requested: str | None, session_id: str) -> EchoMode:
     )
 
 
-def gate(chosen: EchoMode, metrics: Metrics | None = None) -> EchoGate | None:
-    """The session's echo gate, or None when it does not cancel."""
+def gate(
+    chosen: EchoMode, sources: Sequence[str] = (), metrics: Metrics | None = None
+) -> EchoGate | None:
+    """The session's echo gate, or None when it does not cancel.
+
+    The microphone waits (one hold at most) for a system source's first audio
+    when the session announced one, or always under ``on``; otherwise it flows
+    untouched until a system source turns up.
+    """
     if chosen == "off":
         return None
-    return EchoGate(expect_far=chosen == "on", metrics=metrics)
+    return EchoGate(expect_far=chosen == "on" or "system" in sources, metrics=metrics)

@@ -71,7 +71,10 @@ class EchoGate:
             and not self._in_flight
             and not aligner.held_samples()
         ):
-            self.stats.passthrough_s += len(pcm) / 32000
+            seconds = len(pcm) / 32000
+            self.stats.passthrough_s += seconds
+            if self._metrics is not None:
+                self._metrics.echo_passthrough_seconds.inc(seconds)
             return False  # nothing to cancel with yet: straight on, in order
         aligner.near(pcm, offset, timestamp, trio.current_time())
         self._wake.set()

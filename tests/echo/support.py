@@ -53,6 +53,7 @@ async def stream_scenario(
                     await c.chunk(sid, src, pcm[off : off + CHUNK_BYTES], ts)
             if speed:
                 await trio.sleep(0.5 / speed)
+        msgs.append({"type": "_stop_sent", "_at": trio.current_time()})
         await c.stop(sid)
     return msgs
 

@@ -7,14 +7,31 @@ against what the local user really said (the manifest's microphone turns).
 
 from __future__ import annotations
 
+import itertools
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
 
+from speakflow.emulation.deepgram import DeepgramEmulator
+from speakflow.emulation.engines import LocalWhisperEngine
+from speakflow.emulation.faults import Faults
+from speakflow.emulation.server import EmulatorServer
+
 from ..client import read_wav
 from ..conftest import running_server
-from .support import WHISPER, leaked_sentences, reference, stream_scenario, text_of, wer
+from .support import (
+    WHISPER,
+    finals,
+    leaked_sentences,
+    reference,
+    stream_scenario,
+    text_of,
+    wer,
+)
 
 
 def scenario(manifest: dict[str, Any], name: str) -> dict[str, Any]:
@@ -29,26 +46,54 @@ def tracks_of(audio_dir: Any, item: dict[str, Any]) -> dict[str, bytes]:
     return {src: read_wav(audio_dir / f) for src, f in item["files"].items()}
 
 
+def metric(srv: Any, name: str, **labels: str) -> float:
+    return srv.state.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
 async def run_scenario(
-    tracks: dict[str, bytes], mode: str, speed: float = 4.0, **kw: Any
-) -> list[dict[str, Any]]:
-    async with running_server(**WHISPER, ECHO_CANCELLATION=mode) as srv, srv.client() as c:
-        msgs = await stream_scenario(c, tracks, speed=speed, **kw)
+    tracks: dict[str, bytes], speed: float = 4.0, server: dict[str, Any] | None = None, **kw: Any
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """(messages, the server's echo metrics afterwards)."""
+    async with running_server(**WHISPER, **(server or {})) as srv:
+        async with srv.client() as c:
+            msgs = await stream_scenario(c, tracks, speed=speed, **kw)
+        names = ("processed", "passthrough", "suppressing", "speaker_sessions")
+        seen = {n: metric(srv, f"speakflow_echo_{n}_seconds_total") for n in names[:3]}
+        seen["speaker_sessions"] = metric(srv, "speakflow_echo_speaker_sessions_total")
+        seen["erle_sessions"] = metric(srv, "speakflow_echo_erle_db_count")
     assert not [m for m in msgs if m["type"] == "error"], msgs
-    return msgs
+    return msgs, seen
 
 
 @pytest.mark.parametrize("name", ["echo_a", "echo_loud_a"])
-async def test_cancelling_removes_the_echo(audio_dir, manifest, name: str) -> None:
+async def test_default_removes_the_echo(audio_dir, manifest, name: str, caplog) -> None:
+    """The desktop sends no echo_cancellation: the server default cancels."""
     item = scenario(manifest, name)
-    tracks = tracks_of(audio_dir, item)
-    with trio.fail_after(150):
-        msgs = await run_scenario(tracks, "on")
+    with trio.fail_after(150), caplog.at_level(logging.INFO, logger="speakflow.echo"):
+        msgs, seen = await run_scenario(tracks_of(audio_dir, item))
     mic = text_of(msgs, "microphone")
     assert wer(reference(item, "microphone"), mic) <= 0.15, mic
     assert leaked_sentences(item, mic) == [], mic
     system = text_of(msgs, "system")
     assert wer(reference(item, "system"), system) <= 0.15, system
+    # detected and measured: on speakers, echo removed while the far end played
+    assert seen["speaker_sessions"] == 1 and seen["erle_sessions"] == 1, seen
+    assert seen["processed"] > 20 and seen["suppressing"] > 2, seen
+    speakers = [r for r in caplog.records if getattr(r, "event", "") == "echo.speakers"]
+    assert len(speakers) == 1, caplog.records
+
+
+async def test_session_turns_it_on_over_the_server_default(audio_dir, manifest) -> None:
+    item = scenario(manifest, "echo_a")
+    with trio.fail_after(150):
+        msgs, _ = await run_scenario(
+            tracks_of(audio_dir, item),
+            server={"ECHO_CANCELLATION": "off"},
+            start={"echo_cancellation": "on"},
+        )
+    mic = text_of(msgs, "microphone")
+    assert wer(reference(item, "microphone"), mic) <= 0.15, mic
+    assert leaked_sentences(item, mic) == [], mic
 
 
 @pytest.mark.parametrize("name", ["echo_a", "echo_loud_a"])
@@ -56,7 +101,104 @@ async def test_without_cancelling_the_echo_is_transcribed(audio_dir, manifest, n
     """The same stream with ECHO_CANCELLATION=off: the remote sentences come back."""
     item = scenario(manifest, name)
     with trio.fail_after(150):
-        msgs = await run_scenario(tracks_of(audio_dir, item), "off")
+        msgs, seen = await run_scenario(
+            tracks_of(audio_dir, item), server={"ECHO_CANCELLATION": "off"}
+        )
     mic = text_of(msgs, "microphone")
     assert wer(reference(item, "microphone"), mic) > 0.5, mic
     assert leaked_sentences(item, mic), mic
+    assert seen["processed"] == 0
+
+
+async def test_double_talk_keeps_the_local_words(audio_dir, manifest) -> None:
+    item = scenario(manifest, "doubletalk_a")
+    with trio.fail_after(120):
+        msgs, _ = await run_scenario(tracks_of(audio_dir, item))
+    mic = text_of(msgs, "microphone")
+    assert wer(reference(item, "microphone"), mic) <= 0.45, mic
+    assert leaked_sentences(item, mic) == [], mic
+
+
+async def test_headphones_meeting_is_not_degraded(audio_dir, manifest) -> None:
+    """meeting_a has no echo: cancelling leaves the microphone's transcript as it is."""
+    item = scenario(manifest, "meeting_a")
+    tracks = tracks_of(audio_dir, item)
+    with trio.fail_after(200):
+        on, seen = await run_scenario(tracks, server={"ECHO_CANCELLATION": "on"})
+        off, _ = await run_scenario(tracks, server={"ECHO_CANCELLATION": "off"})
+    ref = reference(item, "microphone")
+    assert wer(ref, text_of(on, "microphone")) <= max(0.15, wer(ref, text_of(off, "microphone")))
+    assert seen["processed"] > 20  # it did run, and found no echo
+    assert seen["speaker_sessions"] == 0 and seen["suppressing"] < 0.5, seen
+
+
+async def test_microphone_only_session_passes_through(audio_dir, manifest) -> None:
+    item = scenario(manifest, "meeting_a")
+    tracks = {"microphone": tracks_of(audio_dir, item)["microphone"]}
+    with trio.fail_after(120):
+        msgs, seen = await run_scenario(tracks, server={"ECHO_CANCELLATION": "auto"})
+    mic = text_of(msgs, "microphone")
+    assert wer(reference(item, "microphone"), mic) <= 0.15, mic
+    assert seen["processed"] == 0 and seen["passthrough"] > 20, seen
+
+
+async def test_system_source_that_stops_does_not_stall_the_microphone(audio_dir, manifest):
+    """The system capture ends at 8 s; the microphone goes on, its finals come while
+    the client is still streaming (not only at stop), and nothing is lost."""
+    item = scenario(manifest, "meeting_a")
+    with trio.fail_after(150):
+        msgs, seen = await run_scenario(
+            tracks_of(audio_dir, item), speed=2.0, stop_after_s={"system": 8.0}
+        )
+    mic = finals(msgs, "microphone")
+    text = " ".join(f["text"] for f in mic)
+    assert wer(reference(item, "microphone"), text) <= 0.15, text
+    stop_sent = next(m["_at"] for m in msgs if m["type"] == "_stop_sent")
+    last_turn = [t for t in item["turns"] if t["source"] == "microphone"][-1]
+    last = [f for f in mic if abs(f["start_time"] - last_turn["start_s"]) < 0.5]
+    assert last and last[0]["_at"] < stop_sent, (last, stop_sent)
+    assert seen["passthrough"] > 5, seen  # after 8 s: no reference, straight on
+
+
+@asynccontextmanager
+async def deepgram_whisper(faults: Sequence[str]) -> AsyncIterator[EmulatorServer]:
+    server = EmulatorServer(DeepgramEmulator(LocalWhisperEngine("tiny.en")), Faults.parse(faults))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        yield server
+        nursery.cancel_scope.cancel()
+
+
+async def test_vendor_reconnect_replays_cleaned_audio(audio_dir, manifest) -> None:
+    """Deepgram drops both sources' connections at 10 s; the replay after the reconnect
+    is the cleaned microphone audio (the replay buffer holds it), so the echo does not
+    come back in the replayed part, and no final is sent twice."""
+    item = scenario(manifest, "echo_loud_a")
+    with trio.fail_after(150):
+        async with deepgram_whisper(["drop-after=10", "times=2"]) as dg:
+            msgs, _ = await run_scenario(
+                tracks_of(audio_dir, item),
+                server={
+                    "SPEECH_PROVIDER": "deepgram",
+                    "DEEPGRAM_API_KEY": "test-key",
+                    "DEEPGRAM_URL": dg.url,
+                    "RETRY_INITIAL_S": "0.05",
+                    "RETRY_MAX_S": "0.5",
+                },
+            )
+    assert len([r for r in dg.log.records if "drop" in r.faults]) == 2
+    mic = finals(msgs, "microphone")
+    text = " ".join(f["text"] for f in mic)
+    assert wer(reference(item, "microphone"), text) <= 0.15, text
+    assert leaked_sentences(item, text) == [], text
+    spans = [(f["start_time"], f["end_time"]) for f in mic]
+    for a, b in itertools.pairwise(spans):
+        assert a[1] <= b[0] + 0.05, spans  # nothing re-finalized from the replay
+
+
+async def test_bad_echo_cancellation_value_is_refused(audio_dir) -> None:
+    with trio.fail_after(30):
+        async with running_server(**WHISPER) as srv, srv.client() as c:
+            await c.start("s", sources=["microphone", "system"], echo_cancellation="loud")
+            err = await c.expect("error")
+    assert err["code"] == "invalid_message" and "echo_cancellation" in err["message"]
