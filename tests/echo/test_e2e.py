@@ -24,6 +24,7 @@ from speakflow.emulation.server import EmulatorServer
 from ..client import read_wav
 from ..conftest import running_server
 from .support import (
+    TS,
     WHISPER,
     finals,
     leaked_sentences,
@@ -169,23 +170,24 @@ async def deepgram_whisper(faults: Sequence[str]) -> AsyncIterator[EmulatorServe
         nursery.cancel_scope.cancel()
 
 
+def deepgram(url: str) -> dict[str, str]:
+    return {
+        "SPEECH_PROVIDER": "deepgram",
+        "DEEPGRAM_API_KEY": "test-key",
+        "DEEPGRAM_URL": url,
+        "RETRY_INITIAL_S": "0.05",
+        "RETRY_MAX_S": "0.5",
+    }
+
+
 async def test_vendor_reconnect_replays_cleaned_audio(audio_dir, manifest) -> None:
-    """Deepgram drops both sources' connections at 10 s; the replay after the reconnect
-    is the cleaned microphone audio (the replay buffer holds it), so the echo does not
+    """Deepgram drops both sources' connections at 13 s, in a remote turn; the replay
+    after the reconnect is the cleaned microphone audio (the replay buffer holds it), so the echo does not
     come back in the replayed part, and no final is sent twice."""
     item = scenario(manifest, "echo_loud_a")
     with trio.fail_after(150):
-        async with deepgram_whisper(["drop-after=10", "times=2"]) as dg:
-            msgs, _ = await run_scenario(
-                tracks_of(audio_dir, item),
-                server={
-                    "SPEECH_PROVIDER": "deepgram",
-                    "DEEPGRAM_API_KEY": "test-key",
-                    "DEEPGRAM_URL": dg.url,
-                    "RETRY_INITIAL_S": "0.05",
-                    "RETRY_MAX_S": "0.5",
-                },
-            )
+        async with deepgram_whisper(["drop-after=13", "times=2"]) as dg:
+            msgs, _ = await run_scenario(tracks_of(audio_dir, item), server=deepgram(dg.url))
     assert len([r for r in dg.log.records if "drop" in r.faults]) == 2
     mic = finals(msgs, "microphone")
     text = " ".join(f["text"] for f in mic)
@@ -202,3 +204,48 @@ async def test_bad_echo_cancellation_value_is_refused(audio_dir) -> None:
             await c.start("s", sources=["microphone", "system"], echo_cancellation="loud")
             err = await c.expect("error")
     assert err["code"] == "invalid_message" and "echo_cancellation" in err["message"]
+
+
+async def test_client_resume_keeps_cancelling(audio_dir, manifest) -> None:
+    """The client drops at 12 s (mid remote turn), resumes the session and replays its
+    last 3 s, as the desktop does: the canceller lives in the session record, so the
+    microphone is cleaned on both sides of the drop."""
+    item = scenario(manifest, "echo_loud_a")
+    tracks = tracks_of(audio_dir, item)
+    step, cut = 16000, 24
+    n = len(tracks["microphone"]) // step + 1
+
+    async def send(c: Any, chunks: range) -> None:
+        for i in chunks:
+            for src, pcm in tracks.items():
+                if i * step < len(pcm):
+                    await c.chunk("r", src, pcm[i * step : (i + 1) * step], TS + i * 500)
+            await trio.sleep(0.1)
+
+    msgs: list[dict[str, Any]] = []
+    # Behind the Deepgram emulator: local Whisper's admission control may refuse a
+    # resumed stream on a busy machine, which is not what this test is about.
+    with trio.fail_after(150):
+        async with deepgram_whisper([]) as dg, running_server(**deepgram(dg.url)) as srv:
+            async with srv.client() as c:
+                await c.start("r", sources=["microphone", "system"])
+                await c.expect("session_started")
+                await send(c, range(cut))
+                await trio.sleep(1.0)
+                while True:  # what arrived before the drop
+                    with trio.move_on_after(0.3):
+                        msgs.append(await c.recv())
+                        continue
+                    break
+            async with srv.client() as c:
+                await c.start("r", sources=["microphone", "system"])
+                assert (await c.expect("session_started"))["resumed"] is True
+                await send(c, range(cut - 6, n))
+                await c.stop("r")
+                msgs += await c.until("session_ended")
+            speakers = metric(srv, "speakflow_echo_speaker_sessions_total")
+    assert not [m for m in msgs if m["type"] == "error"], msgs
+    text = text_of(msgs, "microphone")
+    assert wer(reference(item, "microphone"), text) <= 0.15, text
+    assert leaked_sentences(item, text) == [], text
+    assert speakers == 1  # one session, detected once across the resume
