@@ -182,8 +182,8 @@ def deepgram(url: str) -> dict[str, str]:
 
 async def test_vendor_reconnect_replays_cleaned_audio(audio_dir, manifest) -> None:
     """Deepgram drops both sources' connections at 13 s, in a remote turn; the replay
-    after the reconnect is the cleaned microphone audio (the replay buffer holds it), so the echo does not
-    come back in the replayed part, and no final is sent twice."""
+    after the reconnect is the cleaned microphone audio (the replay buffer holds it),
+    so the echo does not come back in the replayed part, and no final is sent twice."""
     item = scenario(manifest, "echo_loud_a")
     with trio.fail_after(150):
         async with deepgram_whisper(["drop-after=13", "times=2"]) as dg:
