@@ -9,8 +9,10 @@ Reported per scenario and mode:
 * leak: the share of the system source's words that come back, in order, in
   the microphone's transcript (minus the share the user's own sentences
   already share with them), and the system sentences transcribed twice;
-* final latency: microphone finals, from sending the chunk that holds the end
-  of the speech to receiving the final (median); "added" is on minus off;
+* final latency: per microphone turn, from sending the chunk that holds the
+  end of the user's speech to receiving the turn's last final (mean over the
+  turns); "added" is on minus off; the mean hold is how long microphone audio
+  waited in the aligner for the system audio of the same moment;
 * the canceller's CPU (its threads' time, from ``speakflow_echo_cpu_seconds``)
   per session and as a share of one core per stream.
 
@@ -52,6 +54,8 @@ class Scenario:
     microphone: bytes
     system: bytes
     mic_reference: str
+    #: (start, end) seconds of each microphone turn
+    mic_turns: tuple[tuple[float, float], ...]
     system_reference: str
     system_sentences: tuple[str, ...]
     #: the system source's timestamps are this far off the microphone's
@@ -83,6 +87,7 @@ def _scenario(audio_dir: Path, item: dict[str, Any]) -> Scenario:
         microphone=load_wav(audio_dir / item["files"]["microphone"]),
         system=load_wav(audio_dir / item["files"]["system"]),
         mic_reference=" ".join(t["text"] for t in turns if t["source"] == "microphone"),
+        mic_turns=tuple((t["start_s"], t["end_s"]) for t in turns if t["source"] == "microphone"),
         system_reference=" ".join(system),
         system_sentences=tuple(system),
         note=item.get("kind", "headphones (no echo)"),
@@ -173,6 +178,8 @@ class Run:
     audio_s: float
     mic_text: str
     errors: list[str] = field(default_factory=list)
+    #: mean time microphone audio waited for its reference (the latency cancelling adds)
+    hold_ms: float | None = None
 
 
 async def stream(url: str, scenario: Scenario, speed: float, sid: str) -> list[dict[str, Any]]:
@@ -239,9 +246,13 @@ def score(scenario: Scenario, mode: str, msgs: list[dict[str, Any]], cpu_ms: flo
     mic = finals("microphone")
     mic_text = " ".join(m["text"] for m in mic)
     latencies = []
-    for m in mic:
-        chunk = min(int(m["end_time"] / 0.5), max(sent))
-        latencies.append(m["_at"] - sent[chunk])
+    for start, end in scenario.mic_turns:
+        # the last final of the turn: from sending the chunk where the user stopped
+        # speaking to that final's arrival
+        mine = [m for m in mic if m["start_time"] < end and m["end_time"] > start - 0.3]
+        if mine:
+            chunk = min(int(end / 0.5), max(sent))
+            latencies.append(max(m["_at"] for m in mine) - sent[chunk])
     share, twice = leak(scenario, mic_text)
     return Run(
         scenario=scenario.name,
@@ -250,7 +261,7 @@ def score(scenario: Scenario, mode: str, msgs: list[dict[str, Any]], cpu_ms: flo
         system_wer=wer(scenario.system_reference, " ".join(m["text"] for m in finals("system"))),
         leak=share,
         twice=twice,
-        latency_s=statistics.median(latencies) if latencies else None,
+        latency_s=statistics.mean(latencies) if latencies else None,
         cpu_ms=cpu_ms,
         audio_s=len(scenario.microphone) / 32000,
         mic_text=mic_text,
@@ -269,11 +280,18 @@ async def bench_mode(
     async with running_app(settings) as (app, base):
         url = base.replace("http", "ws", 1) + "/v1/stt/stream"
         registry = app.state.speakflow.metrics.registry
+        names = ("cpu_seconds_total", "hold_seconds_sum", "hold_seconds_count")
+
+        def read() -> list[float]:
+            return [registry.get_sample_value(f"speakflow_echo_{n}") or 0.0 for n in names]
+
         for i, scenario in enumerate(scenarios):
-            before = registry.get_sample_value("speakflow_echo_cpu_seconds_total") or 0.0
+            before = read()
             msgs = await stream(url, scenario, speed, f"{scenario.name}-{mode}-{i}")
-            after = registry.get_sample_value("speakflow_echo_cpu_seconds_total") or 0.0
-            runs.append(score(scenario, mode, msgs, (after - before) * 1000))
+            cpu, hold_sum, holds = (b - a for a, b in zip(before, read(), strict=True))
+            run = score(scenario, mode, msgs, cpu * 1000)
+            run.hold_ms = hold_sum / holds * 1000 if holds else None
+            runs.append(run)
             print(_line(runs[-1]), file=sys.stderr, flush=True)
     return runs
 
@@ -286,7 +304,7 @@ def _line(r: Run) -> str:
     return (
         f"{r.scenario:<13} {r.mode:<3} mic WER {r.mic_wer:.2f}  system WER {r.system_wer:.2f}  "
         f"leak {r.leak:.2f} ({len(r.twice)} sentences twice)  final latency "
-        f"{_f(r.latency_s)} s  canceller {r.cpu_ms:.0f} ms CPU"
+        f"{_f(r.latency_s)} s  hold {_f(r.hold_ms, '{:.0f}')} ms  canceller {r.cpu_ms:.0f} ms CPU"
     )
 
 
@@ -298,8 +316,8 @@ def format_report(runs: list[Run], speed: float, model: str) -> str:
         "",
         "| scenario | mic WER off -> on | system words leaked off -> on | sentences twice "
         "off -> on | system WER off -> on | mic final latency off -> on (added) | "
-        "canceller CPU per session (% of a core) |",
-        "|---|---|---|---|---|---|---|",
+        "mean hold | canceller CPU per session (% of a core) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in names:
         off, on = by.get((name, "off")), by.get((name, "on"))
@@ -315,6 +333,7 @@ def format_report(runs: list[Run], speed: float, model: str) -> str:
             f"| {name} | {off.mic_wer:.2f} -> {on.mic_wer:.2f} | {off.leak:.2f} -> {on.leak:.2f} "
             f"| {len(off.twice)} -> {len(on.twice)} | {off.system_wer:.2f} -> {on.system_wer:.2f} "
             f"| {_f(off.latency_s)} -> {_f(on.latency_s)} s ({_f(added, '{:+.2f}')} s) "
+            f"| {_f(on.hold_ms, '{:.0f}')} ms "
             f"| {on.cpu_ms:.0f} ms for {on.audio_s:.0f} s ({core:.2f} %) |"
         )
     for r in runs:
