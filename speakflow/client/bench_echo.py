@@ -11,8 +11,9 @@ Reported per scenario and mode:
   already share with them), and the system sentences transcribed twice;
 * final latency: per microphone turn, from sending the chunk that holds the
   end of the user's speech to receiving the turn's last final (mean over the
-  turns); "added" is on minus off; the mean hold is how long microphone audio
-  waited in the aligner for the system audio of the same moment;
+  turns); "added" is on minus off; the mean time in the canceller is what
+  cancelling adds directly: microphone audio waiting for the system audio of
+  the same moment, then cleaned (the rest of a difference is the model's);
 * the canceller's CPU (its threads' time, from ``speakflow_echo_cpu_seconds``)
   per session and as a share of one core per stream.
 
@@ -304,19 +305,45 @@ def _line(r: Run) -> str:
     return (
         f"{r.scenario:<13} {r.mode:<3} mic WER {r.mic_wer:.2f}  system WER {r.system_wer:.2f}  "
         f"leak {r.leak:.2f} ({len(r.twice)} sentences twice)  final latency "
-        f"{_f(r.latency_s)} s  hold {_f(r.hold_ms, '{:.0f}')} ms  canceller {r.cpu_ms:.0f} ms CPU"
+        f"{_f(r.latency_s)} s  in canceller {_f(r.hold_ms, '{:.0f}')} ms  "
+        f"canceller {r.cpu_ms:.0f} ms CPU"
     )
 
 
-def format_report(runs: list[Run], speed: float, model: str) -> str:
-    by = {(r.scenario, r.mode): r for r in runs}
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.mean(known) if known else None
+
+
+def merge(runs: list[Run]) -> Run:
+    """The mean of repeated runs of one scenario and mode."""
+    first = runs[0]
+    return replace(
+        first,
+        mic_wer=statistics.mean(r.mic_wer for r in runs),
+        system_wer=statistics.mean(r.system_wer for r in runs),
+        leak=statistics.mean(r.leak for r in runs),
+        twice=max((r.twice for r in runs), key=len),
+        latency_s=_mean([r.latency_s for r in runs]),
+        hold_ms=_mean([r.hold_ms for r in runs]),
+        cpu_ms=statistics.mean(r.cpu_ms for r in runs),
+        errors=[e for r in runs for e in r.errors],
+    )
+
+
+def format_report(runs: list[Run], speed: float, model: str, repeat: int = 1) -> str:
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for r in runs:
+        groups.setdefault((r.scenario, r.mode), []).append(r)
+    by = {key: merge(group) for key, group in groups.items()}
     names = list(dict.fromkeys(r.scenario for r in runs))
     lines = [
-        f"bench-echo: local Whisper {model}, {speed:g}x real time, 500 ms chunks, both sources",
+        f"bench-echo: local Whisper {model}, {speed:g}x real time, 500 ms chunks, both sources"
+        + (f", mean of {repeat} runs" if repeat > 1 else ""),
         "",
         "| scenario | mic WER off -> on | system words leaked off -> on | sentences twice "
         "off -> on | system WER off -> on | mic final latency off -> on (added) | "
-        "mean hold | canceller CPU per session (% of a core) |",
+        "mean time in the canceller | canceller CPU per session (% of a core) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name in names:
@@ -357,6 +384,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--speed", type=float, default=1.0, help="x real time (default 1; 0: no pause)")
     p.add_argument("--model", default="tiny.en", help="WHISPER_MODEL (default tiny.en)")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each scenario and mode, averaged")
     p.add_argument("--json", action="store_true", help="print the runs as JSON too")
     p.set_defaults(func=run_bench_echo)
 
@@ -372,10 +400,14 @@ def run_bench_echo(args: argparse.Namespace) -> int:
     scenarios = load_scenarios(audio_dir, args.scenario)
     env = {"WHISPER_MODEL": args.model, "WHISPER_MAX_STREAMS": "32", "LOG_LEVEL": "WARNING"}
     began = time.monotonic()
+    if args.repeat < 1:
+        print("bench-echo: --repeat must be >= 1", file=sys.stderr)
+        return 2
     runs: list[Run] = []
-    for mode in MODES:
-        runs += trio.run(bench_mode, mode, scenarios, args.speed, env)
-    print(format_report(runs, args.speed, args.model))
+    for _ in range(args.repeat):  # modes alternate, so a busy spell hits both alike
+        for mode in MODES:
+            runs += trio.run(bench_mode, mode, scenarios, args.speed, env)
+    print(format_report(runs, args.speed, args.model, args.repeat))
     print(f"({time.monotonic() - began:.0f} s)")
     if args.json:
         print(json.dumps([r.__dict__ for r in runs], indent=1))

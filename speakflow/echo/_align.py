@@ -47,6 +47,10 @@ JITTER_MS = 40
 #: system audio kept for microphone audio not yet seen (a microphone that
 #: lags or pauses must not make the reference buffer grow)
 FAR_KEEP_MS = 3000
+#: system audio kept for microphone audio that is held: a burst (the desktop's
+#: reconnect replay, up to 60 s) arrives faster than it is cleaned, and each
+#: held chunk still needs its reference; past this the oldest reference goes
+FAR_MAX_MS = 120_000
 #: hold beyond the length of one system chunk
 HOLD_MARGIN_S = 0.15
 #: before any system chunk says how long its chunks are: the desktop's 500 ms
@@ -62,7 +66,8 @@ class Release:
     ``reference`` is the system audio of the same client time, as long as
     ``near`` (silence where none arrived), or None to pass ``near`` through
     untouched. ``referenced`` counts the samples of ``near`` that had real
-    system audio; ``waited_s`` is how long the oldest of it was held.
+    system audio; ``waited_s`` is how long the oldest of it was held, and
+    ``arrived`` when it arrived (the same clock as ``now``).
     """
 
     offset: int
@@ -70,6 +75,7 @@ class Release:
     reference: bytes | None
     referenced: int
     waited_s: float
+    arrived: float = 0.0
 
 
 class _Near:
@@ -141,7 +147,10 @@ class Aligner:
         self._far_chunk_s = samples / (SAMPLES_PER_MS * 1000)
         self.far_seen = True
         self.stalled = False
-        self._trim_far(self._far_end - FAR_KEEP_MS * SAMPLES_PER_MS)
+        keep = self._far_end - FAR_KEEP_MS * SAMPLES_PER_MS
+        if self._near:  # held microphone audio still needs its reference
+            keep = max(min(keep, self._near[0].at), self._far_end - FAR_MAX_MS * SAMPLES_PER_MS)
+        self._trim_far(keep)
 
     @staticmethod
     def _place(timestamp_ms: int, expected: int | None) -> int:
@@ -196,16 +205,11 @@ class Aligner:
         nbytes = take * BYTES_PER_SAMPLE
         near = head.pcm[:nbytes]
         start = head.at
-        release = Release(
-            offset=head.offset,
-            near=near,
-            reference=None,
-            referenced=0,
-            waited_s=max(0.0, now - head.arrived),
-        )
+        waited = max(0.0, now - head.arrived)
+        release = Release(head.offset, near, None, 0, waited, head.arrived)
         if self.far_seen:
             ref, referenced = self._reference(start + self.lead, take)
-            release = Release(head.offset, near, ref, referenced, release.waited_s)
+            release = Release(head.offset, near, ref, referenced, waited, head.arrived)
         if nbytes == len(head.pcm):
             self._near.popleft()
         else:

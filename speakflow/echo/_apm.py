@@ -13,7 +13,10 @@ calls :meth:`Canceller.process` in a worker thread; the native calls release
 the GIL.
 
 The library is imported on first use: a server with ``ECHO_CANCELLATION=off``
-never loads it, and it must not be loaded before a fork (its runtime refuses).
+never loads it, and its runtime must not start before a fork (it refuses).
+Importing it took 0.5-2 s here (protobuf modules, its native runtime), so
+:func:`load` runs in a worker thread when the first cancelling session starts,
+never on the event loop.
 """
 
 from __future__ import annotations
@@ -43,6 +46,15 @@ class Processed:
     cpu_s: float
 
 
+def load() -> Any:
+    """Import livekit and start its native runtime (once; blocking: call in a thread)."""
+    from livekit import rtc
+    from livekit.rtc._ffi_client import FfiClient
+
+    FfiClient.instance  # noqa: B018 (starts the runtime now rather than in a session)
+    return rtc
+
+
 def frame_energy(pcm: bytes) -> npt.NDArray[np.float64]:
     """Mean square of each 10 ms frame (a short last frame counts as one)."""
     samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
@@ -57,8 +69,7 @@ class Canceller:
     """One session's AEC3 instance; not thread-safe (one caller at a time)."""
 
     def __init__(self) -> None:
-        from livekit import rtc
-
+        rtc = load()
         self._rtc: Any = rtc
         self._apm: Any = rtc.AudioProcessingModule(echo_cancellation=True, high_pass_filter=True)
         self.frames = 0

@@ -86,6 +86,9 @@ class EchoGate:
         """Release held microphone audio as its reference arrives or its hold ends."""
         self._feed = feed
         self._closing = False
+        if self._canceller is None and (self.aligner.expect_far or self.aligner.far_seen):
+            # a system source is due: load the library now, off the event loop
+            self._canceller = await trio.to_thread.run_sync(Canceller)
         while not self._closing:
             deadline = self.aligner.next_deadline()
             with trio.move_on_at(deadline if deadline is not None else float("inf")):
@@ -114,6 +117,11 @@ class EchoGate:
             for release in releases:
                 pcm = await self._clean(release)
                 self._in_flight -= 1
+                # what cancelling added to this audio's way: the hold and the cleaning
+                added = trio.current_time() - release.arrived
+                self.max_wait_s = max(self.max_wait_s, added)
+                if self._metrics is not None:
+                    self._metrics.echo_hold_seconds.observe(added)
                 if feed is not None:
                     await feed(AudioFrame(pcm, release.offset))
         finally:
@@ -121,17 +129,14 @@ class EchoGate:
 
     async def _clean(self, release: Release) -> bytes:
         m = self._metrics
-        self.max_wait_s = max(self.max_wait_s, release.waited_s)
-        if m is not None:
-            m.echo_hold_seconds.observe(release.waited_s)
         if release.reference is None:
             seconds = len(release.near) / 32000
             self.stats.passthrough_s += seconds
             if m is not None:
                 m.echo_passthrough_seconds.inc(seconds)
             return release.near
-        if self._canceller is None:
-            self._canceller = Canceller()
+        if self._canceller is None:  # a system source that joined later
+            self._canceller = await trio.to_thread.run_sync(Canceller)
         canceller = self._canceller
         near, reference = release.near, release.reference
         done = await trio.to_thread.run_sync(lambda: canceller.process(near, reference))

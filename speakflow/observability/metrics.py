@@ -116,7 +116,8 @@ class Metrics:
         )
         self.echo_hold_seconds = Histogram(
             "speakflow_echo_hold_seconds",
-            "Time microphone audio waited for the system audio of the same moment",
+            "Time microphone audio spent in the echo canceller: waiting for the system "
+            "audio of the same moment, then cleaned",
             buckets=ECHO_HOLD_BUCKETS,
             registry=r,
         )

@@ -158,6 +158,17 @@ def test_system_buffer_is_bounded_without_microphone() -> None:
     assert held <= ms(FAR_KEEP_MS)
 
 
+def test_a_burst_keeps_the_reference_of_every_held_chunk() -> None:
+    """A reconnect replay: 20 s of both sources arrive before any is cleaned."""
+    a = Aligner(hold_s=0.3, expect_far=True)
+    for i in range(40):
+        a.near(pcm(ms(500) * i, ms(500)), ms(500) * i, T0 + 500 * i, now=0.0)
+        a.far(pcm(9 + ms(500) * i, ms(500)), T0 + 500 * i, now=0.0)
+    outs = a.ready(0.0)
+    assert b"".join(o.reference or b"" for o in outs) == pcm(9, ms(20_000))
+    assert sum(o.referenced for o in outs) == ms(20_000)
+
+
 def test_flush_releases_everything_in_order() -> None:
     a = Aligner(hold_s=0.3)
     a.far(pcm(0, ms(100)), T0, now=0.0)
