@@ -15,7 +15,7 @@ def test_default_is_auto() -> None:
 @pytest.mark.parametrize("value", ["off", "auto", "on"])
 def test_each_mode_is_accepted(value: str) -> None:
     settings = load_settings(environ={"ECHO_CANCELLATION": value}, env_file=None)
-    assert settings.ECHO_CANCELLATION == value
+    assert value == settings.ECHO_CANCELLATION
 
 
 def test_bad_value_names_the_setting() -> None:
