@@ -126,6 +126,9 @@ class Transcript(msgspec.Struct, tag="transcript", tag_field="type", omit_defaul
     #: (``timeout``, ``error``, ``rejected``).
     raw_text: str | None = None
     processing: str | None = None
+    #: extension (speakflow.echo): true on a microphone final that repeats a system
+    #: final of the same moment (echo the canceller let through); never dropped
+    echo: bool | None = None
 
 
 class SessionEnded(msgspec.Struct, tag="session_ended", tag_field="type"):

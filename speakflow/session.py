@@ -869,7 +869,10 @@ class Connection:
 
         async def emit(ev: TranscriptEvent, provider: str) -> None:
             meters.transcript(ev.is_final, ev.start, ev.end)
-            await post.send(_transcript(sid, name, provider, timeline, ev))
+            msg = _transcript(sid, name, provider, timeline, ev)
+            if ev.is_final and session.echo is not None:  # echo hook: flags a repeated
+                session.echo.mark(msg)  # remote sentence (speakflow.echo)
+            await post.send(msg)
 
         async def report(code: str, message: str) -> None:
             await self.send_error(code, message, sid)

@@ -12,6 +12,7 @@ before any provider hears it.
   (bounded hold, stalled or late system source, late join, clock jitter);
 * :mod:`._apm`: WebRTC AEC3 through ``livekit`` (the maintained reference);
 * :mod:`._stats`: echo removed (ERLE), suppressing time, speakers detection;
+* :mod:`._guard`: flags a microphone final that repeats a system final;
 * :mod:`._gate`: the per-session shell the connection calls.
 
 ``ECHO_CANCELLATION`` (``off`` | ``auto`` | ``on``) sets the server's
@@ -31,12 +32,23 @@ from .. import protocol as p
 from ..observability.metrics import Metrics
 from ._align import Aligner, Release
 from ._gate import EchoGate
+from ._guard import EchoGuard
 from ._stats import EchoStats
 
 EchoMode = Literal["off", "auto", "on"]
 MODES: tuple[EchoMode, ...] = ("off", "auto", "on")
 
-__all__ = ["MODES", "Aligner", "EchoGate", "EchoMode", "EchoStats", "Release", "gate", "mode"]
+__all__ = [
+    "MODES",
+    "Aligner",
+    "EchoGate",
+    "EchoGuard",
+    "EchoMode",
+    "EchoStats",
+    "Release",
+    "gate",
+    "mode",
+]
 
 
 def mode(default: str, requested: str | None, session_id: str) -> EchoMode:

@@ -29,11 +29,13 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from .. import protocol as p
 from ..observability.logs import event
 from ..observability.metrics import Metrics
 from ..providers.base import AudioFrame
 from ._align import Aligner, Release
 from ._apm import Canceller
+from ._guard import EchoGuard
 from ._stats import EchoStats
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class EchoGate:
     def __init__(self, *, expect_far: bool = False, metrics: Metrics | None = None) -> None:
         self.aligner = Aligner(expect_far=expect_far)
         self.stats = EchoStats()
+        self.guard = EchoGuard()
         self._metrics = metrics
         self._canceller: Canceller | None = None  # created with the first reference
         self._wake = trio.Event()
@@ -79,6 +82,16 @@ class EchoGate:
         aligner.near(pcm, offset, timestamp, trio.current_time())
         self._wake.set()
         return True
+
+    def mark(self, msg: p.Transcript) -> None:
+        """A final: remembered if it is the system's, flagged ``echo`` if it is a
+        microphone final repeating one (see :mod:`._guard`)."""
+        end = msg.timestamp
+        start = end - round((msg.end_time - msg.start_time) * 1000)
+        if msg.source == "system":
+            self.guard.system_final(msg.text, start, end)
+        elif self.guard.is_echo(msg.text, start, end):
+            msg.echo = True
 
     # ------------------------------------------------------------------ the task
 
@@ -179,4 +192,5 @@ class EchoGate:
             "max_hold_ms": round(self.max_wait_s * 1000),
             "cpu_ms": round(self.cpu_s * 1000, 1),
             "stalls": self.aligner.stalls,
+            "finals_marked_echo": self.guard.marked,
         }

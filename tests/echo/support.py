@@ -86,6 +86,12 @@ def leaked_sentences(scenario: dict[str, Any], text: str, share: float = 0.5) ->
     return out
 
 
+def found(sentence: str, text: str, share: float) -> bool:
+    """At least ``share`` of the sentence's words appear, in order, in ``text``."""
+    words = normalize(sentence)
+    return _in_order(words, normalize(text)) >= share * len(words)
+
+
 def _in_order(words: list[str], said: list[str]) -> int:
     """Length of the longest common subsequence of the two word lists."""
     prev = [0] * (len(said) + 1)
@@ -97,4 +103,13 @@ def _in_order(words: list[str], said: list[str]) -> int:
     return prev[-1]
 
 
-__all__ = ["TS", "WHISPER", "finals", "leaked_sentences", "reference", "stream_scenario", "wer"]
+__all__ = [
+    "TS",
+    "WHISPER",
+    "finals",
+    "found",
+    "leaked_sentences",
+    "reference",
+    "stream_scenario",
+    "wer",
+]

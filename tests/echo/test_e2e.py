@@ -27,6 +27,7 @@ from .support import (
     TS,
     WHISPER,
     finals,
+    found,
     leaked_sentences,
     reference,
     stream_scenario,
@@ -163,7 +164,11 @@ async def test_system_source_that_stops_does_not_stall_the_microphone(audio_dir,
 
 @asynccontextmanager
 async def deepgram_whisper(faults: Sequence[str]) -> AsyncIterator[EmulatorServer]:
-    server = EmulatorServer(DeepgramEmulator(LocalWhisperEngine("tiny.en")), Faults.parse(faults))
+    # Its own model instance (cpu_threads sets it apart from the one the whisper_local
+    # servers of the other tests share in this process), so no earlier test's
+    # leftover work can hold it up.
+    engine = LocalWhisperEngine("tiny.en", cpu_threads=2)
+    server = EmulatorServer(DeepgramEmulator(engine), Faults.parse(faults))
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve)
         yield server
@@ -249,3 +254,24 @@ async def test_client_resume_keeps_cancelling(audio_dir, manifest) -> None:
     assert wer(reference(item, "microphone"), text) <= 0.15, text
     assert leaked_sentences(item, text) == [], text
     assert speakers == 1  # one session, detected once across the resume
+
+
+async def test_guard_flags_echo_the_canceller_could_not_remove(audio_dir, manifest) -> None:
+    """The system source's timestamps run 1 s late: its audio no longer lines up with
+    the echo (beyond AEC3's delay range), so the echo gets through the canceller. The
+    text guard flags those finals ``echo: true``; the user's own finals are not flagged
+    and nothing is dropped."""
+    item = scenario(manifest, "echo_a")
+    with trio.fail_after(150):
+        msgs, _ = await run_scenario(tracks_of(audio_dir, item), offsets_ms={"system": 1000})
+    mic = finals(msgs, "microphone")
+    flagged = [f["text"] for f in mic if f.get("echo")]
+    own = " ".join(f["text"] for f in mic if not f.get("echo"))
+    assert flagged, mic  # the echo came through, and some was caught
+    system = [t["text"] for t in item["turns"] if t["source"] == "system"]
+    for text in flagged:  # every flagged final is a remote sentence
+        assert min(wer(s, text) for s in system) <= 0.5, text
+    for turn in item["turns"]:  # every sentence of the user's is there, unflagged
+        if turn["source"] == "microphone":
+            assert found(turn["text"], own, 0.8), (turn, own)
+            assert not found(turn["text"], " ".join(flagged), 0.3), (turn, flagged)
