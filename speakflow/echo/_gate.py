@@ -55,6 +55,7 @@ class EchoGate:
         self._in_flight = 0  # released by the aligner, not yet fed
         self._feed: Feed | None = None
         self._closing = False
+        self._broken = False
         self._reported = False
         self.max_wait_s = 0.0
         self.cpu_s = 0.0
@@ -101,7 +102,13 @@ class EchoGate:
         self._closing = False
         if self._canceller is None and (self.aligner.expect_far or self.aligner.far_seen):
             # a system source is due: load the library now, off the event loop
-            self._canceller = await trio.to_thread.run_sync(Canceller)
+            try:
+                loaded = await self._load()
+            except Exception:
+                self._fail()
+            else:
+                if self._canceller is None:  # (a flush meanwhile may have loaded one)
+                    self._canceller = loaded
         while not self._closing:
             deadline = self.aligner.next_deadline()
             with trio.move_on_at(deadline if deadline is not None else float("inf")):
@@ -148,11 +155,17 @@ class EchoGate:
             if m is not None:
                 m.echo_passthrough_seconds.inc(seconds)
             return release.near
-        if self._canceller is None:  # a system source that joined later
-            self._canceller = await trio.to_thread.run_sync(Canceller)
-        canceller = self._canceller
-        near, reference = release.near, release.reference
-        done = await trio.to_thread.run_sync(lambda: canceller.process(near, reference))
+        if self._broken:
+            return release.near
+        try:
+            if self._canceller is None:  # a system source that joined later
+                self._canceller = await self._load()
+            canceller = self._canceller
+            near, reference = release.near, release.reference
+            done = await trio.to_thread.run_sync(lambda: canceller.process(near, reference))
+        except Exception:
+            self._fail()
+            return release.near
         processed, suppressing = self.stats.add(done.near, done.out, done.far)
         self.cpu_s += done.cpu_s
         if not release.referenced:
@@ -176,6 +189,19 @@ class EchoGate:
                 **self.stats.summary(),
             )
         return done.pcm
+
+    def _fail(self) -> None:
+        """A canceller that fails must not take the session down: from now on the
+        microphone passes through, as it would with ECHO_CANCELLATION=off."""
+        self._broken = True
+        log.exception(
+            "echo canceller failed; the microphone passes through uncleaned",
+            extra={"event": "echo.failed", "fields": {}},
+        )
+
+    @staticmethod
+    async def _load() -> Canceller:
+        return await trio.to_thread.run_sync(Canceller)
 
     def _report(self) -> None:
         if self._reported:
