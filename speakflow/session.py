@@ -631,7 +631,6 @@ class Connection:
         backend = await self.state.backend(provider)
         language = msg.language or None  # None: the provider's own default applies
         session = Session(msg, self.user_id, provider, backend, language)
-        session.echo = echo.gate(echo_mode, msg.sources, self.state.metrics)  # echo hook
         if sid in self.state.sessions:  # raced with another connection while we waited
             raise p.ProtocolViolation(
                 p.ErrorCode.SESSION_ACTIVE, "this session is active on another connection", sid
@@ -639,6 +638,7 @@ class Connection:
         self.state.sessions[sid] = session
         session.conn = self
         assert self._nursery is not None
+        session.echo = echo.gate(echo_mode, msg.sources, self.state.metrics)  # echo hook
         await self._nursery.start(self._run_session, session)
         self.active = session
         for name in msg.sources:
