@@ -29,6 +29,7 @@ log = logging.getLogger("speakflow")
 #: returning an exit status. Keeps this file free of every tool's options.
 _SUBCOMMAND_MODULES: list[str] = [
     "speakflow.client.cli",
+    "speakflow.client.bench_echo",  # bench-echo (the echo issue)
     "speakflow.client.compare",
     "speakflow.emulation.cli",
     "speakflow.providers.whisper_local.bench",

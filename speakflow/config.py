@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from dotenv import dotenv_values
@@ -116,6 +116,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     IDLE_TIMEOUT_S: NonNegativeFloat = 300.0
     MAX_SESSION_S: NonNegativeFloat = 14_400.0
     MAX_AUDIO_LEAD_S: NonNegativeFloat = 90.0
+
+    #: echo (speakflow.echo): clean the microphone with the system source as far-end
+    #: reference: off, auto (once both sources are present), on (also waits for it)
+    ECHO_CANCELLATION: Literal["off", "auto", "on"] = "auto"
 
     #: a CTranslate2 model directory, or tiny.en (bundled, the default), base, small
     WHISPER_MODEL: str = ""

@@ -86,6 +86,8 @@ class StartSession(msgspec.Struct, tag="start_session", tag_field="type", frozen
     audio_config: AudioConfig = AudioConfig()
     language: str | None = None
     provider: str | None = None
+    #: extension: off | auto | on, overrides ECHO_CANCELLATION for this session
+    echo_cancellation: str | None = None
 
 
 class AudioChunk(msgspec.Struct, tag="audio_chunk", tag_field="type", frozen=True):
@@ -136,6 +138,9 @@ class Transcript(msgspec.Struct, tag="transcript", tag_field="type", omit_defaul
     #: (``timeout``, ``error``, ``rejected``).
     raw_text: str | None = None
     processing: str | None = None
+    #: extension (speakflow.echo): true on a microphone final that repeats a system
+    #: final of the same moment (echo the canceller let through); never dropped
+    echo: bool | None = None
 
 
 class SessionEnded(msgspec.Struct, tag="session_ended", tag_field="type"):

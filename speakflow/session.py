@@ -40,11 +40,13 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
 from starlette.websockets import WebSocket
 
+from . import echo
 from . import protocol as p
 from .config import Settings
 from .errors import ConfigError, ProviderError
@@ -305,6 +307,8 @@ class Session:
         self.detached_at: float | None = None
         self.resumes = 0
         self.started_at = trio.current_time()  # MAX_SESSION_S counts across resumes
+        #: echo hook: the session's canceller (speakflow.echo), kept across resumes
+        self.echo: echo.EchoGate | None = None
         self.new_run()
 
     def new_run(self) -> None:
@@ -725,9 +729,25 @@ class Connection:
         source.meters.chunk(nbytes, source.timeline.samples)
         if source.level is not None:
             source.level.feed(chunk.pcm, offset)
+        # echo hook: a microphone chunk of a cancelling session is fed later, cleaned
+        # (speakflow.echo); a system chunk is copied there as reference and goes on.
+        echo_gate = session.echo
+        if echo_gate is not None and echo_gate.take(source.name, chunk.pcm, offset, meta.timestamp):
+            return
+        await self._feed(session, source, AudioFrame(chunk.pcm, offset))
+
+    async def _feed_source(self, session: Session, frame: AudioFrame) -> None:
+        """echo hook: the cleaned microphone audio from the session's echo task."""
+        source = session.sources.get("microphone")
+        if source is not None and source.stream is not None:
+            await self._feed(session, source, frame)
+
+    async def _feed(self, session: Session, source: SourceStream, frame: AudioFrame) -> None:
+        """Hand a frame to the source's provider stream; report what it refused."""
+        nbytes = len(frame.pcm)
         stream = source.stream
         assert stream is not None  # set with the source, replaced on resume
-        fed = stream.feed(AudioFrame(chunk.pcm, offset))
+        fed = stream.feed(frame)
         if fed is Fed.TAKEN:
             source.overflowing = False
             lost = stream.unreported_drop(source.name)
@@ -776,6 +796,7 @@ class Connection:
         for name in msg.sources:
             p.check_source(name, sid)
         p.check_audio_config(msg.audio_config)
+        echo_mode = echo.mode(self.settings.ECHO_CANCELLATION, msg.echo_cancellation, sid)
         if active is not None:  # the same session again: add sources, confirm
             for name in msg.sources:
                 if name not in active.sources:
@@ -817,6 +838,7 @@ class Connection:
             del self.state.starting[sid]
         session.conn = self
         assert self._nursery is not None
+        session.echo = echo.gate(echo_mode, msg.sources, self.state.metrics)  # echo hook
         await self._nursery.start(self._run_session, session)
         self.active = session
         for name in msg.sources:
@@ -1030,12 +1052,16 @@ class Connection:
         try:
             async with trio.open_nursery() as nursery:
                 session.nursery = nursery
+                if session.echo is not None:  # echo hook: cleans the microphone in its own task
+                    nursery.start_soon(session.echo.run, partial(self._feed_source, session))
                 task_status.started()
                 limit = self.settings.MAX_SESSION_S or math.inf
                 with trio.move_on_at(session.started_at + limit):
                     await session.stop_requested.wait()
                 if not session.stop_requested.is_set():
                     await self._stop_at_max_duration(session)
+                if session.echo is not None:  # echo hook: no microphone audio stays held
+                    await session.echo.flush(final=session.ending == "stop")
                 for source in session.sources.values():
                     if source.stream is not None:
                         source.stream.end_of_audio()  # providers flush and return
@@ -1079,7 +1105,10 @@ class Connection:
 
         async def emit(ev: TranscriptEvent, provider: str) -> None:
             meters.transcript(ev.is_final, ev.start, ev.end)
-            await post.send(_transcript(sid, name, provider, timeline, ev))
+            msg = _transcript(sid, name, provider, timeline, ev)
+            if ev.is_final and session.echo is not None:  # echo hook: flags a repeated
+                session.echo.mark(msg)  # remote sentence (speakflow.echo)
+            await post.send(msg)
 
         async def report(code: str, message: str) -> None:
             await self.send_error(code, message, sid)

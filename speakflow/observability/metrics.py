@@ -23,6 +23,8 @@ from ..providers.base import StreamHooks
 
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0)
 CONNECT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+ECHO_HOLD_BUCKETS = (0.005, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5)
+ECHO_ERLE_BUCKETS = (1.0, 3.0, 6.0, 10.0, 15.0, 20.0, 30.0, 40.0)
 
 
 class Metrics:
@@ -90,6 +92,45 @@ class Metrics:
         )
         self.vendor_errors = Counter(
             "speakflow_vendor_errors", "Vendor stream failures", ["provider", "code"], registry=r
+        )
+        # Echo cancellation (speakflow.echo): no labels, sessions are the unit.
+        self.echo_processed_seconds = Counter(
+            "speakflow_echo_processed_seconds",
+            "Microphone seconds cleaned by the echo canceller (system source as reference)",
+            registry=r,
+        )
+        self.echo_suppressing_seconds = Counter(
+            "speakflow_echo_suppressing_seconds",
+            "Microphone seconds in which the canceller removed echo of the system source",
+            registry=r,
+        )
+        self.echo_cpu_seconds = Counter(
+            "speakflow_echo_cpu_seconds",
+            "CPU seconds spent in the echo canceller (its worker threads)",
+            registry=r,
+        )
+        self.echo_passthrough_seconds = Counter(
+            "speakflow_echo_passthrough_seconds",
+            "Microphone seconds of cancelling sessions passed on without any system reference",
+            registry=r,
+        )
+        self.echo_hold_seconds = Histogram(
+            "speakflow_echo_hold_seconds",
+            "Time microphone audio spent in the echo canceller: waiting for the system "
+            "audio of the same moment, then cleaned",
+            buckets=ECHO_HOLD_BUCKETS,
+            registry=r,
+        )
+        self.echo_speaker_sessions = Counter(
+            "speakflow_echo_speaker_sessions",
+            "Sessions found on speakers (the system source echoed into the microphone)",
+            registry=r,
+        )
+        self.echo_erle_db = Histogram(
+            "speakflow_echo_erle_db",
+            "Echo return loss enhancement per session (dB) while the system source played",
+            buckets=ECHO_ERLE_BUCKETS,
+            registry=r,
         )
 
     def add_state_collector(
