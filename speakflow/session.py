@@ -33,7 +33,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from starlette.websockets import WebSocket
@@ -55,7 +55,11 @@ from .providers.base import (
 )
 from .providers.registry import PROVIDERS
 from .resilience import Fed, ResilientStream, RetryPolicy
+from .store import hooks as store  # transcript record (speakflow.store)
 from .timeline import SourceTimeline
+
+if TYPE_CHECKING:
+    from .store.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +84,8 @@ class ServerState:
     live: set[Connection] = field(default_factory=set)
     #: set on SIGTERM: no new sessions, every session is being finalized
     draining: bool = False
+    #: the transcript record (speakflow.store), set by the app's lifespan
+    recorder: Recorder | None = None
     _backend_lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property
@@ -496,8 +502,13 @@ class Connection:
     async def _audio_meta(self, meta: p.AudioChunk) -> None:
         session = self.active
         if session is None or meta.session_id != session.id:
+            if await store.tail_admit(self, meta):  # store: the desktop's lost tail
+                self.frames.expect_audio(meta)
+                return
             self.frames.discard_audio()
-            raise self._not_active(meta.session_id)
+            if store.first_refusal(self, meta.session_id):  # one error per session id
+                raise self._not_active(meta.session_id)
+            return
         if meta.source not in session.sources:
             try:
                 p.check_source(meta.source, meta.session_id)
@@ -510,6 +521,8 @@ class Connection:
         session = self.active
         meta = chunk.meta
         if session is None or meta.session_id != session.id:
+            session = store.tail_session(self, meta.session_id)  # store: lost tail
+        if session is None:
             # The session stopped between metadata and audio.
             await self.send_error(
                 p.ErrorCode.UNKNOWN_SESSION, "session is no longer active", meta.session_id
@@ -615,6 +628,7 @@ class Connection:
                 p.ErrorCode.SESSION_ACTIVE, "this session is active on another connection", sid
             )
         self.state.sessions[sid] = session
+        store.started(self.state, session)  # store: the session's record
         session.conn = self
         assert self._nursery is not None
         await self._nursery.start(self._run_session, session)
@@ -823,6 +837,7 @@ class Connection:
         finally:
             if session.ending == "stop":
                 self.state.sessions.pop(session.id, None)
+            store.run_ended(self.state, session)  # store: record ends or notes progress
             session.finished.set()
             if self.stopping is session:
                 self.stopping = None
@@ -838,7 +853,10 @@ class Connection:
         sid, name, provider_name = session.id, source.name, session.provider
         # Finals through the processor, in order; partials straight out.
         post = FinalsPipeline.start(
-            self.state.processor, session.nursery, session.deliver, source.level
+            self.state.processor,
+            session.nursery,
+            store.deliverer(self.state, session),  # store: finals recorded as delivered
+            source.level,
         )
 
         async def emit(ev: TranscriptEvent, provider: str) -> None:
