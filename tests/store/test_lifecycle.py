@@ -27,3 +27,65 @@ async def test_stopped_session_has_every_final_per_source(store_url: str) -> Non
     assert sorted(stored) == sorted(sent)  # every final the client got, and only those
     for src in SOURCES:
         assert [t for s, t in stored if s == src] == [tag(src, n) for n in range(10)]
+
+
+async def test_client_that_drops_and_never_returns_keeps_every_final(store_url: str) -> None:
+    """No stop_session, no resume: the finals made after the drop (the providers'
+    flush) are in the record, which ends as ``expired`` when the window passes."""
+    with trio.fail_after(60):
+        async with echo_server(store_url, RESUME_WINDOW_S=1) as server:
+            async with server.client() as c:
+                await c.start("gone", sources=list(SOURCES))
+                await c.expect("session_started")
+                for n in range(12):
+                    for src in SOURCES:
+                        await c.chunk("gone", src, tagged(src, n), TS + n * 500)
+            # the socket closed right after the last chunk: most finals were never sent
+            async with api(server) as a:
+                meta = await wait_state(a, "gone", "ended")
+                body = await transcript(a, "gone")
+    assert meta["end_reason"] == "expired"
+    for src in SOURCES:
+        got = [s["text"] for s in body["segments"] if s["source"] == src]
+        assert got == [tag(src, n) for n in range(12)]
+
+
+async def test_offline_stop_lost_tail_is_transcribed_into_the_record(sqlite_url: str) -> None:
+    """protocol.md: a desktop that stopped offline sends its queued chunks on the next
+    connection with no start_session, typically after the new session's start."""
+    with trio.fail_after(60):
+        async with echo_server(sqlite_url, RESUME_WINDOW_S=2) as server:
+            async with server.client("bob") as bob:  # a session of someone else, detached
+                await bob.start("bobs", user="bob")
+                await bob.expect("session_started")
+            async with server.client() as c:
+                await c.start("meeting")
+                await c.expect("session_started")
+                for n in range(4):
+                    await c.chunk("meeting", "microphone", tagged("microphone", n), TS + n * 500)
+                for _ in range(4):
+                    await c.expect("transcript")
+            # offline: the user pressed stop; reconnect for the next meeting
+            async with server.client() as c:
+                await c.start("next")
+                await c.expect("session_started")
+                for n in range(4, 10):  # the lost tail
+                    await c.chunk("meeting", "microphone", tagged("microphone", n), TS + n * 500)
+                for n in range(3):
+                    await c.chunk("next", "microphone", tagged("system", n), TS + n * 500)
+                    await c.chunk("ghost", "microphone", tagged("system", 9), TS + n * 500)
+                    await c.chunk("bobs", "microphone", tagged("system", 9), TS + n * 500)
+                await c.stop("next")
+                msgs = await c.until("session_ended")
+            errors = [(m["code"], m["session_id"]) for m in msgs if m["type"] == "error"]
+            assert errors == [("unknown_session", "ghost"), ("user_mismatch", "bobs")]
+            texts = [m["text"] for m in msgs if m["type"] == "transcript"]
+            assert texts == [tag("system", n) for n in range(3)]  # only the new session's
+            assert server.state.recorder.implicit_resumes == 1
+            async with api(server) as a:
+                meta = await wait_state(a, "meeting", "ended")
+                body = await transcript(a, "meeting")
+                other = await wait_state(a, "next", "ended")
+    assert meta["end_reason"] == "expired" and meta["resumes"] == 1
+    assert [s["text"] for s in body["segments"]] == [tag("microphone", n) for n in range(10)]
+    assert other["end_reason"] == "stopped" and other["finals"] == 3
