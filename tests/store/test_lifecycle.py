@@ -18,6 +18,11 @@ async def test_stopped_session_has_every_final_per_source(store_url: str) -> Non
             await c.stop("s1")
             msgs = await c.until("session_ended")
             sent = [(m["source"], m["text"]) for m in msgs if m["type"] == "transcript"]
+            detail = {
+                m["text"]: (m["words"], m["confidence"], m["timestamp"], m["language"])
+                for m in msgs
+                if m["type"] == "transcript"
+            }
             async with api(server) as a:
                 meta = await wait_state(a, "s1", "ended")
                 body = await transcript(a, "s1")
@@ -27,6 +32,11 @@ async def test_stopped_session_has_every_final_per_source(store_url: str) -> Non
     assert sorted(stored) == sorted(sent)  # every final the client got, and only those
     for src in SOURCES:
         assert [t for s, t in stored if s == src] == [tag(src, n) for n in range(10)]
+    for s in body["segments"]:  # words with their confidence, as the client got them
+        assert s["words"] and (s["words"], s["confidence"], s["timestamp"], s["language"]) == (
+            detail[s["text"]]
+        )
+        assert s["provider"] == "deepgram" and s["processed"] is False
 
 
 async def test_client_that_drops_and_never_returns_keeps_every_final(store_url: str) -> None:
