@@ -89,7 +89,7 @@ class Cluster:
                 "synchronous_commit=off",
                 "-c",
                 "full_page_writes=off",
-            ],  # fmt: skip
+            ],
             user=self.user,
             stdout=subprocess.DEVNULL,
             stderr=open(self.data.parent / "postgres.log", "ab"),  # noqa: SIM115

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -52,9 +52,15 @@ async def api(server: ServerHandle, user: str | None = "user1") -> AsyncIterator
         yield Api(client, user)
 
 
-async def wait_state(a: Api, sid: str, state: str, timeout: float = 20) -> dict[str, Any]:
+async def until(predicate: Callable[[], Any], every: float = 0.05) -> None:
+    """Poll ``predicate`` (state in another thread or process; the caller bounds it)."""
+    while not predicate():  # noqa: ASYNC110
+        await trio.sleep(every)
+
+
+async def wait_state(a: Api, sid: str, state: str, bound_s: float = 20) -> dict[str, Any]:
     """Poll GET /v1/sessions/{sid} until its state is ``state``."""
-    with trio.fail_after(timeout):
+    with trio.fail_after(bound_s):
         while True:
             r = await a.get(f"/v1/sessions/{sid}")
             if r.status_code == 200 and r.json()["state"] == state:

@@ -62,7 +62,8 @@ async def test_token_sub_is_the_owner_in_jwt_mode(sqlite_url: str) -> None:
 
     with trio.fail_after(60):
         async with echo_server(sqlite_url, AUTH_MODE="jwt", AUTH_JWT_SECRET=secret) as server:
-            async with server.client(None, headers=[(b"Authorization", bearer("carol")["Authorization"].encode())]) as c:  # fmt: skip
+            carol = [(b"Authorization", bearer("carol")["Authorization"].encode())]
+            async with server.client(None, headers=carol) as c:
                 await c.start("c1", user="carol")
                 await c.expect("session_started")
                 await c.chunk("c1", "microphone", tagged("microphone", 0), TS)
@@ -74,12 +75,8 @@ async def test_token_sub_is_the_owner_in_jwt_mode(sqlite_url: str) -> None:
                     await get("/v1/sessions/c1", headers={"X-User-Id": "carol"})
                 ).status_code == 401
                 assert (await get("/v1/sessions/c1", headers=bearer("dave"))).status_code == 404
-                with trio.fail_after(10):
-                    while (r := await get("/v1/sessions/c1", headers=bearer("carol"))).json().get(
-                        "state"
-                    ) != "ended":
-                        await trio.sleep(0.1)
-                assert r.json()["user_id"] == "carol"
+                a.headers = bearer("carol")
+                assert (await wait_state(a, "c1", "ended"))["user_id"] == "carol"
 
 
 async def test_list_is_newest_first_and_paginated(sqlite_url: str) -> None:
@@ -142,11 +139,15 @@ async def test_retention_deletes_old_sessions(store_url: str) -> None:
                     .where(sessions.c.id == old["id"])
                     .values(created_at=time.time() - 40 * 86400)
                 )
-            async with echo_server(store_url, TRANSCRIPT_RETENTION_DAYS=30) as server:
-                async with api(server) as a:
-                    while (await a.get("/v1/sessions/old")).status_code != 404:
-                        await trio.sleep(0.1)  # the retention sweep runs at startup
-                    listed = await a.json("/v1/sessions")
+            async with (
+                echo_server(store_url, TRANSCRIPT_RETENTION_DAYS=30) as server,
+                api(server) as a,
+            ):
+                gone = False
+                while not gone:  # the retention sweep runs at startup
+                    gone = (await a.get("/v1/sessions/old")).status_code == 404
+                    await trio.sleep(0.1)
+                listed = await a.json("/v1/sessions")
             assert [s["session_id"] for s in listed["sessions"]] == ["recent"]
             with db.engine.connect() as conn:
                 q = select(func.count()).where(finals.c.record_id == old["id"])
@@ -170,3 +171,23 @@ async def test_speaker_labels_are_configurable(sqlite_url: str) -> None:
         "system": "Customer",
     }
     assert "] Ana: " in txt and "] Customer: " in txt
+
+
+async def test_routes_are_documented(sqlite_url: str) -> None:
+    with trio.fail_after(30):
+        async with echo_server(sqlite_url) as server, api(server) as a:
+            doc = await a.json("/openapi.json")
+            page = (await a.get("/docs")).text
+    paths = doc["paths"]
+    assert set(paths["/v1/sessions/{id}"]) == {"get", "delete"}
+    assert "format" in str(paths["/v1/sessions/{id}/transcript"]["get"]["parameters"])
+    assert "X-SpeakFlow-Signature" in str(doc["webhooks"])
+    for route in ("GET /v1/sessions", "DELETE /v1/sessions/{id}", "X-SpeakFlow-Signature"):
+        assert route in page
+
+
+async def test_store_off_says_so(tmp_path) -> None:
+    with trio.fail_after(30):
+        async with echo_server("off") as server, api(server) as a:
+            r = await a.get("/v1/sessions")
+    assert r.status_code == 503 and "TRANSCRIPT_STORE=off" in r.json()["message"]

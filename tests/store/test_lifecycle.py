@@ -33,8 +33,9 @@ async def test_stopped_session_has_every_final_per_source(store_url: str) -> Non
     for src in SOURCES:
         assert [t for s, t in stored if s == src] == [tag(src, n) for n in range(10)]
     for s in body["segments"]:  # words with their confidence, as the client got them
-        assert s["words"] and (s["words"], s["confidence"], s["timestamp"], s["language"]) == (
-            detail[s["text"]]
+        assert (
+            s["words"]
+            and (s["words"], s["confidence"], s["timestamp"], s["language"]) == (detail[s["text"]])
         )
         assert s["provider"] == "deepgram" and s["processed"] is False
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 
 from .pg import Cluster
-from .support import SOURCES, TS, api, echo_server, tag, tagged, transcript, wait_state
+from .support import SOURCES, TS, api, echo_server, tag, tagged, transcript, until, wait_state
 
 
 async def send_and_hear(c, sid: str, numbers: range) -> None:
@@ -38,8 +38,7 @@ async def test_database_outage_does_not_disturb_streaming(pg_cluster: Cluster) -
                 with trio.fail_after(2):
                     await c.ws.ping()  # pongs too
                 with trio.fail_after(10):
-                    while not writer.failing:
-                        await trio.sleep(0.05)
+                    await until(lambda: writer.failing)
                 assert writer.queued > 0  # held, not lost
                 r = await a.get("/v1/sessions/pg1")
                 assert r.status_code == 503 and r.json()["error"] == "store_unavailable"
@@ -48,7 +47,7 @@ async def test_database_outage_does_not_disturb_streaming(pg_cluster: Cluster) -
                 await send_and_hear(c, "pg1", range(15, 20))
                 await c.stop("pg1")
                 await c.until("session_ended")
-                meta = await wait_state(a, "pg1", "ended", timeout=30)
+                meta = await wait_state(a, "pg1", "ended", bound_s=30)
                 body = await transcript(a, "pg1")
                 assert writer.failures >= 1 and writer.dropped == 0 and not writer.failing
     finally:

@@ -14,7 +14,7 @@ import trio
 
 from speakflow.store.webhook import DELIVERY_HEADER, SIGNATURE_HEADER, sign, verify
 
-from .support import SOURCES, TS, echo_server, tag, tagged
+from .support import SOURCES, TS, echo_server, tag, tagged, until
 
 SECRET = "webhook-secret-for-tests"
 
@@ -60,8 +60,7 @@ def receiver(fail: int = 1) -> Iterator[tuple[Receiver, str]]:
 
 
 async def wait_for(rec: Receiver, n: int) -> list[tuple[dict[str, str], bytes, float]]:
-    while len(rec.requests()) < n:
-        await trio.sleep(0.05)
+    await until(lambda: len(rec.requests()) >= n)
     return rec.requests()
 
 
@@ -92,10 +91,9 @@ async def test_webhook_once_signed_and_retried_after_a_500(sqlite_url: str) -> N
                 await c.chunk("w2", "microphone", tagged("microphone", 0), TS)
             later = await wait_for(rec, 3)
             hook = server.state.recorder.webhook
-            while hook.delivered < 2:
-                await trio.sleep(0.05)
+            await until(lambda: hook.delivered >= 2)
             assert (hook.delivered, hook.retries, hook.failed) == (2, 1, 0)  # counted
-    (h1, b1, t1), (h2, b2, t2) = got
+    (h1, b1, _), (h2, b2, _) = got
     assert b1 == b2 and h1[DELIVERY_HEADER] == h2[DELIVERY_HEADER]  # one delivery, retried
     for headers, body, at in got:
         assert verify(SECRET, headers[SIGNATURE_HEADER], body, now=at)
