@@ -131,27 +131,28 @@ class Recorder:
                     for w in msg.words
                 ]
             )
+        now = time.time()
         return Op(
             "final",
             rec.id,
-            {
-                "record_id": rec.id,
-                "seq": rec.seq,
-                "source": msg.source,
-                "text": msg.text,
-                "raw_text": msg.raw_text,
-                "processing": msg.processing,
-                "changed": msg.raw_text is not None and msg.raw_text != msg.text,
-                "start_time": msg.start_time,
-                "end_time": msg.end_time,
-                "client_ts": msg.timestamp,
-                "provider": msg.provider,
-                "language": msg.language,
-                "confidence": msg.confidence,
-                "words": words,
-                "segment_id": msg.segment_id,
-                "created_at": time.time(),
-            },
+            (  # FINAL_COLUMNS order
+                rec.id,
+                rec.seq,
+                msg.source,
+                msg.text,
+                msg.raw_text,
+                msg.processing,
+                msg.raw_text is not None and msg.raw_text != msg.text,
+                msg.start_time,
+                msg.end_time,
+                msg.timestamp,
+                msg.provider,
+                msg.language,
+                msg.confidence,
+                words,
+                msg.segment_id,
+                now,
+            ),
         )
 
     def run_ended(self, session: Session) -> None:

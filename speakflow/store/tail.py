@@ -71,9 +71,10 @@ async def admit(conn: Connection, meta: p.AudioChunk) -> bool:
     mine = _BY_CONN.get(conn)
     tail = mine.tails.get(sid) if mine is not None else None
     if tail is None:
-        if not _resumable(conn, sid):
+        session = await _take(conn, sid)
+        if session is None:
             return False
-        tail = await _resume(conn, conn.state.sessions[sid])
+        tail = await _resume(conn, session)
         if tail is None:
             return False
     if meta.source not in tail.session.sources:
@@ -104,15 +105,35 @@ def first_refusal(conn: Connection, sid: str) -> bool:
     return True
 
 
-def _resumable(conn: Connection, sid: str) -> bool:
+async def _take(conn: Connection, sid: str) -> Session | None:
+    """``sid``'s session when it is this user's and can be resumed: detached within
+    its window, or still held by a stale connection of the same user (the server may
+    not have noticed yet that the desktop's old socket died), which gives it up as on
+    an explicit resume. A session being stopped is never taken."""
     state = conn.state
     session = state.sessions.get(sid)
     if session is None or session.user_id != conn.user_id or state.draining:
-        return False
+        return None
+    if session.ending == "stop" and session.stop_requested.is_set():
+        return None  # stopping: its late chunks are refused (protocol.md)
+    holder = session.conn
+    if holder is conn or (holder is not None and holder.active is not session):
+        return None
     detached = session.detached_at
-    if session.conn is not None or detached is None or not session.finished.is_set():
-        return False
-    return trio.current_time() - detached <= conn.settings.RESUME_WINDOW_S
+    if detached is not None and trio.current_time() - detached > conn.settings.RESUME_WINDOW_S:
+        return None
+    if holder is not None:
+        await holder.give_up(session)
+    with trio.move_on_after(conn.settings.PROVIDER_RESPONSE_TIMEOUT + 1):
+        await session.finished.wait()  # the previous run's flush
+    if (
+        state.sessions.get(sid) is not session
+        or session.conn is not None
+        or session.detached_at is None
+        or not session.finished.is_set()
+    ):
+        return None
+    return session
 
 
 async def _resume(conn: Connection, session: Session) -> _Tail | None:

@@ -58,6 +58,7 @@ class Writer:
         self.failures = 0
         self.failing = False
         self._dropping = False
+        self._running = False
 
     # ------------------------------------------------------------------ event loop side
 
@@ -96,14 +97,21 @@ class Writer:
         """Wait until every record queued before this call is written; False on timeout."""
         target = self._put
         with trio.move_on_after(timeout):
-            while self._done < target:
+            while self._done < target and self._running:
                 await self._progress.wait()
-            return True
-        return False
+        return self._done >= target
 
     # ------------------------------------------------------------------ the writing task
 
     async def run(self) -> None:
+        self._running = True
+        try:
+            await self._run()
+        finally:
+            self._running = False
+            self._progress.set()  # nobody waits for a writer that is gone
+
+    async def _run(self) -> None:
         delay = self.retry_initial_s
         while True:
             if not self._queue:

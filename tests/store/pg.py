@@ -40,6 +40,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class PortTaken(Exception):
+    pass
+
+
 class Cluster:
     def __init__(self, root: Path) -> None:
         assert pgcmd is not None and pgutils is not None and BIN is not None
@@ -48,6 +52,7 @@ class Cluster:
         self.port = free_port()
         self.user: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started_once = False
         self.data.mkdir()
         self.sockets.mkdir()
         if os.geteuid() == 0:
@@ -71,6 +76,18 @@ class Cluster:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> None:
+        """Start on ``self.port``; on a first start, another free port if that one was
+        taken between choosing it and binding it."""
+        for attempt in range(3):
+            try:
+                self._start()
+                return
+            except PortTaken:
+                if attempt == 2 or self.started_once:
+                    raise
+                self.port = free_port()
+
+    def _start(self) -> None:
         assert BIN is not None
         self.proc = subprocess.Popen(
             [
@@ -94,12 +111,16 @@ class Cluster:
             stdout=subprocess.DEVNULL,
             stderr=open(self.data.parent / "postgres.log", "ab"),  # noqa: SIM115
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
             try:
                 with psycopg.connect(self.url(), connect_timeout=2):
+                    self.started_once = True
                     return
             except psycopg.OperationalError:
+                log = (self.data.parent / "postgres.log").read_text()
+                if self.proc.poll() is not None and "could not bind" in log[-2000:]:
+                    raise PortTaken() from None
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(
                         "postgres did not start: "

@@ -89,7 +89,9 @@ async def test_offline_stop_lost_tail_is_transcribed_into_the_record(sqlite_url:
                 await c.stop("next")
                 msgs = await c.until("session_ended")
             errors = [(m["code"], m["session_id"]) for m in msgs if m["type"] == "error"]
-            assert errors == [("unknown_session", "ghost"), ("user_mismatch", "bobs")]
+            assert errors == [("unknown_session", "ghost"), ("user_mismatch", "bobs")], [
+                m for m in msgs if m["type"] == "error"
+            ]
             texts = [m["text"] for m in msgs if m["type"] == "transcript"]
             assert texts == [tag("system", n) for n in range(3)]  # only the new session's
             assert server.state.recorder.implicit_resumes == 1
@@ -100,3 +102,32 @@ async def test_offline_stop_lost_tail_is_transcribed_into_the_record(sqlite_url:
     assert meta["end_reason"] == "expired" and meta["resumes"] == 1
     assert [s["text"] for s in body["segments"]] == [tag("microphone", n) for n in range(10)]
     assert other["end_reason"] == "stopped" and other["finals"] == 3
+
+
+async def test_lost_tail_takes_the_session_from_a_stale_connection(sqlite_url: str) -> None:
+    """The server may not have noticed yet that the desktop's old socket died: its
+    queued chunks on the new connection win, as an explicit resume would."""
+    from trio_websocket import ConnectionClosed
+
+    with trio.fail_after(60):
+        async with echo_server(sqlite_url, RESUME_WINDOW_S=1) as server:
+            async with server.client() as old:
+                await old.start("m")
+                await old.expect("session_started")
+                await old.chunk("m", "microphone", tagged("microphone", 0), TS)
+                await old.expect("transcript")
+                async with server.client() as new:
+                    for n in range(1, 4):
+                        await new.chunk("m", "microphone", tagged("microphone", n), TS + n * 500)
+                    await new.stop("barrier")  # every chunk before it was handled
+                    assert (await new.expect("error"))["session_id"] == "barrier"
+                    try:
+                        while True:
+                            await old.recv()
+                    except ConnectionClosed as closed:
+                        assert closed.reason.code == 1000
+            async with api(server) as a:
+                meta = await wait_state(a, "m", "ended")
+                body = await transcript(a, "m")
+    assert meta["end_reason"] == "expired" and meta["resumes"] == 1
+    assert [s["text"] for s in body["segments"]] == [tag("microphone", n) for n in range(4)]
