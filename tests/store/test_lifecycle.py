@@ -131,3 +131,25 @@ async def test_lost_tail_takes_the_session_from_a_stale_connection(sqlite_url: s
                 body = await transcript(a, "m")
     assert meta["end_reason"] == "expired" and meta["resumes"] == 1
     assert [s["text"] for s in body["segments"]] == [tag("microphone", n) for n in range(4)]
+
+
+async def test_post_processed_finals_are_stored_as_delivered_with_the_raw_text(
+    sqlite_url: str,
+) -> None:
+    with trio.fail_after(60):
+        async with echo_server(sqlite_url, TRANSCRIPT_PROCESSOR="basic") as server:
+            async with server.client() as c:
+                await c.start("pp")
+                await c.expect("session_started")
+                for n in range(2):
+                    await c.chunk("pp", "microphone", tagged("microphone", n), TS + n * 500)
+                await c.stop("pp")
+                msgs = await c.until("session_ended")
+            async with api(server) as a:
+                await wait_state(a, "pp", "ended")
+                body = await transcript(a, "pp")
+    sent = [m["text"] for m in msgs if m["type"] == "transcript"]
+    assert sent == [tag("microphone", n) + "." for n in range(2)]  # the basic processor's
+    assert [(s["text"], s["processed"], s["raw_text"]) for s in body["segments"]] == [
+        (tag("microphone", n) + ".", True, tag("microphone", n)) for n in range(2)
+    ]
