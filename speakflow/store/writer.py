@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 #: source that is over 8 minutes of database outage
 MAX_QUEUED = 100_000
 BATCH = 500
+#: records gather this long before a write (unless a batch is full or a reader waits):
+#: a transaction per final cost more CPU than the rest of the store together
+GATHER_S = 0.5
 
 
 class Writer:
@@ -37,17 +40,20 @@ class Writer:
         batch: int = BATCH,
         retry_initial_s: float = 0.2,
         retry_max_s: float = 5.0,
+        gather_s: float = GATHER_S,
     ) -> None:
         self.db = db
         self.max_queued = max_queued
         self.batch = batch
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
+        self.gather_s = gather_s
         #: held around every database write; a delete takes it too, so a batch
         #: in flight never re-inserts finals of a record being deleted
         self.lock = trio.Lock()
         self._queue: deque[Op] = deque()
         self._wake = trio.Event()
+        self._hurry = trio.Event()  # a reader waits, or a batch is full: write now
         self._progress = trio.Event()
         self._put = 0  # records accepted so far
         self._done = 0  # of those, records written (or refused, or deleted before writing)
@@ -80,6 +86,8 @@ class Writer:
         self._queue.append(op)
         self._put += 1
         self._wake.set()
+        if len(self._queue) >= self.batch:
+            self._hurry.set()
 
     def forget(self, record_id: str) -> None:
         """A deleted record: its queued records go, later ones are ignored."""
@@ -96,6 +104,7 @@ class Writer:
     async def sync(self, timeout: float) -> bool:  # noqa: ASYNC109 (a budget for a read)
         """Wait until every record queued before this call is written; False on timeout."""
         target = self._put
+        self._hurry.set()
         with trio.move_on_after(timeout):
             while self._done < target and self._running:
                 await self._progress.wait()
@@ -117,6 +126,9 @@ class Writer:
             if not self._queue:
                 self._wake = trio.Event()
                 await self._wake.wait()
+            with trio.move_on_after(self.gather_s):
+                await self._hurry.wait()
+            self._hurry = trio.Event()
             batch = [self._queue.popleft() for _ in range(min(self.batch, len(self._queue)))]
             try:
                 async with self.lock:
