@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 from .. import protocol as p
+from ..errors import ConfigError
 from ..providers.base import SAMPLE_RATE
 from .config import describe, store_url
 from .db import Database, Op
@@ -306,7 +307,14 @@ async def running_recorder(state: ServerState) -> AsyncIterator[Recorder]:
     recorder = Recorder(settings, state)
     url = store_url(settings)
     if url is not None:
-        recorder.db = await trio.to_thread.run_sync(Database.open, url)
+        try:
+            recorder.db = await trio.to_thread.run_sync(Database.open, url)
+        except Exception as err:  # a one-line startup error, not a traceback
+            raise ConfigError(
+                f"TRANSCRIPT_STORE: cannot open {describe(url)}: {type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''} (set TRANSCRIPT_STORE=off to "
+                "run without a transcript record)"
+            ) from err
         recorder.writer = Writer(recorder.db)
         log.info("transcript store: %s", describe(url), extra={"event": "store.open"})
         if settings.TRANSCRIPT_WEBHOOK_URL:

@@ -153,3 +153,33 @@ async def test_post_processed_finals_are_stored_as_delivered_with_the_raw_text(
     assert [(s["text"], s["processed"], s["raw_text"]) for s in body["segments"]] == [
         (tag("microphone", n) + ".", True, tag("microphone", n)) for n in range(2)
     ]
+
+
+async def test_clean_shutdown_writes_everything_queued(store_url: str) -> None:
+    """The server stops right after the last chunk: the sessions it still holds end as
+    ``shutdown`` and every final, queued or not, is in the database afterwards."""
+    from sqlalchemy import func, select
+
+    from speakflow.store.config import store_url as resolve
+    from speakflow.store.db import Database
+    from speakflow.store.schema import finals, sessions
+
+    from ..conftest import make_settings
+
+    with trio.fail_after(60):
+        async with echo_server(store_url) as server, server.client() as c:
+            await c.start("sd", sources=list(SOURCES))
+            await c.expect("session_started")
+            for n in range(30):
+                for src in SOURCES:
+                    await c.chunk("sd", src, tagged(src, n), TS + n * 500)
+            for _ in range(60):
+                await c.expect("transcript")
+    db = Database.open(resolve(make_settings(TRANSCRIPT_STORE=store_url)))  # type: ignore[arg-type]
+    try:
+        with db.engine.connect() as conn:
+            row = conn.execute(select(sessions.c.end_reason, sessions.c.id)).one()
+            n = conn.execute(select(func.count()).where(finals.c.record_id == row.id)).scalar()
+    finally:
+        db.close()
+    assert row.end_reason == "shutdown" and n == 60
