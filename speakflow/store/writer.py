@@ -65,6 +65,8 @@ class Writer:
         self.failing = False
         self._dropping = False
         self._running = False
+        #: its own thread: API reads queueing in trio's default limiter never delay writes
+        self._thread = trio.CapacityLimiter(1)
 
     # ------------------------------------------------------------------ event loop side
 
@@ -133,7 +135,9 @@ class Writer:
             try:
                 async with self.lock:
                     batch = [op for op in batch if op.record_id not in self._deleted]
-                    refused = await trio.to_thread.run_sync(self._write, batch)
+                    refused = await trio.to_thread.run_sync(
+                        self._write, batch, limiter=self._thread
+                    )
             except Exception as err:
                 if not is_transient(err):
                     raise

@@ -176,14 +176,19 @@ async def test_speaker_labels_are_configurable(sqlite_url: str) -> None:
 async def test_routes_are_documented(sqlite_url: str) -> None:
     with trio.fail_after(30):
         async with echo_server(sqlite_url) as server, api(server) as a:
+            await one_session(server, "m1", chunks=1)
+            await wait_state(a, "m1", "ended")
             doc = await a.json("/openapi.json")
             page = (await a.get("/docs")).text
+            metrics = (await a.get("/metrics")).text
     paths = doc["paths"]
     assert set(paths["/v1/sessions/{id}"]) == {"get", "delete"}
     assert "format" in str(paths["/v1/sessions/{id}/transcript"]["get"]["parameters"])
     assert "X-SpeakFlow-Signature" in str(doc["webhooks"])
     for route in ("GET /v1/sessions", "DELETE /v1/sessions/{id}", "X-SpeakFlow-Signature"):
         assert route in page
+    assert "speakflow_store_written_records_total 4.0" in metrics  # 1 row, 2 finals, 1 update
+    assert 'speakflow_store_sessions_ended_total{reason="stopped"} 1.0' in metrics
 
 
 async def test_store_off_says_so(tmp_path) -> None:
