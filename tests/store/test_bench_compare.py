@@ -33,5 +33,6 @@ def test_compare_store_runs_both_and_counts_stored_finals() -> None:
     c = report["compare_store"]
     assert c["off"]["chunks_lost"] == 0 and c["on"]["chunks_lost"] == 0
     assert c["finals_stored"] == c["on"]["chunks_echoed"] > 0  # every echoed final stored
-    assert c["off"]["server"]["cpu_pct_per_session"] is not None
+    assert [len(c["rounds"][k]) for k in ("off", "on")] == [2, 2]
+    assert c["off"]["cpu_pct_per_session"] is not None
     assert isinstance(c["cpu_per_session_added_pct"], float)
