@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -49,7 +50,7 @@ def routes(state: ServerState, authenticator: Authenticator) -> list[Route]:
                 )
             try:
                 return await handler(request, who.user_id, recorder)
-            except Exception as err:  # the database is down or refused: say so, log why
+            except (SQLAlchemyError, OSError) as err:  # the database is down: say so, log why
                 log.warning(
                     "transcript store read failed: %s: %s",
                     type(err).__name__,
