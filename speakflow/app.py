@@ -41,6 +41,8 @@ from .postprocess import build_processor
 from .providers.registry import PROVIDERS
 from .proxy import TrustedProxyMiddleware
 from .session import Connection, ServerState
+from .store.api import routes as session_routes  # transcript record (speakflow.store)
+from .store.recorder import running_recorder
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,8 @@ def create_app(settings: Settings) -> Starlette:
         # `speakflow serve` has done this before binding (start_provider); tools and
         # tests that run the app directly start the provider here.
         await start_provider(state)
-        yield
+        async with running_recorder(state):  # store: writer, sweeps; flushed on shutdown
+            yield
 
     state.metrics.add_state_collector(state.gauges)
 
@@ -183,7 +186,7 @@ def create_app(settings: Settings) -> Starlette:
             Middleware(
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
-                allow_methods=["GET"],
+                allow_methods=["GET", "DELETE"],
                 allow_headers=["*"],
             )
         )
@@ -192,6 +195,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/v1/health", health),
             Route("/metrics", metrics),
             WebSocketRoute("/v1/stt/stream", stream),
+            *session_routes(state, authenticator),
             Route("/docs", docs),
             Route("/openapi.json", openapi),
             Route("/", index),

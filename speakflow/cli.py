@@ -33,6 +33,7 @@ _SUBCOMMAND_MODULES: list[str] = [
     "speakflow.client.compare",
     "speakflow.emulation.cli",
     "speakflow.providers.whisper_local.bench",
+    "speakflow.store.cli",  # speakflow transcript (issue 19)
 ]
 
 

@@ -37,6 +37,7 @@ SECRET_FIELDS = frozenset(
         "AWS_SESSION_TOKEN",
         "OPENAI_API_KEY",
         "AUTH_JWT_SECRET",
+        "TRANSCRIPT_WEBHOOK_SECRET",  # store: transcript record
     }
 )
 
@@ -192,6 +193,21 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     LLM_TIMEOUT: PositiveFloat = 5.0
     LLM_MAX_CONCURRENCY: PositiveInt = 16
 
+    # Transcript record (speakflow.store). Empty TRANSCRIPT_STORE: the SQLite file
+    # transcripts.db in SPEAKFLOW_DATA_DIR (default $XDG_DATA_HOME/speakflow, else
+    # ~/.local/share/speakflow); sqlite:///PATH; postgresql://...; off: nothing is kept
+    TRANSCRIPT_STORE: str = ""
+    SPEAKFLOW_DATA_DIR: str = ""
+    #: sessions older than this many days are deleted (0: kept until deleted by their user)
+    TRANSCRIPT_RETENTION_DAYS: NonNegativeInt = 0
+    #: POSTed the session's metadata and merged transcript when a session ends (empty: off)
+    TRANSCRIPT_WEBHOOK_URL: str = ""
+    #: HMAC-SHA256 key of the webhook's X-SpeakFlow-Signature header
+    TRANSCRIPT_WEBHOOK_SECRET: str = ""
+    #: how the merged transcript names each source's speaker
+    TRANSCRIPT_LABEL_MICROPHONE: str = "You"
+    TRANSCRIPT_LABEL_SYSTEM: str = "Meeting"
+
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.safe_items())
         return f"Settings({fields})"
@@ -297,6 +313,7 @@ def _check(settings: Settings) -> None:
     from .postprocess import check_settings as check_processor
     from .providers.registry import PROVIDERS
     from .proxy import check_settings as check_proxy
+    from .store.config import check_settings as check_store
 
     if settings.LOG_LEVEL.upper() not in LOG_LEVELS:
         raise ConfigError(
@@ -325,6 +342,7 @@ def _check(settings: Settings) -> None:
     from .shared_state import check_settings as check_shared_state  # scale-out
 
     check_shared_state(settings)
+    check_store(settings)
     _check_languages(settings)
     _check_whisper_device(settings)
     _check_cors(settings)

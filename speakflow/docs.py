@@ -50,6 +50,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                     },
                 }
             },
+            **_session_paths(),
             "/docs": {
                 "get": {
                     "summary": "This documentation as HTML",
@@ -63,7 +64,218 @@ def openapi_document(version: str) -> dict[str, Any]:
                 }
             },
         },
-        "components": {"schemas": p.json_schema_of_messages()},
+        "components": {
+            "schemas": {**p.json_schema_of_messages(), **_SESSION_SCHEMAS},
+            "securitySchemes": {
+                "userId": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-User-Id",
+                    "description": "AUTH_MODE=header: the caller's user id",
+                },
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "AUTH_MODE=jwt: the token's sub is the caller",
+                },
+            },
+        },
+        "webhooks": {
+            "sessionEnded": {
+                "post": {
+                    "summary": "A session ended (TRANSCRIPT_WEBHOOK_URL)",
+                    "description": "Sent when a session is stopped or its resume window "
+                    "expires. Header X-SpeakFlow-Signature: t=<unix seconds>,v1=<hex "
+                    "HMAC-SHA256(TRANSCRIPT_WEBHOOK_SECRET, '<t>.' + body)>; refuse a t more "
+                    "than 300 s from your clock. X-SpeakFlow-Delivery is the same on every "
+                    "retry of one delivery. Answer 2xx; anything else is retried with backoff.",
+                    "requestBody": {
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/SessionTranscript"}
+                            }
+                        }
+                    },
+                    "responses": {"200": {"description": "Received"}},
+                }
+            }
+        },
+    }
+
+
+_ERROR_BODY = {
+    "type": "object",
+    "required": ["error", "message"],
+    "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+}
+_SESSION_SCHEMAS: dict[str, Any] = {
+    "SessionRecord": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string", "description": "the record's id"},
+            "session_id": {"type": "string", "description": "the client's session_id"},
+            "user_id": {"type": "string"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "ended_at": {"type": ["string", "null"], "format": "date-time"},
+            "state": {
+                "type": "string",
+                "enum": ["live", "resumable", "ended", "interrupted"],
+                "description": "interrupted: the server stopped without ending it",
+            },
+            "end_reason": {
+                "type": ["string", "null"],
+                "enum": ["stopped", "expired", "shutdown", None],
+            },
+            "language": {"type": ["string", "null"]},
+            "providers": {"type": "array", "items": {"type": "string"}},
+            "sources": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object",
+                    "properties": {
+                        "audio_s": {"type": "number"},
+                        "first_timestamp": {"type": ["integer", "null"]},
+                    },
+                },
+            },
+            "resumes": {"type": "integer"},
+            "finals": {"type": "integer"},
+        },
+    },
+    "SessionTranscript": {
+        "type": "object",
+        "properties": {
+            "session": {"$ref": "#/components/schemas/SessionRecord"},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "segments": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "start": {"type": "number", "description": "s on the session clock"},
+                        "end": {"type": "number"},
+                        "source": {"type": "string"},
+                        "speaker": {"type": "string"},
+                        "text": {"type": "string"},
+                        "source_start": {"type": "number"},
+                        "source_end": {"type": "number"},
+                        "timestamp": {"type": "integer"},
+                        "provider": {"type": "string"},
+                        "language": {"type": ["string", "null"]},
+                        "confidence": {"type": ["number", "null"]},
+                        "words": {"type": ["array", "null"]},
+                        "processed": {"type": "boolean"},
+                        "raw_text": {"type": "string"},
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def _session_paths() -> dict[str, Any]:
+    def answer(status: str, what: str, schema: Any = None, media: str = "application/json") -> Any:
+        out: dict[str, Any] = {"description": what}
+        if schema is not None:
+            out["content"] = {media: {"schema": schema}}
+        return {status: out}
+
+    security: list[dict[str, list[str]]] = [{"userId": []}, {"bearer": []}]
+    errors = {
+        **answer("401", "No or refused identity", _ERROR_BODY),
+        **answer(
+            "404", "No such session of the caller's (also for other users' sessions)", _ERROR_BODY
+        ),
+        **answer("503", "TRANSCRIPT_STORE=off, or the database is unavailable", _ERROR_BODY),
+    }
+    key = {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "record id, or the client's session_id (the caller's newest with it)",
+    }
+    record = {"$ref": "#/components/schemas/SessionRecord"}
+    return {
+        "/v1/sessions": {
+            "get": {
+                "summary": "The caller's sessions, newest first",
+                "security": security,
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "next_cursor of the previous page",
+                    },
+                ],
+                "responses": {
+                    **answer(
+                        "200",
+                        "A page of sessions",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "sessions": {"type": "array", "items": record},
+                                "next_cursor": {"type": ["string", "null"]},
+                            },
+                        },
+                    ),
+                    **errors,
+                },
+            }
+        },
+        "/v1/sessions/{id}": {
+            "get": {
+                "summary": "One session's metadata",
+                "security": security,
+                "parameters": [key],
+                "responses": {**answer("200", "The session", record), **errors},
+            },
+            "delete": {
+                "summary": "Delete the session's record (metadata and every final)",
+                "security": security,
+                "parameters": [key],
+                "responses": {**answer("204", "Deleted"), **errors},
+            },
+        },
+        "/v1/sessions/{id}/transcript": {
+            "get": {
+                "summary": "Both sources merged in time order, labelled by speaker",
+                "security": security,
+                "parameters": [
+                    key,
+                    {
+                        "name": "format",
+                        "in": "query",
+                        "schema": {
+                            "type": "string",
+                            "enum": ["json", "md", "srt", "vtt", "txt"],
+                            "default": "json",
+                        },
+                    },
+                    {
+                        "name": "download",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "set: Content-Disposition attachment",
+                    },
+                ],
+                "responses": {
+                    **answer(
+                        "200", "The transcript", {"$ref": "#/components/schemas/SessionTranscript"}
+                    ),
+                    **errors,
+                },
+            }
+        },
     }
 
 
@@ -139,10 +351,41 @@ WebSocket; the server relays each (session, source) stream to the configured spe
 <tr><td><code>GET /v1/health</code></td><td><code>{{"status":"ok","active_sessions":N}}</code>
 plus provider readiness and counters</td></tr>
 <tr><td><code>WS /v1/stt/stream</code></td><td>the streaming protocol below</td></tr>
+<tr><td><code>GET /v1/sessions</code></td><td>your stored sessions, newest first
+(<code>?limit=</code> up to 200, <code>?cursor=</code> the previous page's
+<code>next_cursor</code>)</td></tr>
+<tr><td><code>GET /v1/sessions/{{id}}</code></td><td>one session: user, created/ended, how it
+ended (<code>stopped</code>, <code>expired</code>, <code>shutdown</code>), providers, audio
+seconds per source, resumes, number of finals</td></tr>
+<tr><td><code>GET /v1/sessions/{{id}}/transcript?format=json|md|srt|vtt|txt</code></td>
+<td>both sources merged in time order on one clock, labelled (&ldquo;You&rdquo; /
+&ldquo;Meeting&rdquo; by default: TRANSCRIPT_LABEL_MICROPHONE, TRANSCRIPT_LABEL_SYSTEM);
+<code>&amp;download=1</code> for a file</td></tr>
+<tr><td><code>DELETE /v1/sessions/{{id}}</code></td><td>delete that record (204)</td></tr>
 <tr><td><code>GET /docs</code></td><td>this page</td></tr>
 <tr><td><code>GET /openapi.json</code></td><td>OpenAPI 3.1 document of the HTTP routes and
 JSON Schemas of every WebSocket message</td></tr>
 </table>
+
+<h2>Transcript record</h2>
+<p>Every final of every session is kept (TRANSCRIPT_STORE: SQLite by default, PostgreSQL by
+URL, <code>off</code>), also while the client is away. The <code>/v1/sessions</code> routes
+identify the caller as the WebSocket does: header <code>X-User-Id</code> (AUTH_MODE=header) or
+<code>Authorization: Bearer &lt;jwt&gt;</code> (AUTH_MODE=jwt, its <code>sub</code>). Another
+user's session answers <b>404</b>, like one that does not exist. <code>{{id}}</code> is the
+record's <code>id</code> or your <code>session_id</code>. Errors are
+<code>{{"error": code, "message": text}}</code>: 401 <code>unauthorized</code>, 404
+<code>not_found</code>, 400 <code>bad_request</code>, 503 <code>store_off</code> /
+<code>store_unavailable</code>.</p>
+<p>Webhook (TRANSCRIPT_WEBHOOK_URL): when a session is stopped or its resume window expires,
+the server POSTs the <code>json</code> transcript with header
+<code>X-SpeakFlow-Signature: t=&lt;unix s&gt;,v1=&lt;hex HMAC-SHA256(secret, "&lt;t&gt;." +
+body)&gt;</code> (refuse a <code>t</code> over 300&nbsp;s from your clock) and
+<code>X-SpeakFlow-Delivery</code> (the same on each retry). Non-2xx answers are retried with
+backoff.</p>
+<p>Audio chunks of a session this connection did not start are refused with one
+<code>error</code> per session id. Exception: chunks of your own session that is waiting for a
+resume (SpeakFlow Desktop stopped while offline) are taken and transcribed into its record.</p>
 
 <h2>WebSocket protocol (v1)</h2>
 <h3>Handshake</h3>

@@ -41,7 +41,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from starlette.websockets import WebSocket
@@ -66,7 +66,11 @@ from .providers.base import (
 )
 from .providers.registry import PROVIDERS
 from .resilience import Fed, ResilientStream, RetryPolicy
+from .store import hooks as store  # transcript record (speakflow.store)
 from .timeline import SourceTimeline
+
+if TYPE_CHECKING:
+    from .store.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +98,8 @@ class ServerState:
     #: session id -> user id of each start_session past the limits and not yet
     #: registered: counted by the limits, so starts awaiting together can't overshoot
     starting: dict[str, str] = field(default_factory=dict)
+    #: the transcript record (speakflow.store), set by the app's lifespan
+    recorder: Recorder | None = None
     _backend_lock: trio.Lock = field(default_factory=trio.Lock)
     _expiry_running: bool = False
 
@@ -619,10 +625,12 @@ class Connection:
                 if isinstance(item, p.AudioIn):
                     self._backlog_bytes -= _deferred_cost(item)
                     refusal = self._meta_refusal(item.meta)
-                    if refusal is not None:
-                        await self.send_error(refusal.code, refusal.message, refusal.session_id)
-                    else:
+                    if refusal is not None and await store.tail_admit(self, item.meta):
+                        refusal = None  # store: the desktop's lost tail, taken over
+                    if refusal is None:
                         await self._audio(item)
+                    elif store.first_refusal(self, item.meta.session_id):
+                        await self.send_error(refusal.code, refusal.message, refusal.session_id)
                 elif isinstance(item, p.ProtocolViolation):
                     await self.send_error(item.code, item.message, item.session_id)
                 elif not (self._closing and isinstance(item, p.StartSession)):
@@ -689,15 +697,25 @@ class Connection:
 
     async def _audio_meta(self, meta: p.AudioChunk) -> None:
         refusal = self._meta_refusal(meta)
-        if refusal is not None:
-            self.frames.discard_audio()
+        if refusal is None or store.tail_session(self, meta.session_id) is not None:
+            self.frames.expect_audio(meta)
+            return
+        other = self.state.sessions.get(meta.session_id)
+        if other is not None and other.user_id == self.user_id and other is not self.stopping:
+            # store: maybe the desktop's lost tail of a session it stopped offline. Taking
+            # it over may wait for a flush, so it is the control task's work, not the reader's.
+            await self._defer(meta)
+            return
+        self.frames.discard_audio()
+        if store.first_refusal(self, meta.session_id):  # one error per session id
             raise refusal
-        self.frames.expect_audio(meta)
 
     async def _audio(self, chunk: p.AudioIn) -> None:
         session = self.active
         meta = chunk.meta
         if session is None or meta.session_id != session.id:
+            session = store.tail_session(self, meta.session_id)  # store: lost tail
+        if session is None:
             # The session stopped between metadata and audio.
             await self.send_error(
                 p.ErrorCode.UNKNOWN_SESSION, "session is no longer active", meta.session_id
@@ -834,6 +852,7 @@ class Connection:
                     p.ErrorCode.SESSION_ACTIVE, "this session is active on another connection", sid
                 )
             self.state.sessions[sid] = session
+            store.started(self.state, session)  # store: the session's record
         finally:
             del self.state.starting[sid]
         session.conn = self
@@ -1083,6 +1102,7 @@ class Connection:
         finally:
             if session.ending == "stop":
                 self.state.sessions.pop(session.id, None)
+            store.run_ended(self.state, session)  # store: record ends or notes progress
             session.finished.set()
             if session.ending == "detach":
                 self.state.expire_later()  # the record goes when its window ends
@@ -1100,7 +1120,10 @@ class Connection:
         sid, name, provider_name = session.id, source.name, session.provider
         # Finals through the processor, in order; partials straight out.
         post = FinalsPipeline.start(
-            self.state.processor, session.nursery, session.deliver, source.level
+            self.state.processor,
+            session.nursery,
+            store.deliverer(self.state, session),  # store: finals recorded as delivered
+            source.level,
         )
 
         async def emit(ev: TranscriptEvent, provider: str) -> None:

@@ -35,7 +35,11 @@ def manifest(audio_dir: Path) -> dict[str, Any]:
 #: Defaults for test servers that differ from production: local Whisper's
 #: admission estimate depends on how busy the machine is, so correctness tests
 #: pin it (the admission tests set their own limit).
-TEST_DEFAULTS = {"WHISPER_MAX_STREAMS": "32"}
+TEST_DEFAULTS = {
+    "WHISPER_MAX_STREAMS": "32",
+    # no transcript record unless a test asks for one (tests/store): never the user's data dir
+    "TRANSCRIPT_STORE": "off",
+}
 
 
 def make_settings(**overrides: Any) -> Settings:

@@ -77,6 +77,8 @@ class BenchOptions:
     server_env: dict[str, str] = field(default_factory=dict)
     profile: Path | None = None
     keep_logs: bool = False
+    #: store: one round with TRANSCRIPT_STORE=off, one with SQLite (speakflow.store.benchcmp)
+    compare_store: bool = False
 
     def ramp_s(self, n: int) -> float:
         return self.ramp if self.ramp is not None else max(1.0, n / 100)
@@ -379,6 +381,10 @@ async def start_stack(opts: BenchOptions) -> Stack:
             "DEEPGRAM_API_KEY": "test-key",
             "LOG_LEVEL": "WARNING",
             "MAX_SESSIONS": "0",
+            # store: the record of bench sessions goes with the logs, not the user's data dir
+            "TRANSCRIPT_STORE": env.get(
+                "TRANSCRIPT_STORE", f"sqlite:///{log_dir / 'transcripts.db'}"
+            ),
             **opts.server_env,
         }
         stack.server = procs.Managed(
@@ -689,6 +695,10 @@ async def bench(opts: BenchOptions) -> dict[str, Any]:
     audio_dir = opts.audio_dir or default_audio_dir()
     pcm, audio_desc = load_tracks(audio_dir)
     tracks = {src: chunk_templates(pcm[src], opts.deflate) for src in SOURCES}
+    if opts.compare_store:  # store: two stacks in turn, store off then on
+        from ..store.benchcmp import compare_store
+
+        return {"audio": audio_desc, **await compare_store(opts, tracks)}
     stack = await start_stack(opts)
     if stack.server_pid is not None:
         print(
@@ -768,6 +778,10 @@ def _round_line(r: dict[str, Any], bound: float) -> str:
 
 
 def format_report(r: dict[str, Any]) -> str:
+    if "compare_store" in r:  # store: side by side
+        from ..store.benchcmp import format_comparison
+
+        return format_comparison(r)
     if "capacity" in r:
         lines = [
             f"capacity: {r['capacity']} sessions held p99 <= {r['bound_ms']:g} ms with no "

@@ -165,6 +165,12 @@ def register(sub: Any) -> None:
         help="record the server with py-spy during the measured window: "
         "FILE.svg flame graph, FILE.json speedscope, else collapsed stacks",
     )
+    bench.add_argument(  # store: issue 19's measurement
+        "--compare-store",
+        action="store_true",
+        help="two rounds on fresh servers: TRANSCRIPT_STORE=off, then SQLite; CPU per "
+        "session and round trip side by side",
+    )
     bench.add_argument(
         "--keep-logs",
         action="store_true",
@@ -219,5 +225,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         server_env=env,
         profile=args.profile,
         keep_logs=args.keep_logs,
+        compare_store=args.compare_store,
     )
     return run_bench(opts)

@@ -5,11 +5,16 @@
 // query parameter ?user_id= (AUTH_MODE=header) and sends a token as the subprotocol
 // "bearer.<jwt>" (AUTH_MODE=jwt). Microphone and AudioWorklet need a secure context:
 // https://, or http://localhost / http://127.0.0.1.
+//
+// Past sessions come from the server's transcript record (GET /v1/sessions, same identity:
+// X-User-Id header or Authorization: Bearer, which fetch() can set). The session being shown
+// is in the URL (#session=<id>), so a reload shows it again from the record.
 
 const TARGET_RATE = 16000;
 const CHUNK_SAMPLES = 8000; // 500 ms, as the desktop client sends
 const SOURCES = ["microphone", "system"];
 const STOP_WAIT_MS = 60000;
+const FORMATS = { txt: "text/plain", md: "text/markdown", srt: "application/x-subrip", vtt: "text/vtt", json: "application/json" };
 
 const CLOSE_HINTS = {
   1001: "the server is going away (restart or idle timeout)",
@@ -186,8 +191,33 @@ function connect(url, token) {
 }
 
 function closeText(ev) {
+  const advice = refusalAdvice(ev.reason || "", $("token").value.trim() !== "");
+  if (ev.code === 1008 && advice) return `The server refused the connection (code 1008): ${advice}`;
   const hint = CLOSE_HINTS[ev.code] || "the connection closed";
   return `Connection closed (code ${ev.code}): ${hint}${ev.reason ? `: ${ev.reason}` : "."}`;
+}
+
+function refusalAdvice(reason, tokenGiven) {
+  // the server's refusal reasons (speakflow/auth.py), said in this page's terms
+  if (reason.startsWith("X-User-Id header required")) {
+    return tokenGiven
+      ? "this server does not use tokens (it runs AUTH_MODE=header). Clear the Token field, " +
+          "fill in User id and press Start again."
+      : "fill in User id (1 to 128 characters) and press Start again.";
+  }
+  if (reason.startsWith("authentication required")) {
+    return "this server requires a token (it runs AUTH_MODE=jwt). Paste a JWT into the Token field.";
+  }
+  if (reason === "invalid or expired token") {
+    return "the token in the Token field is invalid or has expired. Paste a fresh one.";
+  }
+  if (reason.startsWith("X-User-Id does not match")) {
+    return "the User id differs from the token's subject. Clear the User id field.";
+  }
+  if (reason === "origin not allowed") {
+    return `the server does not accept pages from ${location.origin}; its operator can add it to CORS_ORIGINS.`;
+  }
+  return null;
 }
 
 function send(run, obj) {
@@ -222,6 +252,7 @@ function onMessage(run, ev) {
     case "session_started":
       run.started = true;
       run.onStarted();
+      history.replaceState(null, "", `#session=${encodeURIComponent(run.sessionId)}`); // reload: shown from the record
       setStatus(
         `Listening${msg.provider ? ` (provider ${msg.provider})` : ""}: speak now.`,
         "live",
@@ -233,11 +264,18 @@ function onMessage(run, ev) {
     case "error":
       showError(`Server error ${msg.code}: ${msg.message}`);
       if (!run.started) run.onStarted(shown(`start_session refused: ${msg.code}`));
+      else if (msg.code === "provider_error" && !run.stopping) {
+        // the provider refused the stream for good: capturing on would only send audio nowhere
+        showError("Transcription stopped: the speech provider refused the stream. Capture is off; " +
+          "the server's provider settings need fixing before you press Start again.");
+        stop();
+      }
       break;
     case "session_ended":
       run.ended = true;
       setStatus("Session ended.", "idle");
       finish(run);
+      loadSessions().then(() => showSession(run.sessionId, { quiet: true }));
       break;
     default:
       break;
@@ -327,6 +365,7 @@ async function start(event) {
       }
     }
     await run.ctx.resume();
+    document.body.dataset.capturing = "true";
   } catch (err) {
     if (!err.shown) showError(err.message || String(err));
     finish(run);
@@ -334,6 +373,7 @@ async function start(event) {
 }
 
 function releaseAudio(run) {
+  document.body.dataset.capturing = "false";
   for (const node of run.nodes) {
     node.port.onmessage = null;
     node.disconnect();
@@ -379,10 +419,145 @@ function finish(run) {
   }
 }
 
+// ---------------------------------------------------------------- the transcript record
+
+function identity() {
+  const token = $("token").value.trim();
+  if (token) return { Authorization: `Bearer ${token}` };
+  const user = $("user-id").value.trim();
+  return user ? { "X-User-Id": user } : {};
+}
+
+async function api(path, params = {}) {
+  const url = new URL(path, location.href); // relative: works under a proxy prefix
+  for (const [k, v] of Object.entries(params)) url.searchParams.set(k, v);
+  const r = await fetch(url, { headers: identity() });
+  if (!r.ok) {
+    let body = {};
+    try {
+      body = await r.json();
+    } catch {}
+    const err = new Error(body.message || `HTTP ${r.status}`);
+    err.status = r.status;
+    err.advice = r.status === 401 ? refusalAdvice(body.message || "", "Authorization" in identity()) : null;
+    throw err;
+  }
+  return r;
+}
+
+function when(iso) {
+  return iso ? new Date(iso).toLocaleString() : "";
+}
+
+function describe(meta) {
+  const audio = Object.entries(meta.sources || {})
+    .map(([src, s]) => `${src} ${clock(s.audio_s)}`)
+    .join(", ");
+  const ended = meta.state === "ended" ? `ended ${when(meta.ended_at)} (${meta.end_reason})` : meta.state;
+  return `${when(meta.created_at)}; ${ended}; ${meta.finals} finals; audio ${audio || "none"}`;
+}
+
+async function loadSessions() {
+  const status = $("history-status");
+  const list = $("sessions");
+  try {
+    const page = await (await api("v1/sessions", { limit: 50 })).json();
+    list.replaceChildren(
+      ...page.sessions.map((meta) => {
+        const li = document.createElement("li");
+        const open = document.createElement("button");
+        open.type = "button";
+        open.textContent = "Show";
+        open.addEventListener("click", () => showSession(meta.id));
+        const small = document.createElement("small");
+        small.textContent = describe(meta);
+        li.dataset.id = meta.id;
+        li.append(open, document.createTextNode(`${meta.session_id} `), small);
+        return li;
+      }),
+    );
+    status.textContent = page.sessions.length ? "" : "No stored sessions for this user yet.";
+  } catch (err) {
+    list.replaceChildren();
+    status.textContent =
+      err.status === 503
+        ? `Transcripts are not kept: ${err.message}.`
+        : `Past sessions unavailable: ${err.advice || err.message}`;
+  }
+}
+
+async function showSession(id, { quiet = false } = {}) {
+  let doc;
+  try {
+    doc = await (await api(`v1/sessions/${encodeURIComponent(id)}/transcript`, { format: "json" })).json();
+  } catch (err) {
+    if (!quiet) $("history-status").textContent = `Cannot show session ${id}: ${err.advice || err.message}`;
+    return;
+  }
+  const viewer = $("viewer");
+  viewer.dataset.id = doc.session.id;
+  viewer.dataset.sessionId = doc.session.session_id;
+  $("viewer-title").textContent = `Transcript of ${doc.session.session_id}`;
+  $("viewer-meta").textContent = describe(doc.session);
+  $("export-status").textContent = "";
+  $("viewer-lines").replaceChildren(
+    ...doc.segments.map((seg) => {
+      const li = document.createElement("li");
+      const time = document.createElement("time");
+      time.textContent = clock(seg.start);
+      const who = document.createElement("span");
+      who.className = "speaker";
+      who.textContent = seg.speaker;
+      li.dataset.source = seg.source;
+      li.append(time, who, document.createTextNode(seg.text));
+      return li;
+    }),
+  );
+  viewer.hidden = false;
+  history.replaceState(null, "", `#session=${encodeURIComponent(doc.session.id)}`);
+}
+
+async function exportText(fmt) {
+  const id = $("viewer").dataset.id;
+  return (await api(`v1/sessions/${encodeURIComponent(id)}/transcript`, { format: fmt })).text();
+}
+
+async function copyFormat(fmt) {
+  const status = $("export-status");
+  try {
+    const text = await exportText(fmt);
+    await navigator.clipboard.writeText(text);
+    status.textContent = `Copied the ${fmt} transcript (${text.length} characters).`;
+  } catch (err) {
+    status.textContent = `Could not copy: ${err.advice || err.message}`;
+  }
+}
+
+async function downloadFormat(fmt) {
+  const status = $("export-status");
+  try {
+    const text = await exportText(fmt);
+    const name = `${($("viewer").dataset.sessionId || "session").replace(/[^A-Za-z0-9_-]/g, "_")}.${fmt}`;
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(new Blob([text], { type: FORMATS[fmt] }));
+    link.download = name;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+    status.textContent = `Downloaded ${name}.`;
+  } catch (err) {
+    status.textContent = `Could not download: ${err.advice || err.message}`;
+  }
+}
+
 function init() {
   const user = $("user-id");
   user.value = localStorage.getItem("speakflow.user_id") || `browser-${randomId().slice(0, 8)}`;
-  user.addEventListener("change", () => localStorage.setItem("speakflow.user_id", user.value.trim()));
+  user.addEventListener("change", () => {
+    localStorage.setItem("speakflow.user_id", user.value.trim());
+    loadSessions();
+  });
   if (!navigator.mediaDevices || !navigator.mediaDevices.getDisplayMedia) {
     $("src-system").dataset.unsupported = "true";
     $("src-system").disabled = true;
@@ -390,7 +565,18 @@ function init() {
   }
   $("controls").addEventListener("submit", start);
   $("stop").addEventListener("click", stop);
+  $("refresh").addEventListener("click", loadSessions);
+  for (const el of document.querySelectorAll("[data-copy]")) {
+    el.addEventListener("click", () => copyFormat(el.dataset.copy));
+  }
+  for (const el of document.querySelectorAll("[data-download]")) {
+    el.addEventListener("click", () => downloadFormat(el.dataset.download));
+  }
+  document.body.dataset.capturing = "false";
   setStatus("Ready: press Start.", "idle");
+  loadSessions();
+  const viewing = new URLSearchParams(location.hash.slice(1)).get("session");
+  if (viewing) showSession(viewing); // a reload keeps the transcript on screen
 }
 
 init();

@@ -44,7 +44,7 @@ async def attack(bob: TestClient, sid: str) -> None:
     await expect_code(bob, "user_mismatch")
     for source in ("microphone", "system"):  # an existing and a new source
         await bob.chunk(sid, source, PCM)
-        await expect_code(bob, "user_mismatch")
+    await expect_code(bob, "user_mismatch")  # once per session id (issue 19), both refused
     await bob.stop(sid)
     await expect_code(bob, "user_mismatch")
     # The binary frames were swallowed with their refused metadata, not left dangling:
