@@ -700,21 +700,30 @@ class Connection:
         if refusal is None or store.tail_session(self, meta.session_id) is not None:
             self.frames.expect_audio(meta)
             return
-        other = self.state.sessions.get(meta.session_id)
-        if other is not None and other.user_id == self.user_id and other is not self.stopping:
-            # store: maybe the desktop's lost tail of a session it stopped offline. Taking
-            # it over may wait for a flush, so it is the control task's work, not the reader's.
-            await self._defer(meta)
+        if self._may_be_tail(meta.session_id):
+            self.frames.expect_audio(meta)  # its audio goes to the control task (_audio)
             return
         self.frames.discard_audio()
         if store.first_refusal(self, meta.session_id):  # one error per session id
             raise refusal
+
+    def _may_be_tail(self, sid: str) -> bool:
+        """store: a chunk of this user's session record, not this connection's: maybe
+        the desktop's lost tail of a session it stopped offline."""
+        other = self.state.sessions.get(sid)
+        return other is not None and other.user_id == self.user_id and other is not self.stopping
 
     async def _audio(self, chunk: p.AudioIn) -> None:
         session = self.active
         meta = chunk.meta
         if session is None or meta.session_id != session.id:
             session = store.tail_session(self, meta.session_id)  # store: lost tail
+            if session is None and self._control_done is None:
+                if self._may_be_tail(meta.session_id):
+                    # Taking the record over may wait for a flush: the control task's
+                    # work (store.tail_admit there), never the reader's.
+                    await self._defer(chunk)
+                    return
         if session is None:
             # The session stopped between metadata and audio.
             await self.send_error(

@@ -381,6 +381,10 @@ async def start_stack(opts: BenchOptions) -> Stack:
             "DEEPGRAM_API_KEY": "test-key",
             "LOG_LEVEL": "WARNING",
             "MAX_SESSIONS": "0",
+            # The echo engine answers each chunk with its first bytes (the tag), which the
+            # echo canceller would rewrite in the microphone source: the relay is measured
+            # without it (--server-env ECHO_CANCELLATION=auto for its cost, not round trips).
+            "ECHO_CANCELLATION": env.get("ECHO_CANCELLATION", "off"),
             # store: the record of bench sessions goes with the logs, not the user's data dir
             "TRANSCRIPT_STORE": env.get(
                 "TRANSCRIPT_STORE", f"sqlite:///{log_dir / 'transcripts.db'}"

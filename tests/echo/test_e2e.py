@@ -56,7 +56,8 @@ async def run_scenario(
     tracks: dict[str, bytes], speed: float = 4.0, server: dict[str, Any] | None = None, **kw: Any
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """(messages, the server's echo metrics afterwards)."""
-    async with running_server(**WHISPER, **(server or {})) as srv:
+    settings = {"ECHO_CANCELLATION": "auto", **WHISPER, **(server or {})}  # product default
+    async with running_server(**settings) as srv:
         async with srv.client() as c:
             msgs = await stream_scenario(c, tracks, speed=speed, **kw)
         names = ("processed", "passthrough", "suppressing", "speaker_sessions")
@@ -231,7 +232,10 @@ async def test_client_resume_keeps_cancelling(audio_dir, manifest) -> None:
     # Behind the Deepgram emulator: local Whisper's admission control may refuse a
     # resumed stream on a busy machine, which is not what this test is about.
     with trio.fail_after(150):
-        async with deepgram_whisper([]) as dg, running_server(**deepgram(dg.url)) as srv:
+        async with (
+            deepgram_whisper([]) as dg,
+            running_server(**deepgram(dg.url), ECHO_CANCELLATION="auto") as srv,
+        ):
             async with srv.client() as c:
                 await c.start("r", sources=["microphone", "system"])
                 await c.expect("session_started")

@@ -19,11 +19,17 @@ TS = 1_717_000_000_000
 CHUNK = 16000  # 500 ms
 
 
+#: 8 samples at +3000, 8 at -3000 (1 kHz at 16 kHz), as PCM16 LE
+LOUD = (struct.pack("<8h", *[3000] * 8) + struct.pack("<8h", *[-3000] * 8)) * (CHUNK // 32 + 1)
+
+
 def tagged(source: str, n: int) -> bytes:
-    """500 ms of near-silence whose first 8 bytes name (source, n): the echo engine's
-    final for this chunk has that tag, in hex, as its text."""
+    """500 ms of a loud square wave whose first 8 bytes name (source, n): the echo
+    engine's final for this chunk has that tag, in hex, as its text. Loud, because
+    leading silence may be trimmed from a stream's buffer before its vendor connects
+    (a vendor that never hears silence loses nothing), and this audio must arrive."""
     head = struct.pack(">II", SOURCES.index(source) + 1, n)
-    return head + bytes(CHUNK - len(head))
+    return head + LOUD[: CHUNK - len(head)]
 
 
 def tag(source: str, n: int) -> str:
