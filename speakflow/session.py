@@ -718,12 +718,15 @@ class Connection:
         meta = chunk.meta
         if session is None or meta.session_id != session.id:
             session = store.tail_session(self, meta.session_id)  # store: lost tail
-            if session is None and self._control_done is None:
-                if self._may_be_tail(meta.session_id):
-                    # Taking the record over may wait for a flush: the control task's
-                    # work (store.tail_admit there), never the reader's.
-                    await self._defer(chunk)
-                    return
+            if (
+                session is None
+                and self._control_done is None
+                and self._may_be_tail(meta.session_id)
+            ):
+                # Taking the record over may wait for a flush: the control task's
+                # work (store.tail_admit there), never the reader's.
+                await self._defer(chunk)
+                return
         if session is None:
             # The session stopped between metadata and audio.
             await self.send_error(
