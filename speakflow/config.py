@@ -47,7 +47,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     SPEECH_PROVIDER: str = "whisper_local"
     ALLOW_PROVIDER_OVERRIDE: bool = False
-    DEFAULT_LANGUAGE: str = "en"
+    #: language when the session names none: auto detects it (per session, see
+    #: whisper_local.language); an explicit code (en, es, ...) pins it
+    DEFAULT_LANGUAGE: str = "auto"
 
     HOST: str = "127.0.0.1"
     PORT: Port = 8000
@@ -99,8 +101,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     MAX_SESSION_S: NonNegativeFloat = 14_400.0
     MAX_AUDIO_LEAD_S: NonNegativeFloat = 90.0
 
-    #: a CTranslate2 model directory, or tiny.en (bundled, the default), base, small
-    WHISPER_MODEL: str = ""
+    #: base (multilingual, the default), tiny.en (English only, cheapest), small, or a
+    #: CTranslate2 model directory
+    WHISPER_MODEL: str = "base"
     #: where base/small are joined from their packages (default $XDG_CACHE_HOME/speakflow/models)
     WHISPER_CACHE_DIR: str = ""
     WHISPER_DEVICE: str = "cpu"

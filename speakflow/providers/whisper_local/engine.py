@@ -80,6 +80,8 @@ MAX_WORDS_PER_SECOND = 4.0
 #: Whisper's 224 tokens, seconds of model time for nothing
 MAX_TOKENS_PER_SECOND = 12
 MAX_TOKENS_SLACK = 10
+#: language detections kept per decode (for the per-stream vote)
+DETECTION_TOP = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,9 @@ class DecodeJob:
     #: decoded at a pause in case it becomes the final: no fallback decode for it
     #: (the provider checks it with :func:`suspicious` if it does become the final)
     tentative: bool = False
+    #: with ``language`` set: detect anyway, and decode in the detected language
+    #: when it is another one at least this probable (see :mod:`.language`)
+    switch_prob: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +120,9 @@ class Decoded:
     language: str | None
     #: decoded over the full 30 s window (the offline result)
     fallback: bool = False
+    #: the model's language detection on this audio, best first (top few; empty
+    #: when the language was given and not checked)
+    language_probs: tuple[tuple[str, float], ...] = ()
 
     @property
     def is_silence(self) -> bool:
@@ -359,15 +367,7 @@ class WhisperEngine:
             batch[i, :, :n] = f[:, :n]
         encoded = model.model.encode(ctranslate2.StorageView.from_array(batch), to_cpu=False)
 
-        languages = [job.language for job in jobs]
-        if model.model.is_multilingual and any(lang is None for lang in languages):
-            detected = model.model.detect_language(encoded)
-            languages = [
-                lang if lang is not None else detected[i][0][0][2:-2]
-                for i, lang in enumerate(languages)
-            ]
-        elif not model.model.is_multilingual:
-            languages = ["en"] * len(jobs)
+        languages, detections = self._languages(jobs, encoded)
         tokenizers = [self._tokenizer(lang) for lang in languages]
         prompts = [[*tok.sot_sequence, tok.no_timestamps] for tok in tokenizers]
         if max_tokens is None:
@@ -384,7 +384,9 @@ class WhisperEngine:
             suppress_tokens=self._suppress,
         )
         out: list[Decoded] = []
-        for tok, lang, result in zip(tokenizers, languages, results, strict=True):
+        for tok, lang, probs, result in zip(
+            tokenizers, languages, detections, results, strict=True
+        ):
             tokens = result.sequences_ids[0]
             text = tok.decode(tokens).strip()
             out.append(
@@ -395,6 +397,7 @@ class WhisperEngine:
                     compression_ratio=compression_ratio(text),
                     language=lang,
                     fallback=full_window,
+                    language_probs=probs,
                 )
             )
         if frames < FULL_FRAMES:
@@ -426,6 +429,37 @@ class WhisperEngine:
                 for i, d in zip(again, redone, strict=True):
                     out[i] = d
         return out
+
+    def _languages(
+        self, jobs: Sequence[DecodeJob], encoded: Any
+    ) -> tuple[list[str], list[tuple[tuple[str, float], ...]]]:
+        """Each job's decoding language and the model's detection on its audio.
+
+        Detection is one decoder step over the encoder output already computed,
+        so it is asked for only where a job needs it: no language given, or a
+        given one to be checked (``switch_prob``).
+        """
+        model = self._require()
+        if not model.model.is_multilingual:
+            return ["en"] * len(jobs), [()] * len(jobs)
+        languages: list[str] = []
+        detections: list[tuple[tuple[str, float], ...]] = [()] * len(jobs)
+        if any(job.language is None or job.switch_prob is not None for job in jobs):
+            detected = model.model.detect_language(encoded)
+            detections = [
+                tuple((token[2:-2], float(prob)) for token, prob in d[:DETECTION_TOP])
+                for d in detected
+            ]
+        for job, probs in zip(jobs, detections, strict=True):
+            lang = job.language
+            if lang is None:
+                lang = probs[0][0]
+            elif job.switch_prob is not None and probs:
+                best, prob = probs[0]
+                if best != lang and prob >= job.switch_prob:
+                    lang = best
+            languages.append(lang)
+        return languages, detections
 
 
 _engines: dict[tuple[str, str, str, int], WhisperEngine] = {}

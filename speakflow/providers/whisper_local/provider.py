@@ -32,6 +32,7 @@ from .engine import (
     shared_engine,
     suspicious,
 )
+from .language import LanguageVote
 from .policy import StablePartials, Utterance, VadSegmenter
 from .scheduler import BatchScheduler, StreamQueue
 
@@ -246,7 +247,7 @@ class WhisperLocalBackend:
     def status(self) -> dict[str, object]:
         cost = self.final_cost
         return {
-            "model": self.settings.WHISPER_MODEL or "tiny.en (bundled)",
+            "model": self.settings.WHISPER_MODEL or "base",
             "model_loaded": self.engine.loaded,
             "device": self.engine.device,
             "compute_type": self.engine.compute_type,
@@ -302,6 +303,8 @@ class WhisperLocalStream:
         config: StreamConfig,
     ) -> None:
         language = self._language(config)
+        # nobody chose: detect, per stream, without trusting one short utterance
+        vote = LanguageVote() if language is None else None
         backend = self._backend
         backend.admit(config.source)
         s = backend.settings
@@ -319,7 +322,7 @@ class WhisperLocalStream:
         backend.streams += 1
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._work, jobs, key, emit, language)
+                nursery.start_soon(self._work, jobs, key, emit, language, vote)
                 try:
                     async with audio:
                         async for frame in audio:
@@ -342,7 +345,12 @@ class WhisperLocalStream:
             self._backend.scheduler.supersede(key)
 
     async def _work(
-        self, jobs: StreamQueue[Utterance], key: object, emit: Emit, language: str | None
+        self,
+        jobs: StreamQueue[Utterance],
+        key: object,
+        emit: Emit,
+        language: str | None,
+        vote: LanguageVote | None,
     ) -> None:
         scheduler = self._backend.scheduler
         finalized = -1
@@ -352,12 +360,14 @@ class WhisperLocalStream:
             if utt.index <= finalized:
                 continue  # a partial or tentative of an utterance already final
             decoded: Decoded | None = None
+            speech_s = utt.speech / SAMPLE_RATE
             job = DecodeJob(
                 utt.audio,
-                language,
-                utt.speech / SAMPLE_RATE,
+                vote.language() if vote is not None else language,
+                speech_s,
                 final=utt.final or utt.tentative,
                 tentative=utt.tentative,
+                switch_prob=vote.switch_prob(speech_s) if vote is not None else None,
             )
             if (
                 utt.final
@@ -380,6 +390,8 @@ class WhisperLocalStream:
                 finalized = utt.index
                 tentative = None
                 partials.reset()
+                if vote is not None and text:
+                    vote.add(decoded.language_probs, speech_s)
                 if text:
                     await emit(
                         TranscriptEvent(
