@@ -35,7 +35,7 @@ def manifest(audio_dir: Path) -> dict[str, Any]:
 #: Defaults for test servers that differ from production: local Whisper's
 #: admission estimate depends on how busy the machine is, so correctness tests
 #: pin it (the admission tests set their own limit).
-TEST_DEFAULTS = {"WHISPER_MAX_STREAMS": "32"}
+TEST_DEFAULTS = {"WHISPER_MAX_STREAMS": "32", "WHISPER_MODEL": "tiny.en"}
 
 
 def make_settings(**overrides: Any) -> Settings:

@@ -294,6 +294,8 @@ def analyse(rec: StreamRecord) -> dict[str, Any]:
         "flicker": flicker,
         "repeated_finals": len(ids) - len(set(ids)),
         "errors_msgs": [m for _, m in rec.messages if m.get("type") == "error"],
+        "text": hyp,
+        "languages": sorted({str(m.get("language")) for _, m in finals}),
     }
 
 
@@ -510,6 +512,11 @@ async def run_round(
         ),
         "capacity_streams": after.get("speakflow_whisper_capacity_streams"),
         "wall_s": wall,
+        #: what each admitted stream's finals said, and in which languages (JSON only)
+        "texts": [
+            {"source": r.source, "languages": res["languages"], "text": res["text"]}
+            for r, res in zip(admitted, results, strict=True)
+        ],
     }
     return RoundResult(streams, len(plan), summary, [r.track for r in admitted])
 
@@ -583,7 +590,11 @@ async def bench(opts: Options, out: Any = sys.stdout) -> dict[str, Any]:
         offline = await trio.to_thread.run_sync(
             offline_texts, audio_dir, tracks, opts.env, opts.language
         )
-        report["offline"] = {**offline_score(tracks, offline["texts"]), "rtf": offline["rtf"]}
+        report["offline"] = {
+            **offline_score(tracks, offline["texts"]),
+            "rtf": offline["rtf"],
+            "texts": offline["texts"],
+        }
         say(
             f"offline WER {report['offline']['wer']:.4f} "
             f"({report['offline']['errors']}/{report['offline']['words']} words), "
@@ -681,6 +692,8 @@ def format_round(s: dict[str, Any]) -> str:
         f"loops cut {s['loops_cut']:.0f}, "
         f"max queue {s['max_queue']:.0f}, max final wait {_f(s['max_final_wait_s'], ' s')}, "
         f"capacity estimate {_f(s['capacity_streams'], '', 0)} streams",
+        "  languages: "
+        + ", ".join(f"{t['source']} {'/'.join(t['languages'])}" for t in s["texts"]),
         f"  CPU: server {_f(s['server_cpu_pct'], '%', 0)} of a core "
         f"({_f(s['server_cpu_per_audio_s'], ' s', 3)} per audio s), machine "
         f"{_f(s['machine_cpu_pct'], '%', 0)}, bench client {_f(s['bench_cpu_pct'], '%', 0)}",

@@ -66,8 +66,9 @@ FULL_FRAMES = 3000
 PAD_FRAMES = 200
 #: windows are rounded up to this many frames so batches of similar lengths share a shape
 ROUND_FRAMES = 100
-#: while full windows are over budget, every this many lone finals still takes one
-PROBE_EVERY = 8
+#: while full windows are over budget, a lone final takes one again (to follow the
+#: machine) only when its short windows predict it fits: probing blindly every
+#: few finals cost multilingual base on a busy CPU a 2 s final each time
 
 # Whisper's own quality thresholds (faster-whisper's defaults).
 NO_SPEECH_THRESHOLD = 0.6
@@ -212,7 +213,8 @@ class WhisperEngine:
         self.full_window_budget = 0.35
         #: moving average of measured lone full-window decodes, seconds
         self.full_window_cost: float | None = None
-        self._skipped_full = 0
+        #: moving average of lone short-window finals, seconds per encoder frame
+        self.short_frame_cost: float | None = None
 
     @property
     def loaded(self) -> bool:
@@ -329,25 +331,30 @@ class WhisperEngine:
             full_window = True
         started = time.perf_counter()
         out = self._decode(jobs, full_window, max_tokens)
-        if full_window and lone_final:
-            cost = time.perf_counter() - started
+        cost = time.perf_counter() - started
+        if lone_final and full_window:
             old = self.full_window_cost
             self.full_window_cost = cost if old is None else 0.7 * old + 0.3 * cost
+        elif lone_final and not out[0].fallback:
+            per_frame = cost / _short_frames(jobs[0])
+            old = self.short_frame_cost
+            self.short_frame_cost = per_frame if old is None else 0.7 * old + 0.3 * per_frame
         return out
 
     def _full_window_affordable(self) -> bool:
         """Is a lone final's full-window decode quick enough on this machine now?
 
-        Measured (moving average of real decodes) against the budget; while
-        over it, one lone final in PROBE_EVERY still takes the full window so
-        the measurement follows the machine (a busy neighbour leaves, a GPU is
-        fast anyway).
+        Measured (moving average of real decodes) against the budget. While
+        over it, the full window is tried again once short-window finals,
+        scaled to the full window's frames, predict it fits (a busy neighbour
+        left): an overestimate, as the decoder's share does not grow with the
+        window, so the retry comes only when it is likely to succeed.
         """
         cost = self.full_window_cost
         if cost is None or cost <= self.full_window_budget:
             return True
-        self._skipped_full += 1
-        return self._skipped_full % PROBE_EVERY == 0
+        per_frame = self.short_frame_cost
+        return per_frame is not None and per_frame * FULL_FRAMES <= self.full_window_budget
 
     def _decode(
         self, jobs: Sequence[DecodeJob], full_window: bool, max_tokens: int | None
@@ -460,6 +467,12 @@ class WhisperEngine:
                     lang = best
             languages.append(lang)
         return languages, detections
+
+
+def _short_frames(job: DecodeJob) -> int:
+    """The encoder frames of ``job``'s short window (as :meth:`WhisperEngine._decode` pads)."""
+    frames = len(job.audio) // (SAMPLE_RATE // FRAMES_PER_SECOND) + PAD_FRAMES
+    return min(FULL_FRAMES, -(-frames // ROUND_FRAMES) * ROUND_FRAMES)
 
 
 _engines: dict[tuple[str, str, str, int], WhisperEngine] = {}
