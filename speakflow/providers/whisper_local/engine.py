@@ -81,6 +81,15 @@ MAX_WORDS_PER_SECOND = 4.0
 #: Whisper's 224 tokens, seconds of model time for nothing
 MAX_TOKENS_PER_SECOND = 12
 MAX_TOKENS_SLACK = 10
+#: Context (seconds of silence between the previous utterance and this one).
+#: Offline Whisper hears a whole 30 s window at once, so each sentence is
+#: decoded in the light of the speech around it; a stream that decodes every
+#: utterance on its own loses that, and on the multilingual models it cost
+#: words ("La Pajía me precios esta lista ... del NICTOR" where offline, and the
+#: same final decoded after the previous one, gives "La página de precios está
+#: lista ... del director"). Finals are therefore decoded after the previous
+#: final's audio, with its transcript forced as the start of the text.
+CONTEXT_GAP = 0.3
 #: language detections kept per decode (for the per-stream vote)
 DETECTION_TOP = 5
 
@@ -107,9 +116,10 @@ class DecodeJob:
     #: decoded at a pause in case it becomes the final: no fallback decode for it
     #: (the provider checks it with :func:`suspicious` if it does become the final)
     tentative: bool = False
-    #: with ``language`` set: detect anyway, and decode in the detected language
-    #: when it is another one at least this probable (see :mod:`.language`)
-    switch_prob: float | None = None
+    #: the stream's previous final utterance (audio, transcript): decoded in front
+    #: of this one with its transcript forced as the start of the text (see
+    #: :data:`CONTEXT_GAP`); only what comes after it is returned
+    context: tuple[np.ndarray, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,7 +372,7 @@ class WhisperEngine:
         model = self._require()
         import ctranslate2
 
-        feats = [model.feature_extractor(job.audio) for job in jobs]
+        feats = [model.feature_extractor(_with_context(job)) for job in jobs]
         longest = max(f.shape[-1] for f in feats)
         if full_window:
             frames = FULL_FRAMES
@@ -376,7 +386,14 @@ class WhisperEngine:
 
         languages, detections = self._languages(jobs, encoded)
         tokenizers = [self._tokenizer(lang) for lang in languages]
-        prompts = [[*tok.sot_sequence, tok.no_timestamps] for tok in tokenizers]
+        prefixes = [
+            tok.encode(" " + job.context[1].strip()) if job.context is not None else []
+            for tok, job in zip(tokenizers, jobs, strict=True)
+        ]
+        prompts = [
+            [*tok.sot_sequence, tok.no_timestamps, *prefix]
+            for tok, prefix in zip(tokenizers, prefixes, strict=True)
+        ]
         if max_tokens is None:
             seconds = max(len(job.audio) for job in jobs) / SAMPLE_RATE
             max_tokens = int(MAX_TOKENS_PER_SECOND * seconds) + MAX_TOKENS_SLACK
@@ -384,17 +401,19 @@ class WhisperEngine:
             encoded,
             prompts,
             beam_size=1,
-            max_length=min(model.max_length, len(prompts[0]) + max_tokens),
+            max_length=min(model.max_length, max(len(p) for p in prompts) + max_tokens),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
             suppress_tokens=self._suppress,
         )
         out: list[Decoded] = []
-        for tok, lang, probs, result in zip(
-            tokenizers, languages, detections, results, strict=True
+        for tok, lang, probs, prefix, result in zip(
+            tokenizers, languages, detections, prefixes, results, strict=True
         ):
             tokens = result.sequences_ids[0]
+            if prefix and tokens[: len(prefix)] == prefix:
+                tokens = tokens[len(prefix) :]  # the context's own words
             text = tok.decode(tokens).strip()
             out.append(
                 Decoded(
@@ -443,35 +462,36 @@ class WhisperEngine:
         """Each job's decoding language and the model's detection on its audio.
 
         Detection is one decoder step over the encoder output already computed,
-        so it is asked for only where a job needs it: no language given, or a
-        given one to be checked (``switch_prob``).
+        so it is asked for only where a job has no language.
         """
         model = self._require()
         if not model.model.is_multilingual:
             return ["en"] * len(jobs), [()] * len(jobs)
         languages: list[str] = []
         detections: list[tuple[tuple[str, float], ...]] = [()] * len(jobs)
-        if any(job.language is None or job.switch_prob is not None for job in jobs):
+        if any(job.language is None for job in jobs):
             detected = model.model.detect_language(encoded)
             detections = [
                 tuple((token[2:-2], float(prob)) for token, prob in d[:DETECTION_TOP])
                 for d in detected
             ]
         for job, probs in zip(jobs, detections, strict=True):
-            lang = job.language
-            if lang is None:
-                lang = probs[0][0]
-            elif job.switch_prob is not None and probs:
-                best, prob = probs[0]
-                if best != lang and prob >= job.switch_prob:
-                    lang = best
-            languages.append(lang)
+            languages.append(job.language if job.language is not None else probs[0][0])
         return languages, detections
+
+
+def _with_context(job: DecodeJob) -> np.ndarray:
+    """The audio the model hears for ``job``: its context, a short pause, itself."""
+    if job.context is None:
+        return job.audio
+    gap = np.zeros(int(CONTEXT_GAP * SAMPLE_RATE), dtype=np.float32)
+    return np.concatenate((job.context[0], gap, job.audio))
 
 
 def _short_frames(job: DecodeJob) -> int:
     """The encoder frames of ``job``'s short window (as :meth:`WhisperEngine._decode` pads)."""
-    frames = len(job.audio) // (SAMPLE_RATE // FRAMES_PER_SECOND) + PAD_FRAMES
+    samples = len(_with_context(job))
+    frames = samples // (SAMPLE_RATE // FRAMES_PER_SECOND) + PAD_FRAMES
     return min(FULL_FRAMES, -(-frames // ROUND_FRAMES) * ROUND_FRAMES)
 
 

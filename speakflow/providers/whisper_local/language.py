@@ -13,13 +13,14 @@ whole meeting in the wrong language. So the guess is a vote:
   :data:`LOCK_SHARE` of the tally; otherwise the vote goes on (at most until
   :data:`FORCE_LOCK_SPEECH_S`). Partials and short utterances after the lock
   use it, so they no longer depend on guesses over little audio.
-* After the lock, an utterance of at least :data:`SWITCH_MIN_SPEECH_S` whose
-  own detection names another language with probability
-  :data:`SWITCH_PROB` or more is decoded in that language (a bilingual
-  meeting: someone answers in English), without moving the lock.
 
-One vote per stream, i.e. per source of a session: the microphone and the
-remote participants need not speak the same language.
+One vote per stream, i.e. per source of a session: in a bilingual meeting the
+microphone and the remote participants need not speak the same language. A
+speaker who changes language mid-stream keeps the locked one (per-utterance
+detection would follow them, but then every short utterance is a coin toss
+again, and finals are decoded after the previous final, see
+``engine.CONTEXT_GAP``, which needs one language per stream); a client that
+knows sends ``language``.
 """
 
 from __future__ import annotations
@@ -27,14 +28,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 #: finalized speech (seconds) after which the leading language is locked in
-LOCK_SPEECH_S = 3.0
+LOCK_SPEECH_S = 1.5
 #: share of the tally the leader needs to be locked in at LOCK_SPEECH_S
 LOCK_SHARE = 0.6
 #: past this much speech the leader is locked in whatever its share
 FORCE_LOCK_SPEECH_S = 12.0
-#: after the lock, an utterance's own detection at least this sure overrides it
-SWITCH_PROB = 0.9
-SWITCH_MIN_SPEECH_S = 1.5
 
 
 class LanguageVote:
@@ -46,14 +44,10 @@ class LanguageVote:
         lock_speech_s: float = LOCK_SPEECH_S,
         lock_share: float = LOCK_SHARE,
         force_lock_speech_s: float = FORCE_LOCK_SPEECH_S,
-        switch_prob: float | None = SWITCH_PROB,
-        switch_min_speech_s: float = SWITCH_MIN_SPEECH_S,
     ) -> None:
         self._lock_speech = lock_speech_s
         self._lock_share = lock_share
         self._force_lock = force_lock_speech_s
-        self._switch_prob = switch_prob
-        self._switch_min_speech = switch_min_speech_s
         self._tally: dict[str, float] = {}
         self._speech = 0.0
         #: the locked language, None while the vote goes on
@@ -62,13 +56,6 @@ class LanguageVote:
     def language(self) -> str | None:
         """The language to decode in: the locked one, or None (detect on the audio)."""
         return self.locked
-
-    def switch_prob(self, speech_s: float) -> float | None:
-        """The detection probability at which an utterance of ``speech_s`` seconds
-        leaves the locked language, or None: it never does (or nothing is locked)."""
-        if self.locked is None or speech_s < self._switch_min_speech:
-            return None
-        return self._switch_prob
 
     def add(self, probs: Sequence[tuple[str, float]], speech_s: float) -> None:
         """Count one final's detection: (language, probability) pairs, best first."""

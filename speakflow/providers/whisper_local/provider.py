@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import trio
 
 from ...config import Settings
@@ -49,6 +50,9 @@ ADMIT_MAX_FINAL_WAIT_S = 1.0
 UTTERANCE_PERIOD_S = 4.0
 TARGET_FINAL_LOAD = 0.5
 CALIBRATION_TOKENS = 20
+#: a previous final longer than this is not used as context: the encoder's
+#: window (and its cost) would grow by as much
+CONTEXT_MAX_S = 8.0
 
 
 def usable_text(segments: list[Segment]) -> str:
@@ -132,7 +136,6 @@ class WhisperLocalBackend:
         tokens (noise makes Whisper talk until stopped; a 4 s sentence is about
         that long), as when many streams finish utterances at once.
         """
-        import numpy as np
 
         rng = np.random.default_rng(0)
         language = None if self.engine.multilingual else "en"
@@ -276,6 +279,27 @@ class _Tentative:
     decoded: Decoded
 
 
+class _Previous:
+    """A stream's last final: the context its next final is decoded after."""
+
+    def __init__(self) -> None:
+        self._audio: np.ndarray | None = None
+        self._text = ""
+        self._language: str | None = None
+
+    def remember(self, audio: np.ndarray, text: str, language: str | None) -> None:
+        short = len(audio) <= CONTEXT_MAX_S * SAMPLE_RATE
+        keep = bool(text) and short and language is not None
+        self._audio = audio if keep else None
+        self._text, self._language = (text, language) if keep else ("", None)
+
+    def context(self, language: str | None) -> tuple[np.ndarray, str] | None:
+        """The previous final, when it is in ``language`` (a known one)."""
+        if self._audio is None or language is None or language != self._language:
+            return None
+        return self._audio, self._text
+
+
 class WhisperLocalStream:
     name = NAME
 
@@ -356,18 +380,22 @@ class WhisperLocalStream:
         finalized = -1
         tentative: _Tentative | None = None
         partials = StablePartials()
+        previous = _Previous()
         while (utt := await jobs.get()) is not None:
             if utt.index <= finalized:
                 continue  # a partial or tentative of an utterance already final
             decoded: Decoded | None = None
             speech_s = utt.speech / SAMPLE_RATE
+            lang = vote.language() if vote is not None else language
+            ordered = utt.final or utt.tentative
             job = DecodeJob(
                 utt.audio,
-                vote.language() if vote is not None else language,
+                lang,
                 speech_s,
-                final=utt.final or utt.tentative,
+                final=ordered,
                 tentative=utt.tentative,
-                switch_prob=vote.switch_prob(speech_s) if vote is not None else None,
+                # finals are heard after the previous one, as offline hears them
+                context=previous.context(lang) if ordered else None,
             )
             if (
                 utt.final
@@ -392,6 +420,7 @@ class WhisperLocalStream:
                 partials.reset()
                 if vote is not None and text:
                     vote.add(decoded.language_probs, speech_s)
+                previous.remember(utt.audio, text, decoded.language)
                 if text:
                     await emit(
                         TranscriptEvent(
