@@ -136,7 +136,7 @@ async def test_english_meeting_without_language_stays_english(audio_dir, manifes
 
 
 def short_word(audio_dir: Path, manifest: dict[str, Any]) -> tuple[np.ndarray, str]:
-    """"Bien", the first 0.7 s of a microphone turn of the Spanish meeting."""
+    """ "Bien", the first 0.7 s of a microphone turn of the Spanish meeting."""
     meeting = manifest["meetings_es"][0]
     turn = next(t for t in meeting["turns"] if t["text"].startswith("Bien"))
     audio = pcm_to_float(read_wav(audio_dir / meeting["files"][turn["source"]]))
@@ -144,9 +144,7 @@ def short_word(audio_dir: Path, manifest: dict[str, Any]) -> tuple[np.ndarray, s
     return audio[start : start + int(0.7 * 16000)], turn["text"]
 
 
-async def test_short_ambiguous_first_word_does_not_lock_the_language(
-    audio_dir, manifest
-) -> None:
+async def test_short_ambiguous_first_word_does_not_lock_the_language(audio_dir, manifest) -> None:
     """A session that opens with "Bien" (Whisper alone hears English "Yeah.") and
     then speaks Spanish: the later sentences come back in Spanish."""
     word, _ = short_word(audio_dir, manifest)
