@@ -7,15 +7,23 @@ from pathlib import Path
 
 import pytest
 
+from speakflow.config import Settings
 from speakflow.errors import ConfigError
 from speakflow.providers.whisper_local import models
 from speakflow.providers.whisper_local.models import join_parts, resolve_model
 
 
-def test_default_and_tiny_en_are_the_bundled_model() -> None:
+def test_tiny_en_is_the_bundled_model() -> None:
     bundled = models.bundled_model_path()
-    assert resolve_model("") == resolve_model("tiny.en") == bundled
+    assert resolve_model("tiny.en") == bundled
     assert (bundled / "model.bin").is_file()
+
+
+def test_the_default_is_the_multilingual_base_from_its_packages() -> None:
+    """Empty (and the Settings default) is base: Spanish works on a fresh install."""
+    default = resolve_model("")
+    assert default == resolve_model("base") == resolve_model(Settings().WHISPER_MODEL)
+    assert default.name.startswith("whisper-base-") and (default / "model.bin").is_file()
 
 
 def test_a_model_directory_is_used_as_it_is(tmp_path: Path) -> None:

@@ -14,7 +14,6 @@ from ...client import read_wav
 from ...conftest import running_server
 
 
-
 @pytest.mark.parametrize("language", ["es", "auto"])
 async def test_spanish_through_the_multilingual_model(audio_dir, manifest, language: str) -> None:
     """start_session's language is honoured (or detected with "auto"); offline WER of
