@@ -66,9 +66,6 @@ FULL_FRAMES = 3000
 PAD_FRAMES = 200
 #: windows are rounded up to this many frames so batches of similar lengths share a shape
 ROUND_FRAMES = 100
-#: while full windows are over budget, a lone final takes one again (to follow the
-#: machine) only when its short windows predict it fits: probing blindly every
-#: few finals cost multilingual base on a busy CPU a 2 s final each time
 
 # Whisper's own quality thresholds (faster-whisper's defaults).
 NO_SPEECH_THRESHOLD = 0.6
@@ -454,6 +451,16 @@ class WhisperEngine:
                 redone = self._decode([jobs[i] for i in again], True, None)
                 for i, d in zip(again, redone, strict=True):
                     out[i] = d
+        # the context said again instead of continuing after it: decode alone
+        echoed = [
+            i
+            for i, (d, job) in enumerate(zip(out, jobs, strict=True))
+            if job.context is not None and _repeats(job.context[1], d.text)
+        ]
+        if echoed:
+            alone = [replace(jobs[i], context=None) for i in echoed]
+            for i, d in zip(echoed, self._decode(alone, full_window, max_tokens), strict=True):
+                out[i] = d
         return out
 
     def _languages(
@@ -486,6 +493,13 @@ def _with_context(job: DecodeJob) -> np.ndarray:
         return job.audio
     gap = np.zeros(int(CONTEXT_GAP * SAMPLE_RATE), dtype=np.float32)
     return np.concatenate((job.context[0], gap, job.audio))
+
+
+def _repeats(context: str, text: str) -> bool:
+    """Does ``text`` start by saying ``context`` again (its first words)?"""
+    said = [_key(w) for w in context.split()][:4]
+    new = [_key(w) for w in text.split()][: len(said)]
+    return bool(said) and new == said
 
 
 def _short_frames(job: DecodeJob) -> int:
