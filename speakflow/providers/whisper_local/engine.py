@@ -117,6 +117,9 @@ class DecodeJob:
     #: of this one with its transcript forced as the start of the text (see
     #: :data:`CONTEXT_GAP`); only what comes after it is returned
     context: tuple[np.ndarray, str] | None = None
+    #: with ``language`` set: detect anyway, and decode in the detected language
+    #: when it is another one at least this probable (see :mod:`.language`)
+    switch_prob: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,21 +472,26 @@ class WhisperEngine:
         """Each job's decoding language and the model's detection on its audio.
 
         Detection is one decoder step over the encoder output already computed,
-        so it is asked for only where a job has no language.
+        so it is asked for only where a job has no language or asks for a check.
         """
         model = self._require()
         if not model.model.is_multilingual:
             return ["en"] * len(jobs), [()] * len(jobs)
         languages: list[str] = []
         detections: list[tuple[tuple[str, float], ...]] = [()] * len(jobs)
-        if any(job.language is None for job in jobs):
+        if any(job.language is None or job.switch_prob is not None for job in jobs):
             detected = model.model.detect_language(encoded)
             detections = [
                 tuple((token[2:-2], float(prob)) for token, prob in d[:DETECTION_TOP])
                 for d in detected
             ]
         for job, probs in zip(jobs, detections, strict=True):
-            languages.append(job.language if job.language is not None else probs[0][0])
+            if job.language is None:
+                languages.append(probs[0][0])
+                continue
+            best, prob = probs[0] if probs else (job.language, 0.0)
+            switch = job.switch_prob is not None and prob >= job.switch_prob
+            languages.append(best if switch else job.language)
         return languages, detections
 
 

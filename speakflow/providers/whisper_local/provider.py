@@ -381,6 +381,8 @@ class WhisperLocalStream:
         tentative: _Tentative | None = None
         partials = StablePartials()
         previous = _Previous()
+        #: (utterance, language) its latest checked partial was decoded in
+        heard: tuple[int, str] | None = None
         while (utt := await jobs.get()) is not None:
             if utt.index <= finalized:
                 continue  # a partial or tentative of an utterance already final
@@ -388,6 +390,9 @@ class WhisperLocalStream:
             speech_s = utt.speech / SAMPLE_RATE
             lang = vote.language() if vote is not None else language
             ordered = utt.final or utt.tentative
+            if ordered and heard is not None and heard[0] == utt.index:
+                lang = heard[1]  # its partials were sure of another language
+            switch = vote.switch_prob(speech_s) if vote is not None and not ordered else None
             job = DecodeJob(
                 utt.audio,
                 lang,
@@ -396,6 +401,7 @@ class WhisperLocalStream:
                 tentative=utt.tentative,
                 # finals are heard after the previous one, as offline hears them
                 context=previous.context(lang) if ordered else None,
+                switch_prob=switch,
             )
             if (
                 utt.final
@@ -412,6 +418,8 @@ class WhisperLocalStream:
                 if decoded is None:
                     continue  # a partial dropped as stale
             text = accepted_text(decoded)
+            if switch is not None and decoded.language is not None:
+                heard = (utt.index, decoded.language)
             event_language = decoded.language or language
             start, end = utt.start / SAMPLE_RATE, utt.end / SAMPLE_RATE
             if utt.final:

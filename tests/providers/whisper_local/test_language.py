@@ -6,7 +6,12 @@ import numpy as np
 import trio
 
 from speakflow.providers.whisper_local.engine import DecodeJob, shared_engine
-from speakflow.providers.whisper_local.language import LOCK_SPEECH_S, LanguageVote
+from speakflow.providers.whisper_local.language import (
+    LOCK_SPEECH_S,
+    SWITCH_MIN_SPEECH_S,
+    SWITCH_PROB,
+    LanguageVote,
+)
 from speakflow.providers.whisper_local.models import resolve_model
 from speakflow.wer import wer
 
@@ -71,3 +76,29 @@ async def test_a_final_decoded_after_its_context_gives_only_its_own_words(
     assert wer(second["text"], alone) <= 0.2, alone
     assert wer(second["text"], after) <= 0.2, after
     assert wer(first["text"], after) > 0.8, after
+
+
+def test_after_the_lock_only_long_partials_may_switch() -> None:
+    vote = LanguageVote()
+    assert vote.switch_prob(5.0) is None  # nothing locked: every decode detects anyway
+    vote.add([("en", 0.99)], 2.0)
+    assert vote.switch_prob(SWITCH_MIN_SPEECH_S - 0.1) is None  # too short to tell
+    assert vote.switch_prob(SWITCH_MIN_SPEECH_S) == SWITCH_PROB
+
+
+async def test_a_sure_detection_overrides_the_given_language(audio_dir, manifest) -> None:
+    """A Spanish sentence in a stream locked to English: decoded in Spanish when the
+    detection clears the bar, in English (translated) when it cannot."""
+    utt = manifest["utterances_es"][0]
+    engine = shared_engine(resolve_model("base"), "cpu", "int8", 0)
+    pcm = read_wav(audio_dir / utt["file"])
+    audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+
+    def decode() -> list[str | None]:
+        engine.load()
+        jobs = [DecodeJob(audio, "en", 5.0, switch_prob=p) for p in (0.5, 1.01, None)]
+        return [d.language for d in engine.decode_batch(jobs, window="short")]
+
+    with trio.fail_after(60):
+        languages = await trio.to_thread.run_sync(decode)
+    assert languages == ["es", "en", "en"]
