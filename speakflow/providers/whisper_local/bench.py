@@ -27,7 +27,11 @@ number of concurrent streams, and reports per round:
 Workloads: ``meeting`` (default): streams are the two tracks of the corpus
 meeting, two per session like the desktop's microphone + system (an odd
 count leaves the last session microphone-only); ``utterances``: each stream
-is its own session playing the 12 single-sentence files back to back.
+is its own session playing the single-sentence files back to back.
+``--corpus es`` plays the Spanish meeting and sentences instead (a
+multilingual model; sessions send no ``language`` unless ``--language``, as
+the desktop, and the offline baseline detects it per file the same way). With
+``--json`` each round also carries every stream's final text and languages.
 Sessions start ``--stagger`` seconds apart so their turns do not all end on
 the same chunk.
 """
@@ -814,7 +818,7 @@ def register(sub: Any) -> None:
         choices=("meeting", "utterances"),
         default="meeting",
         help="meeting: the two-track meeting, 2 streams per session (default); "
-        "utterances: one session per stream playing the 12 sentences",
+        "utterances: one session per stream playing the corpus sentences",
     )
     p.add_argument(
         "--repeat",
