@@ -383,6 +383,9 @@ class WhisperLocalStream:
         previous = _Previous()
         #: (utterance, language) its latest checked partial was decoded in
         heard: tuple[int, str] | None = None
+        # English tiny.en streams at its offline WER without it (8/92 both ways on
+        # the meeting), and the longer window cost it ~0.1 s of final latency
+        with_context = self._backend.engine.multilingual
         while (utt := await jobs.get()) is not None:
             if utt.index <= finalized:
                 continue  # a partial or tentative of an utterance already final
@@ -400,7 +403,7 @@ class WhisperLocalStream:
                 final=ordered,
                 tentative=utt.tentative,
                 # finals are heard after the previous one, as offline hears them
-                context=previous.context(lang) if ordered else None,
+                context=previous.context(lang) if ordered and with_context else None,
                 switch_prob=switch,
             )
             if (
