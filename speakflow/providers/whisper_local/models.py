@@ -172,8 +172,14 @@ def join_parts(sources: list[Path], target: Path) -> Path:
         try:
             tmp.rename(target)
         except OSError:
-            if not is_model_dir(target):  # lost a race to another process: theirs is whole
-                raise
+            if is_model_dir(target):  # lost a race to another process: theirs is whole
+                return target
+            # an incomplete directory in the way (left by a copy cut short, not by
+            # this code, which renames only whole ones): set it aside, then retry
+            stale = Path(tempfile.mkdtemp(prefix=f".{target.name}-stale-", dir=target.parent))
+            target.rename(stale / target.name)
+            tmp.rename(target)
+            shutil.rmtree(stale, ignore_errors=True)
     except OSError as err:
         raise ConfigError(
             f"WHISPER_CACHE_DIR: cannot write the joined model to {target}: {err.strerror}"

@@ -91,6 +91,23 @@ def test_parts_join_in_numeric_order(tmp_path: Path) -> None:
     assert (out / "model.bin").read_bytes() == b"1210"
 
 
+def test_an_incomplete_directory_in_the_way_is_replaced(tmp_path: Path) -> None:
+    """A target holding only part of a model (a copy cut short) made every later
+    start fail with "Directory not empty"; it is set aside and the join completes."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "model.bin.part1").write_bytes(b"ab")
+    (src / "model.bin.part2").write_bytes(b"cd")
+    (src / "config.json").write_text("{}")
+    target = tmp_path / "cache" / "whisper-small-1.0.0"
+    target.mkdir(parents=True)
+    (target / "model.bin").write_bytes(b"a")  # no config.json: not a model
+    assert join_parts([src], target) == target
+    assert (target / "model.bin").read_bytes() == b"abcd"
+    assert (target / "config.json").is_file()
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # nothing left over
+
+
 def test_an_unwritable_cache_is_a_config_error(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
