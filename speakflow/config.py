@@ -49,7 +49,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     SPEECH_PROVIDER: str = "whisper_local"
     ALLOW_PROVIDER_OVERRIDE: bool = False
-    DEFAULT_LANGUAGE: str = "en"
+    #: language when the session names none: auto detects it (per session, see
+    #: whisper_local.language); an explicit code (en, es, ...) pins it
+    DEFAULT_LANGUAGE: str = "auto"
 
     HOST: str = "127.0.0.1"
     PORT: Port = 8000
@@ -122,8 +124,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     #: reference: off, auto (once both sources are present), on (also waits for it)
     ECHO_CANCELLATION: Literal["off", "auto", "on"] = "auto"
 
-    #: a CTranslate2 model directory, or tiny.en (bundled, the default), base, small
-    WHISPER_MODEL: str = ""
+    #: base (multilingual, the default), tiny.en (English only, cheapest), small, or a
+    #: CTranslate2 model directory
+    WHISPER_MODEL: str = "base"
     #: where base/small are joined from their packages (default $XDG_CACHE_HOME/speakflow/models)
     WHISPER_CACHE_DIR: str = ""
     WHISPER_DEVICE: str = "cpu"

@@ -8,11 +8,11 @@ time, ``--speed 0`` for as fast as the socket takes them), then
 permessage-deflate, answers the server's pings (trio-websocket does) and pings
 every 20 s itself, giving up if no pong comes within 10 s.
 
-Output: finals scroll with their source and time span; on a terminal the
+Output: finals scroll with their source, time span and language; on a terminal the
 bottom line shows the progress and each source's live partial, overwritten in
 place (on stderr when stdout is redirected). ``--json`` prints every server
 message as one JSON object per line, then a ``{"type": "summary"}`` object. The summary gives, per
-source, the finals, the time to the first partial and the latency of each
+source, the finals and their languages, the time to the first partial and the latency of each
 final, measured from sending the chunk that holds the end of its text.
 """
 
@@ -127,7 +127,11 @@ class Display:
     def final(self, source: str, msg: dict[str, Any]) -> None:
         if not self.json:
             span = f"{_clock(msg.get('start_time', 0.0))}-{_clock(msg.get('end_time', 0.0))}"
-            self._write(self.out, f"[{LABELS.get(source, source)} {span}] {msg.get('text', '')}")
+            # the language the server transcribed in (detected when none was asked for)
+            lang = f" {msg['language']}" if msg.get("language") else ""
+            self._write(
+                self.out, f"[{LABELS.get(source, source)} {span}{lang}] {msg.get('text', '')}"
+            )
 
     def note(self, text: str) -> None:
         self._write(self.err, text)
@@ -391,6 +395,7 @@ class StreamClient:
                 "chunks_sent": len(s.sent_at),
                 "finals": len(s.finals),
                 "words": sum(len(str(f.get("text", "")).split()) for f in s.finals),
+                "languages": sorted({str(f["language"]) for f in s.finals if f.get("language")}),
                 "first_partial_s": _r(s.first_partial_s),
                 "final_latency_s": [round(x, 3) for x in s.latencies],
             }
@@ -413,7 +418,9 @@ class StreamClient:
             lat = s["final_latency_s"]
             first = s["first_partial_s"]
             lines.append(
-                f"{name}: {s['chunks_sent']} chunks, {s['finals']} finals, {s['words']} words; "
+                f"{name}: {s['chunks_sent']} chunks, {s['finals']} finals, {s['words']} words"
+                + (f" in {'/'.join(s['languages'])}" if s["languages"] else "")
+                + "; "
                 f"first partial after {'-' if first is None else f'{first:.2f} s'}"
             )
             if lat:

@@ -72,6 +72,8 @@ MODELS = frozenset(
     {"universal-streaming-english", "universal-streaming-multilingual", "u3-rt-pro",
      "u3-pro", "whisper-rt"}
 )  # fmt: skip
+#: the models that are not English-only: Spanish comes back in Spanish
+MULTILINGUAL_MODELS = frozenset({"universal-streaming-multilingual", "whisper-rt"})
 ENCODINGS = frozenset({"pcm_s16le", "pcm_mulaw"})
 _TEXT_TYPES = ("Terminate", "ForceEndpoint", "KeepAlive", "UpdateConfiguration")
 
@@ -277,7 +279,10 @@ class _Session(EngineConnection):
         options = StreamOptions(
             endpoint_ms=max(self.q.min_turn_silence, MIN_ENDPOINT_MS),
             partial_interval_ms=self.emulator.partial_interval_ms,
-            language=None if self.q.language_detection else "en",
+            # the multilingual models transcribe what they hear (detected)
+            language=None
+            if self.q.language_detection or self.q.speech_model in MULTILINGUAL_MODELS
+            else "en",
         )
         self.open_engine(self.fmt, options)
 
@@ -424,5 +429,5 @@ class _Session(EngineConnection):
             "utterance": transcript if end else "",
         }
         if self.q.language_detection:
-            turn.update(language_code="en", language_confidence=0.99)
+            turn.update(language_code=hyp.language or "en", language_confidence=0.99)
         return turn

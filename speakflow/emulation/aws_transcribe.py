@@ -93,6 +93,15 @@ class StreamQuery:
     stability: str | None = None
     session_id: str | None = None
     speaker_labels: bool = False
+    #: identify-language: the codes the stream may be in (``language`` is the first)
+    language_options: tuple[str, ...] = ()
+
+    def result_language(self, whisper: str | None) -> str:
+        """The LanguageCode of a result whose text Whisper heard as ``whisper``."""
+        for code in self.language_options:
+            if whisper and code.split("-")[0] == whisper:
+                return code
+        return self.language
 
 
 def _validation(value: str, member: str, constraint: str) -> QueryError:
@@ -112,9 +121,19 @@ def parse_query(params: dict[str, str]) -> StreamQuery:
         return value == "true"
 
     language = params.get("language-code")
-    identify = boolean("identify-language", "identifyLanguage")
-    if identify:
-        raise QueryError("this emulator does not support identify-language")
+    options: tuple[str, ...] = ()
+    if boolean("identify-language", "identifyLanguage"):
+        if language:
+            raise QueryError("Specify either language-code or identify-language, not both")
+        options = tuple(o for o in params.get("language-options", "").split(",") if o)
+        if len(options) < 2:
+            raise QueryError(
+                "identify-language needs at least two language-options (e.g. en-US,es-US)"
+            )
+        for option in options:
+            if option not in LANGUAGES:
+                raise _validation(option, "languageOptions", "Member must be a language code")
+        language = options[0]
     if not language:
         raise QueryError("A language code is required: set language-code")
     if language not in LANGUAGES:
@@ -166,6 +185,7 @@ def parse_query(params: dict[str, str]) -> StreamQuery:
     if boolean("enable-channel-identification", "enableChannelIdentification"):
         raise QueryError("this emulator does not support enable-channel-identification")
     return StreamQuery(
+        language_options=options,
         language=language,
         media_encoding=encoding,
         sample_rate=rate,
@@ -304,7 +324,7 @@ class _Stream(EngineConnection):
         options = StreamOptions(
             endpoint_ms=self.emulator.endpoint_ms,
             partial_interval_ms=self.emulator.partial_interval_ms,
-            language=q.language,
+            language=None if q.language_options else q.language,  # None: detect
         )
         self.open_engine(AudioFormat(q.sample_rate, 1), options)
 
@@ -428,7 +448,7 @@ class _Stream(EngineConnection):
             "EndTime": max(hyp.end, hyp.start),
             "IsPartial": not hyp.final,
             "ChannelId": "ch_0",
-            "LanguageCode": q.language,
+            "LanguageCode": q.result_language(hyp.language),
             "Alternatives": [{"Transcript": hyp.text, "Items": items}],
         }
         return {"Transcript": {"Results": [result]}}

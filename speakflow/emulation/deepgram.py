@@ -429,6 +429,8 @@ class _Listen(EngineConnection):
                 word["punctuated_word"] = w.text
             words.append(word)
         transcript = hyp.text if self.q.formatted else " ".join(str(w["word"]) for w in words)
+        # nova-3 multi names the languages it heard; a fixed language does not
+        multi = self.q.language.lower() == "multi"
         return self._results(
             transcript,
             words,
@@ -438,6 +440,7 @@ class _Listen(EngineConnection):
             is_final=is_final,
             speech_final=speech_final,
             from_finalize=from_finalize,
+            languages=[hyp.language] if multi and hyp.language else None,
         )
 
     def _results(
@@ -451,7 +454,15 @@ class _Listen(EngineConnection):
         is_final: bool,
         speech_final: bool = False,
         from_finalize: bool = False,
+        languages: list[str] | None = None,
     ) -> dict[str, object]:
+        alternative: dict[str, object] = {
+            "transcript": transcript,
+            "confidence": confidence,
+            "words": list(words),
+        }
+        if languages:
+            alternative["languages"] = languages
         return {
             "type": "Results",
             "channel_index": [0, 1],
@@ -459,11 +470,7 @@ class _Listen(EngineConnection):
             "start": round(start, 3),
             "is_final": is_final,
             "speech_final": speech_final,
-            "channel": {
-                "alternatives": [
-                    {"transcript": transcript, "confidence": confidence, "words": list(words)}
-                ]
-            },
+            "channel": {"alternatives": [alternative]},
             "metadata": {
                 "request_id": self.request_id,
                 "model_info": self.model_info,

@@ -40,6 +40,7 @@ from ..providers.whisper_local.engine import (
     resolve_model,
     shared_engine,
 )
+from ..providers.whisper_local.language import LanguageVote
 from ..providers.whisper_local.policy import Utterance, VadSegmenter
 from ..providers.whisper_local.provider import accepted_text
 from ..providers.whisper_local.scheduler import BatchScheduler, StreamQueue
@@ -86,6 +87,9 @@ class Hypothesis:
     endpoint: bool = False
     #: set on the final produced by ``flush(tag)``
     tag: str | None = None
+    #: Whisper's language code of the text (detected when the vendor session
+    #: asked for detection); None: the engine does not know (echo)
+    language: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +312,8 @@ class WhisperStream:
         self._engine = engine
         self._fmt = fmt
         self._language = language  # Whisper's
+        # detection asked for: as the provider does, not trusting one short utterance
+        self._vote = LanguageVote() if language is None else None
         self._endpoint_s = options.endpoint_ms / 1000
         self._segmenter = VadSegmenter(
             self._speech_probs,
@@ -392,7 +398,8 @@ class WhisperStream:
             if not utt.final and utt.index <= finalized:
                 continue
             speech_s = utt.speech / SAMPLE_RATE
-            request = DecodeJob(utt.audio, self._language, speech_s, final=utt.final)
+            language = self._vote.language() if self._vote is not None else self._language
+            request = DecodeJob(utt.audio, language, speech_s, final=utt.final)
             decoded = await scheduler.submit(self._key, request, final=utt.final)
             if decoded is None:
                 continue  # a partial dropped as stale: a newer one or the final follows
@@ -400,6 +407,8 @@ class WhisperStream:
             if utt.final:
                 finalized = utt.index
                 last_partial = ""
+                if self._vote is not None and text:
+                    self._vote.add(decoded.language_probs, speech_s)
             elif utt.index <= finalized or text == last_partial or not text:
                 continue
             else:
@@ -420,6 +429,7 @@ class WhisperStream:
                     confidence=confidence,
                     endpoint=utt.final and job.tag is None,
                     tag=job.tag,
+                    language=decoded.language,
                 )
             )
 

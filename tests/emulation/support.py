@@ -20,11 +20,17 @@ from speakflow.emulation.engines import EchoEngine, Engine, LocalWhisperEngine
 from speakflow.emulation.faults import Faults
 from speakflow.emulation.server import EmulatorServer, Vendor
 
+from ..conftest import TEST_DEFAULTS
+
 LINEAR16 = "encoding=linear16&sample_rate=16000&channels=1"
 
 
-def make_engine(name: str) -> Engine:
-    return LocalWhisperEngine() if name == "whisper" else EchoEngine()
+def make_engine(name: str, model: str | None = None) -> Engine:
+    """``whisper`` runs TEST_DEFAULTS' model (tiny.en: the English tests' cheap one)
+    unless ``model`` names another (the Spanish tests give the default, base)."""
+    if name != "whisper":
+        return EchoEngine()
+    return LocalWhisperEngine(TEST_DEFAULTS["WHISPER_MODEL"] if model is None else model)
 
 
 @asynccontextmanager
@@ -32,10 +38,11 @@ async def running_emulator(
     factory: Callable[..., Vendor],
     engine: str = "echo",
     faults: Sequence[str] = (),
+    model: str | None = None,
     **options: Any,
 ) -> AsyncIterator[EmulatorServer]:
     """``factory(engine, **options)`` with ``faults``, served on a free loopback port."""
-    server = EmulatorServer(factory(make_engine(engine), **options), Faults.parse(faults))
+    server = EmulatorServer(factory(make_engine(engine, model), **options), Faults.parse(faults))
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve)
         yield server

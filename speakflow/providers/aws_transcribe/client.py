@@ -164,8 +164,11 @@ class AwsTranscribeBackend(WebSocketBackend):
 
     def options_for(self, config: StreamConfig) -> codec.StreamOptions:
         stability = self.settings.AWS_TRANSCRIBE_STABILITY
+        language = self.language_for(config)
+        detect = language.lower() in ("auto", "multi")
         return codec.StreamOptions(
-            language=self.language_for(config),
+            language=codec.IDENTIFY_OPTIONS[0] if detect else language,
+            language_options=codec.IDENTIFY_OPTIONS if detect else (),
             sample_rate=config.sample_rate,
             stabilization=stability != "off",
             stability=stability if stability != "off" else "medium",

@@ -88,6 +88,8 @@ class StreamOptions:
     stabilization: bool = True
     stability: str = "medium"
     session_id: str | None = None
+    #: identify-language among these instead of one language-code (``auto``)
+    language_options: tuple[str, ...] = ()
 
     def query(self) -> dict[str, str]:
         q = {
@@ -95,6 +97,10 @@ class StreamOptions:
             "media-encoding": self.media_encoding,
             "sample-rate": str(self.sample_rate),
         }
+        if self.language_options:
+            del q["language-code"]
+            q["identify-language"] = "true"
+            q["language-options"] = ",".join(self.language_options)
         if self.stabilization:
             q["enable-partial-results-stabilization"] = "true"
             q["partial-results-stability"] = self.stability
@@ -133,6 +139,10 @@ def aws_language(language: str) -> str:
     if sep:
         return f"{primary.lower()}-{region.upper()}"
     return _REGIONS.get(primary.lower(), language)
+
+
+#: what ``auto`` (DEFAULT_LANGUAGE's default) asks AWS to identify among
+IDENTIFY_OPTIONS = ("en-US", "es-US")
 
 
 def short_language(code: str) -> str:

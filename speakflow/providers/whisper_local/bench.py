@@ -27,7 +27,11 @@ number of concurrent streams, and reports per round:
 Workloads: ``meeting`` (default): streams are the two tracks of the corpus
 meeting, two per session like the desktop's microphone + system (an odd
 count leaves the last session microphone-only); ``utterances``: each stream
-is its own session playing the 12 single-sentence files back to back.
+is its own session playing the single-sentence files back to back.
+``--corpus es`` plays the Spanish meeting and sentences instead (a
+multilingual model; sessions send no ``language`` unless ``--language``, as
+the desktop, and the offline baseline detects it per file the same way). With
+``--json`` each round also carries every stream's final text and languages.
 Sessions start ``--stagger`` seconds apart so their turns do not all end on
 the same chunk.
 """
@@ -115,8 +119,14 @@ def find_audio_dir(given: Path | None) -> Path:
     )
 
 
-def meeting_tracks(audio_dir: Path, manifest: dict[str, Any]) -> dict[str, Track]:
-    meeting = manifest["meetings"][0]
+#: manifest keys of each corpus language: (meetings, utterances)
+CORPORA = {"en": ("meetings", "utterances"), "es": ("meetings_es", "utterances_es")}
+
+
+def meeting_tracks(
+    audio_dir: Path, manifest: dict[str, Any], corpus: str = "en"
+) -> dict[str, Track]:
+    meeting = manifest[CORPORA[corpus][0]][0]
     out = {}
     for source, file_name in meeting["files"].items():
         turns = tuple(
@@ -131,12 +141,12 @@ def meeting_tracks(audio_dir: Path, manifest: dict[str, Any]) -> dict[str, Track
     return out
 
 
-def utterance_track(audio_dir: Path, manifest: dict[str, Any]) -> Track:
-    """The 12 sentences back to back (each file has 0.3 s of silence before, 0.7 s after)."""
+def utterance_track(audio_dir: Path, manifest: dict[str, Any], corpus: str = "en") -> Track:
+    """The corpus sentences back to back (each file has 0.3 s of silence before, 0.7 s after)."""
     pcm = b""
     turns = []
     files = []
-    for utt in manifest["utterances"]:
+    for utt in manifest[CORPORA[corpus][1]]:
         data = read_wav(audio_dir / utt["file"])
         offset = len(pcm) / 2 / SAMPLE_RATE
         duration = len(data) / 2 / SAMPLE_RATE
@@ -149,8 +159,14 @@ def utterance_track(audio_dir: Path, manifest: dict[str, Any]) -> Track:
 # ---------------------------------------------------------------------- offline baseline
 
 
-def offline_texts(audio_dir: Path, tracks: list[Track], env: dict[str, str]) -> dict[str, Any]:
-    """Each file of the workload transcribed whole by the same model, greedy: file -> text."""
+def offline_texts(
+    audio_dir: Path, tracks: list[Track], env: dict[str, str], language: str | None = None
+) -> dict[str, Any]:
+    """Each file of the workload transcribed whole by the same model, greedy: file -> text.
+
+    ``language`` as the streams get it: the session's, else the server's
+    DEFAULT_LANGUAGE (so "auto" detects per file, as the streams detect per session).
+    """
     from ...config import load_settings
     from .engine import shared_engine
     from .models import resolve_model
@@ -164,7 +180,11 @@ def offline_texts(audio_dir: Path, tracks: list[Track], env: dict[str, str]) -> 
         settings.WHISPER_CPU_THREADS,
     )
     engine.load()
-    language = None if engine.multilingual else "en"
+    chosen = (language or settings.DEFAULT_LANGUAGE).split("-")[0].lower()
+    if not engine.multilingual:
+        lang: str | None = "en"
+    else:
+        lang = None if chosen in ("", "auto", "multi") else chosen
     texts: dict[str, str] = {}
     started = time.perf_counter()
     audio_s = 0.0
@@ -174,7 +194,7 @@ def offline_texts(audio_dir: Path, tracks: list[Track], env: dict[str, str]) -> 
                 pcm = read_wav(audio_dir / file_name)
                 audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
                 audio_s += len(audio) / SAMPLE_RATE
-                texts[file_name] = usable_text(engine.transcribe(audio, language))
+                texts[file_name] = usable_text(engine.transcribe(audio, lang))
     elapsed = time.perf_counter() - started
     return {"texts": texts, "rtf": elapsed / audio_s if audio_s else 0.0}
 
@@ -278,6 +298,8 @@ def analyse(rec: StreamRecord) -> dict[str, Any]:
         "flicker": flicker,
         "repeated_finals": len(ids) - len(set(ids)),
         "errors_msgs": [m for _, m in rec.messages if m.get("type") == "error"],
+        "text": hyp,
+        "languages": sorted({str(m.get("language")) for _, m in finals}),
     }
 
 
@@ -494,6 +516,11 @@ async def run_round(
         ),
         "capacity_streams": after.get("speakflow_whisper_capacity_streams"),
         "wall_s": wall,
+        #: what each admitted stream's finals said, and in which languages (JSON only)
+        "texts": [
+            {"source": r.source, "languages": res["languages"], "text": res["text"]}
+            for r, res in zip(admitted, results, strict=True)
+        ],
     }
     return RoundResult(streams, len(plan), summary, [r.track for r in admitted])
 
@@ -536,6 +563,7 @@ class Options:
     json: bool = False
     audio_dir: Path | None = None
     language: str | None = None
+    corpus: str = "en"
 
 
 async def bench(opts: Options, out: Any = sys.stdout) -> dict[str, Any]:
@@ -544,12 +572,17 @@ async def bench(opts: Options, out: Any = sys.stdout) -> dict[str, Any]:
     audio_dir = find_audio_dir(opts.audio_dir)
     manifest = json.loads((audio_dir / "manifest.json").read_text())
     if opts.workload == "meeting":
-        by_source = meeting_tracks(audio_dir, manifest)
+        by_source = meeting_tracks(audio_dir, manifest, opts.corpus)
         tracks = [by_source["microphone"], by_source["system"]]
     else:
-        tracks = [utterance_track(audio_dir, manifest)]
+        tracks = [utterance_track(audio_dir, manifest, opts.corpus)]
     tracks = [t.repeated(opts.repeat) for t in tracks]
-    report: dict[str, Any] = {"workload": opts.workload, "repeat": opts.repeat, "env": opts.env}
+    report: dict[str, Any] = {
+        "workload": opts.workload,
+        "corpus": opts.corpus,
+        "repeat": opts.repeat,
+        "env": opts.env,
+    }
 
     def say(text: str) -> None:
         if not opts.json:
@@ -558,8 +591,14 @@ async def bench(opts: Options, out: Any = sys.stdout) -> dict[str, Any]:
     offline: dict[str, Any] | None = None
     if opts.offline:
         say("offline baseline: transcribing each file whole ...")
-        offline = await trio.to_thread.run_sync(offline_texts, audio_dir, tracks, opts.env)
-        report["offline"] = {**offline_score(tracks, offline["texts"]), "rtf": offline["rtf"]}
+        offline = await trio.to_thread.run_sync(
+            offline_texts, audio_dir, tracks, opts.env, opts.language
+        )
+        report["offline"] = {
+            **offline_score(tracks, offline["texts"]),
+            "rtf": offline["rtf"],
+            "texts": offline["texts"],
+        }
         say(
             f"offline WER {report['offline']['wer']:.4f} "
             f"({report['offline']['errors']}/{report['offline']['words']} words), "
@@ -657,6 +696,8 @@ def format_round(s: dict[str, Any]) -> str:
         f"loops cut {s['loops_cut']:.0f}, "
         f"max queue {s['max_queue']:.0f}, max final wait {_f(s['max_final_wait_s'], ' s')}, "
         f"capacity estimate {_f(s['capacity_streams'], '', 0)} streams",
+        "  languages: "
+        + ", ".join(f"{t['source']} {'/'.join(t['languages'])}" for t in s["texts"]),
         f"  CPU: server {_f(s['server_cpu_pct'], '%', 0)} of a core "
         f"({_f(s['server_cpu_per_audio_s'], ' s', 3)} per audio s), machine "
         f"{_f(s['machine_cpu_pct'], '%', 0)}, bench client {_f(s['bench_cpu_pct'], '%', 0)}",
@@ -751,6 +792,7 @@ def _cmd(args: Any) -> int:
         json=args.json,
         audio_dir=args.audio_dir,
         language=args.language,
+        corpus=args.corpus,
     )
     report = trio.run(bench, opts)
     ok = all(
@@ -776,7 +818,7 @@ def register(sub: Any) -> None:
         choices=("meeting", "utterances"),
         default="meeting",
         help="meeting: the two-track meeting, 2 streams per session (default); "
-        "utterances: one session per stream playing the 12 sentences",
+        "utterances: one session per stream playing the corpus sentences",
     )
     p.add_argument(
         "--repeat",
@@ -801,7 +843,18 @@ def register(sub: Any) -> None:
         help="setting for the started server and the offline baseline "
         "(repeatable), e.g. --env WHISPER_ENDPOINT_MS=300",
     )
-    p.add_argument("--language", default=None, help="start_session language (e.g. es)")
+    p.add_argument(
+        "--corpus",
+        choices=tuple(CORPORA),
+        default="en",
+        help="en: meeting_a and the English sentences (default); es: meeting_es_a and "
+        "the Spanish sentences (a multilingual WHISPER_MODEL)",
+    )
+    p.add_argument(
+        "--language",
+        default=None,
+        help="start_session language (e.g. es); default none, as the desktop sends",
+    )
     p.add_argument("--audio-dir", type=Path, default=None, help="the corpus (shared/audio)")
     p.add_argument("--no-offline", action="store_true", help="skip the offline baseline")
     p.add_argument("--json", action="store_true", help="print one JSON report")

@@ -66,8 +66,6 @@ FULL_FRAMES = 3000
 PAD_FRAMES = 200
 #: windows are rounded up to this many frames so batches of similar lengths share a shape
 ROUND_FRAMES = 100
-#: while full windows are over budget, every this many lone finals still takes one
-PROBE_EVERY = 8
 
 # Whisper's own quality thresholds (faster-whisper's defaults).
 NO_SPEECH_THRESHOLD = 0.6
@@ -80,6 +78,17 @@ MAX_WORDS_PER_SECOND = 4.0
 #: Whisper's 224 tokens, seconds of model time for nothing
 MAX_TOKENS_PER_SECOND = 12
 MAX_TOKENS_SLACK = 10
+#: Context (seconds of silence between the previous utterance and this one).
+#: Offline Whisper hears a whole 30 s window at once, so each sentence is
+#: decoded in the light of the speech around it; a stream that decodes every
+#: utterance on its own loses that, and on the multilingual models it cost
+#: words ("La Pajía me precios esta lista ... del NICTOR" where offline, and the
+#: same final decoded after the previous one, gives "La página de precios está
+#: lista ... del director"). Finals are therefore decoded after the previous
+#: final's audio, with its transcript forced as the start of the text.
+CONTEXT_GAP = 0.3
+#: language detections kept per decode (for the per-stream vote)
+DETECTION_TOP = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +113,13 @@ class DecodeJob:
     #: decoded at a pause in case it becomes the final: no fallback decode for it
     #: (the provider checks it with :func:`suspicious` if it does become the final)
     tentative: bool = False
+    #: the stream's previous final utterance (audio, transcript): decoded in front
+    #: of this one with its transcript forced as the start of the text (see
+    #: :data:`CONTEXT_GAP`); only what comes after it is returned
+    context: tuple[np.ndarray, str] | None = None
+    #: with ``language`` set: detect anyway, and decode in the detected language
+    #: when it is another one at least this probable (see :mod:`.language`)
+    switch_prob: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +131,9 @@ class Decoded:
     language: str | None
     #: decoded over the full 30 s window (the offline result)
     fallback: bool = False
+    #: the model's language detection on this audio, best first (top few; empty
+    #: when the language was given and not checked)
+    language_probs: tuple[tuple[str, float], ...] = ()
 
     @property
     def is_silence(self) -> bool:
@@ -206,7 +225,8 @@ class WhisperEngine:
         self.full_window_budget = 0.35
         #: moving average of measured lone full-window decodes, seconds
         self.full_window_cost: float | None = None
-        self._skipped_full = 0
+        #: moving average of lone short-window finals, seconds per encoder frame
+        self.short_frame_cost: float | None = None
 
     @property
     def loaded(self) -> bool:
@@ -323,25 +343,30 @@ class WhisperEngine:
             full_window = True
         started = time.perf_counter()
         out = self._decode(jobs, full_window, max_tokens)
-        if full_window and lone_final:
-            cost = time.perf_counter() - started
+        cost = time.perf_counter() - started
+        if lone_final and full_window:
             old = self.full_window_cost
             self.full_window_cost = cost if old is None else 0.7 * old + 0.3 * cost
+        elif lone_final and not out[0].fallback:
+            per_frame = cost / _short_frames(jobs[0])
+            old = self.short_frame_cost
+            self.short_frame_cost = per_frame if old is None else 0.7 * old + 0.3 * per_frame
         return out
 
     def _full_window_affordable(self) -> bool:
         """Is a lone final's full-window decode quick enough on this machine now?
 
-        Measured (moving average of real decodes) against the budget; while
-        over it, one lone final in PROBE_EVERY still takes the full window so
-        the measurement follows the machine (a busy neighbour leaves, a GPU is
-        fast anyway).
+        Measured (moving average of real decodes) against the budget. While
+        over it, the full window is tried again once short-window finals,
+        scaled to the full window's frames, predict it fits (a busy neighbour
+        left): an overestimate, as the decoder's share does not grow with the
+        window, so the retry comes only when it is likely to succeed.
         """
         cost = self.full_window_cost
         if cost is None or cost <= self.full_window_budget:
             return True
-        self._skipped_full += 1
-        return self._skipped_full % PROBE_EVERY == 0
+        per_frame = self.short_frame_cost
+        return per_frame is not None and per_frame * FULL_FRAMES <= self.full_window_budget
 
     def _fallbacks_allowed(self) -> int:
         """Full-window redos one batch may add: as many as fit ``full_window_budget``,
@@ -360,7 +385,7 @@ class WhisperEngine:
         model = self._require()
         import ctranslate2
 
-        feats = [model.feature_extractor(job.audio) for job in jobs]
+        feats = [model.feature_extractor(_with_context(job)) for job in jobs]
         longest = max(f.shape[-1] for f in feats)
         if full_window:
             frames = FULL_FRAMES
@@ -372,17 +397,16 @@ class WhisperEngine:
             batch[i, :, :n] = f[:, :n]
         encoded = model.model.encode(ctranslate2.StorageView.from_array(batch), to_cpu=False)
 
-        languages = [job.language for job in jobs]
-        if model.model.is_multilingual and any(lang is None for lang in languages):
-            detected = model.model.detect_language(encoded)
-            languages = [
-                lang if lang is not None else detected[i][0][0][2:-2]
-                for i, lang in enumerate(languages)
-            ]
-        elif not model.model.is_multilingual:
-            languages = ["en"] * len(jobs)
+        languages, detections = self._languages(jobs, encoded)
         tokenizers = [self._tokenizer(lang) for lang in languages]
-        prompts = [[*tok.sot_sequence, tok.no_timestamps] for tok in tokenizers]
+        prefixes = [
+            tok.encode(" " + job.context[1].strip()) if job.context is not None else []
+            for tok, job in zip(tokenizers, jobs, strict=True)
+        ]
+        prompts = [
+            [*tok.sot_sequence, tok.no_timestamps, *prefix]
+            for tok, prefix in zip(tokenizers, prefixes, strict=True)
+        ]
         if max_tokens is None:
             seconds = max(len(job.audio) for job in jobs) / SAMPLE_RATE
             max_tokens = int(MAX_TOKENS_PER_SECOND * seconds) + MAX_TOKENS_SLACK
@@ -390,15 +414,19 @@ class WhisperEngine:
             encoded,
             prompts,
             beam_size=1,
-            max_length=min(model.max_length, len(prompts[0]) + max_tokens),
+            max_length=min(model.max_length, max(len(p) for p in prompts) + max_tokens),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
             suppress_tokens=self._suppress,
         )
         out: list[Decoded] = []
-        for tok, lang, result in zip(tokenizers, languages, results, strict=True):
+        for tok, lang, probs, prefix, result in zip(
+            tokenizers, languages, detections, prefixes, results, strict=True
+        ):
             tokens = result.sequences_ids[0]
+            if prefix and tokens[: len(prefix)] == prefix:
+                tokens = tokens[len(prefix) :]  # the context's own words
             text = tok.decode(tokens).strip()
             out.append(
                 Decoded(
@@ -408,6 +436,7 @@ class WhisperEngine:
                     compression_ratio=compression_ratio(text),
                     language=lang,
                     fallback=full_window,
+                    language_probs=probs,
                 )
             )
         if frames < FULL_FRAMES:
@@ -442,7 +471,67 @@ class WhisperEngine:
                 redone = self._decode([jobs[i] for i in again], True, None)
                 for i, d in zip(again, redone, strict=True):
                     out[i] = d
+        # the context said again instead of continuing after it: decode alone
+        echoed = [
+            i
+            for i, (d, job) in enumerate(zip(out, jobs, strict=True))
+            if job.context is not None and _repeats(job.context[1], d.text)
+        ]
+        if echoed:
+            alone = [replace(jobs[i], context=None) for i in echoed]
+            for i, d in zip(echoed, self._decode(alone, full_window, max_tokens), strict=True):
+                out[i] = d
         return out
+
+    def _languages(
+        self, jobs: Sequence[DecodeJob], encoded: Any
+    ) -> tuple[list[str], list[tuple[tuple[str, float], ...]]]:
+        """Each job's decoding language and the model's detection on its audio.
+
+        Detection is one decoder step over the encoder output already computed,
+        so it is asked for only where a job has no language or asks for a check.
+        """
+        model = self._require()
+        if not model.model.is_multilingual:
+            return ["en"] * len(jobs), [()] * len(jobs)
+        languages: list[str] = []
+        detections: list[tuple[tuple[str, float], ...]] = [()] * len(jobs)
+        if any(job.language is None or job.switch_prob is not None for job in jobs):
+            detected = model.model.detect_language(encoded)
+            detections = [
+                tuple((token[2:-2], float(prob)) for token, prob in d[:DETECTION_TOP])
+                for d in detected
+            ]
+        for job, probs in zip(jobs, detections, strict=True):
+            if job.language is None:
+                languages.append(probs[0][0])
+                continue
+            best, prob = probs[0] if probs else (job.language, 0.0)
+            switch = job.switch_prob is not None and prob >= job.switch_prob
+            languages.append(best if switch else job.language)
+        return languages, detections
+
+
+def _with_context(job: DecodeJob) -> np.ndarray:
+    """The audio the model hears for ``job``: its context, a short pause, itself."""
+    if job.context is None:
+        return job.audio
+    gap = np.zeros(int(CONTEXT_GAP * SAMPLE_RATE), dtype=np.float32)
+    return np.concatenate((job.context[0], gap, job.audio))
+
+
+def _repeats(context: str, text: str) -> bool:
+    """Does ``text`` start by saying ``context`` again (its first words)?"""
+    said = [_key(w) for w in context.split()][:4]
+    new = [_key(w) for w in text.split()][: len(said)]
+    return bool(said) and new == said
+
+
+def _short_frames(job: DecodeJob) -> int:
+    """The encoder frames of ``job``'s short window (as :meth:`WhisperEngine._decode` pads)."""
+    samples = len(_with_context(job))
+    frames = samples // (SAMPLE_RATE // FRAMES_PER_SECOND) + PAD_FRAMES
+    return min(FULL_FRAMES, -(-frames // ROUND_FRAMES) * ROUND_FRAMES)
 
 
 _engines: dict[tuple[str, str, str, int], WhisperEngine] = {}

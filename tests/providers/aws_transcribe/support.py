@@ -28,10 +28,13 @@ QUERY = codec.StreamOptions()
 
 @asynccontextmanager
 async def running_aws(
-    engine: str = "echo", faults: Sequence[str] = (), **options: Any
+    engine: str = "echo",
+    faults: Sequence[str] = (),
+    model: str | None = None,
+    **options: Any,
 ) -> AsyncIterator[EmulatorServer]:
     server = EmulatorServer(
-        AwsTranscribeEmulator(make_engine(engine), **options), Faults.parse(faults)
+        AwsTranscribeEmulator(make_engine(engine, model), **options), Faults.parse(faults)
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve)

@@ -51,7 +51,10 @@ async def test_meeting_each_source_gets_its_own_text(
     check_one_connection_per_source(aws.log.records, tracks)
     for record in aws.log.records:
         assert record.accepted and record.auth == "sigv4"
-        assert record.query["language-code"] == "en-US"
+        # DEFAULT_LANGUAGE=auto: AWS identifies the language among English and Spanish
+        assert "language-code" not in record.query
+        assert record.query["identify-language"] == "true"
+        assert record.query["language-options"] == "en-US,es-US"
         assert record.text_messages == {"EndOfStream": 1}
         assert (record.close_code, record.closed_by) == (1000, "server")
 

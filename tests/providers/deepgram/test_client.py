@@ -56,8 +56,8 @@ async def test_language_comes_from_the_session_then_the_setting() -> None:
             await run_stream(fr, [], language=None)  # the client chose none: the setting
             await run_stream(fr, [], language="en")  # chosen, though equal to the default
             await run_stream(fr, [], language="de")
-            await run_stream(DeepgramBackend(settings_for(dg.url)), [], language=None)
-    assert [r.query["language"] for r in dg.log.records] == ["es", "fr", "en", "de", "en"]
+            await run_stream(DeepgramBackend(settings_for(dg.url)), [], language=None)  # auto
+    assert [r.query["language"] for r in dg.log.records] == ["es", "fr", "en", "de", "multi"]
 
 
 async def test_bad_key_is_a_provider_error_naming_deepgram() -> None:

@@ -57,7 +57,7 @@ async def test_meeting_each_source_gets_its_own_text(
     # exactly one vendor connection per source, each flushed and closed cleanly
     check_one_connection_per_source(dg.log.records, tracks)
     for record in dg.log.records:
-        assert record.accepted and record.query["language"] == "en"
+        assert record.accepted and record.query["language"] == "multi"  # DEFAULT_LANGUAGE=auto
         assert record.text_messages.get("CloseStream") == 1
         assert (record.close_code, record.closed_by) == (1000, "server")
 

@@ -8,7 +8,9 @@ from speakflow.providers.whisper_local.bench import (
     Track,
     Turn,
     analyse,
+    meeting_tracks,
     targets,
+    utterance_track,
 )
 
 
@@ -77,3 +79,16 @@ def test_targets_use_all_rounds_words_and_the_issue_bounds() -> None:
 def test_the_command_is_registered() -> None:
     args = build_parser().parse_args(["bench-whisper", "--streams", "1-3,8", "--no-offline"])
     assert args.streams == [1, 2, 3, 8] and args.no_offline and args.workload == "meeting"
+
+
+def test_the_spanish_corpus_is_the_spanish_meeting_and_sentences(audio_dir, manifest) -> None:
+    tracks = meeting_tracks(audio_dir, manifest, "es")
+    meeting = manifest["meetings_es"][0]
+    assert {name: t.files[0][0] for name, t in tracks.items()} == meeting["files"]
+    assert [t.text for t in tracks["system"].turns] == [
+        t["text"] for t in meeting["turns"] if t["source"] == "system"
+    ]
+    sentences = utterance_track(audio_dir, manifest, "es")
+    assert [f for f, _, _ in sentences.files] == [u["file"] for u in manifest["utterances_es"]]
+    args = build_parser().parse_args(["bench-whisper", "--corpus", "es"])
+    assert args.corpus == "es" and args.language is None  # no language: as the desktop

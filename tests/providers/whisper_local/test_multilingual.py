@@ -1,4 +1,4 @@
-"""WHISPER_MODEL=base: the multilingual model from its optional packages, Spanish end to end.
+"""WHISPER_MODEL=base: the multilingual default model from its packages, Spanish end to end.
 
 The model's packages are default dependencies: without them the test fails (a
 broken install), it never skips: Spanish is what the desktop's first users speak.
