@@ -14,13 +14,21 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import trio
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+)
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
@@ -41,6 +49,9 @@ from .postprocess import build_processor
 from .providers.registry import PROVIDERS
 from .proxy import TrustedProxyMiddleware
 from .session import Connection, ServerState
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +96,24 @@ async def start_provider(state: ServerState) -> None:
     log.info("provider %s ready", name)
 
 
+def open_cluster(settings: Settings, instance_id: str, state: ServerState) -> Cluster:
+    """The store at REDIS_URL behind this instance's registry; its failures counted."""
+    from .cluster import Cluster
+    from .shared_state import shared_state_from_settings
+
+    def failed(op: str) -> None:
+        state.metrics.shared_state_errors.labels(op).inc()
+
+    return Cluster(shared_state_from_settings(settings, instance_id, on_error=failed), settings)
+
+
 def create_app(settings: Settings) -> Starlette:
     state = ServerState(settings, processor=build_processor(settings))
     from .shared_state import make_instance_id  # scale-out: this process's id in a cluster
 
     instance_id = make_instance_id(settings.INSTANCE_ID)
+    if settings.REDIS_URL:  # a cluster: speakflow.cluster, docs/scaling.md
+        state.cluster = open_cluster(settings, instance_id, state)
     authenticator = Authenticator.from_settings(settings)
 
     @asynccontextmanager
@@ -97,7 +121,21 @@ def create_app(settings: Settings) -> Starlette:
         # `speakflow serve` has done this before binding (start_provider); tools and
         # tests that run the app directly start the provider here.
         await start_provider(state)
-        yield
+        cluster = state.cluster
+        if cluster is None:
+            yield
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                cluster.run, state.on_takeover, settings.INSTANCE_HEARTBEAT_S, name="heartbeat"
+            )
+            try:
+                yield
+            finally:
+                nursery.cancel_scope.cancel()
+        with trio.move_on_after(2 * settings.REDIS_TIMEOUT_S + 1) as scope:
+            scope.shield = True
+            await cluster.store.aclose()  # leave the cluster: no longer alive
 
     state.metrics.add_state_collector(state.gauges)
 
@@ -138,6 +176,12 @@ def create_app(settings: Settings) -> Starlette:
         return authenticator.authenticate(headers, subprotocols)
 
     async def stream(ws: WebSocket) -> None:
+        if state.draining and state.cluster is not None:
+            # a rolling restart: refuse the handshake, so a proxy tries another instance
+            await ws.send_denial_response(
+                PlainTextResponse("instance restarting; retry", status_code=503)
+            )
+            return
         subprotocols = list(ws.scope.get("subprotocols") or [])
         who = identify(ws, subprotocols)
         await ws.accept(subprotocol=choose_subprotocol(subprotocols))
