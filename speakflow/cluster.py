@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 #: chunk marks kept per source for acks (a source with no final for this many
 #: chunks acks from the oldest kept one on)
 MARKS_MAX = 20_000
+#: a final sent this long ago counts as delivered (see :func:`delivered`)
+DELIVERY_LAG_S = 2.0
 
 
 class Ack(msgspec.Struct, tag="ack", tag_field="type", frozen=True):
@@ -188,7 +190,7 @@ class Cluster:
         sid = session.id
         final = Final(msg.source, round((msg.end_time or 0.0) * 1000), p.encode(msg).encode())
         try:
-            seq = await self.store.journal_append(sid, epoch, final, delivered=session.sent_seq)
+            seq = await self.store.journal_append(sid, epoch, final, delivered=delivered(session))
         except StaleOwner:
             self._lost(session)
             return False, None
@@ -203,16 +205,13 @@ class Cluster:
             return True, None
         try:
             await self.store.save(sid, epoch, self.checkpoint(session))
-        except StaleOwner:
-            self._lost(session)
-            return True, None
-        except SharedStateUnavailable:
+        except (StaleOwner, SharedStateUnavailable):
+            # StaleOwner: resumed elsewhere, this flush is the handoff's (appends pass)
             return True, None
         return True, Ack(sid, msg.source, covered)
 
     async def pending(self, session: Session) -> list[str]:
-        """Journaled finals the client has not had, in order, marked delivered once
-        queued; plus finals this instance kept in memory while the store was away."""
+        """Journaled finals the client may not have had, in order; plus finals this instance kept in memory while the store was away."""
         assert session.epoch is not None
         finals = await self.store.journal_pending(session.id)
         seen = {(f.source, f.end_ms) for f in finals}
@@ -226,8 +225,8 @@ class Cluster:
         session.undelivered.clear()
         if finals:
             upto = max(f.seq for f in finals)
-            session.sent_seq = session.last_seq = upto
-            await self.store.journal_trim(session.id, session.epoch, upto)
+            session.last_seq = upto
+            sent(session)  # trimmed by a later append, once DELIVERY_LAG_S has passed
         return out
 
     # ---- lifecycle ---------------------------------------------------------------
@@ -239,13 +238,14 @@ class Cluster:
         if epoch is None or session.lost:
             return
         try:
-            if session.taken_over:
-                await self.store.handoff(session.id, epoch, self.record(session))
-                session.lost = True  # handed off: nothing more to write
-                return
-            if session.sent_seq:
-                await self.store.journal_trim(session.id, epoch, session.sent_seq)
-            await self.store.detach(session.id, epoch, self.record(session), time.time())
+            if not session.taken_over:
+                try:
+                    await self.store.detach(session.id, epoch, self.record(session), time.time())
+                    return
+                except StaleOwner:
+                    pass  # resumed elsewhere meanwhile: the new owner waits for a handoff
+            await self.store.handoff(session.id, epoch, self.record(session))
+            session.lost = True  # handed off: nothing more to write
         except StaleOwner:
             self._lost(session)
         except SharedStateUnavailable:
@@ -290,6 +290,24 @@ class Cluster:
                 for notice in notices:
                     nursery.start_soon(on_takeover, notice)
                 await trio.sleep(interval_s)
+
+
+def sent(session: Session) -> None:
+    """The newest journaled final was queued for the client."""
+    session.sent_log.append((trio.current_time(), session.last_seq))
+
+
+def delivered(session: Session) -> int:
+    """The journal seq up to which finals count as delivered: sent at least
+    DELIVERY_LAG_S ago. A send to a socket that is closing is dropped without a
+    word (by Hypercorn, or in the kernel), so the finals of the last moments stay
+    journaled and are sent again on resume; a client drops a repeat by its
+    ``end_time`` (docs.py, "Acknowledgements")."""
+    horizon = trio.current_time() - DELIVERY_LAG_S
+    log_ = session.sent_log
+    while log_ and log_[0][0] <= horizon:
+        session.sent_seq = log_.popleft()[1]
+    return session.sent_seq
 
 
 def new_marks() -> deque[tuple[int, int]]:

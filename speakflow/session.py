@@ -46,7 +46,7 @@ import trio
 from starlette.websockets import WebSocket
 
 from . import protocol as p
-from .cluster import Cluster, encode_ack, new_marks
+from .cluster import Cluster, encode_ack, new_marks, sent
 from .config import Settings
 from .errors import ConfigError, ProviderError
 from .limits import BYTES_PER_SECOND, MIN_CHUNK_S, RealTimeMeter
@@ -345,6 +345,7 @@ class Session:
         self.epoch: int | None = None
         self.last_seq = 0
         self.sent_seq = 0
+        self.sent_log: deque[tuple[float, int]] = deque()
         self.lost = False
         self.taken_over = False
         self.created_wall = time.time()
@@ -375,7 +376,8 @@ class Session:
         conn = self.conn
         if conn is not None:
             await conn.send(msg)
-            self.sent_seq = self.last_seq
+            if journaled:
+                sent(self)
             if ack is not None:
                 await conn.send_raw(encode_ack(ack))
         elif not journaled:  # the store was away: kept in memory, as without a cluster

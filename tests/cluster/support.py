@@ -41,6 +41,7 @@ class ResumingClient:
         self.closed: ConnectionClosed | None = None
         self.closed_at: float | None = None
         self.acked_ts: int | None = None
+        self.attaches = 0
 
     def ts(self, k: int) -> int:
         return BASE_TS + k * 100
@@ -49,6 +50,7 @@ class ResumingClient:
         """Connect, start (or resume) the session, replay what is not acked."""
         ready = trio.Event()
         self.closed = None
+        self.attaches += 1
 
         async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
             async with open_websocket_url(
@@ -81,7 +83,7 @@ class ResumingClient:
         await ready.wait()
         assert self.started or self.errors, self.closed
         if not self.desktop:
-            for ts, k in sorted(self.unacked.items()):
+            for _ts, k in sorted(self.unacked.items()):
                 await self._send(k)
         return self.started[-1] if self.started else self.errors[-1]
 
@@ -99,6 +101,7 @@ class ResumingClient:
             for ts in [t for t in self.unacked if t <= msg["timestamp"]]:
                 del self.unacked[ts]
         elif kind == "transcript" and msg["is_final"]:
+            msg["_conn"] = self.attaches
             self.finals.append(msg)
             if msg["end_time"] > self.last_end:
                 self.last_end = msg["end_time"]
