@@ -176,7 +176,7 @@ def create_app(settings: Settings) -> Starlette:
         return authenticator.authenticate(headers, subprotocols)
 
     async def stream(ws: WebSocket) -> None:
-        if state.draining and state.cluster is not None:
+        if state.handing_off:
             # a rolling restart: refuse the handshake, so a proxy tries another instance
             await ws.send_denial_response(
                 PlainTextResponse("instance restarting; retry", status_code=503)

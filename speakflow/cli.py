@@ -169,7 +169,9 @@ async def _serve(
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(second_signal)
-                await state.drain(settings.SHUTDOWN_TIMEOUT_S)
+                # a worker of --workers N: the whole server stops, drain; an instance of
+                # a cluster (REDIS_URL) alone: a rolling restart, hand sessions off
+                await state.drain(settings.SHUTDOWN_TIMEOUT_S, hand_off=listen_fd is None)
                 nursery.cancel_scope.cancel()
 
     async with trio.open_nursery() as nursery:

@@ -211,7 +211,8 @@ class Cluster:
         return True, Ack(sid, msg.source, covered)
 
     async def pending(self, session: Session) -> list[str]:
-        """Journaled finals the client may not have had, in order; plus finals this instance kept in memory while the store was away."""
+        """Journaled finals the client may not have had, in order; plus finals this
+        instance kept in memory while the store was away."""
         assert session.epoch is not None
         finals = await self.store.journal_pending(session.id)
         seen = {(f.source, f.end_ms) for f in finals}

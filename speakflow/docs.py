@@ -186,7 +186,8 @@ is never revised or repeated.</p>
 <h4>error</h4>{_example("error")}
 <p>An error never closes the connection and never affects another session.</p>
 <h4>ack (cluster deployments, REDIS_URL set)</h4>
-<pre>{{"type": "ack", "session_id": "550e8400-...", "source": "microphone", "timestamp": 1700000001500}}</pre>
+<pre>{{"type": "ack", "session_id": "550e8400-...", "source": "microphone",
+ "timestamp": 1700000001500}}</pre>
 <p>Audio of <code>source</code> up to and including the chunk stamped <code>timestamp</code> is
 covered by finals stored in the cluster: a client may forget those chunks. Sent after the final
 that covers them. On resume (any instance, same user and session id), a client replays the

@@ -91,6 +91,8 @@ class ServerState:
     live: set[Connection] = field(default_factory=set)
     #: set on SIGTERM: no new sessions, every session is being finalized
     draining: bool = False
+    #: set on SIGTERM in a cluster: sessions are handed off, handshakes get 503
+    handing_off: bool = False
     #: session id -> user id of each start_session past the limits and not yet
     #: registered: counted by the limits, so starts awaiting together can't overshoot
     starting: dict[str, str] = field(default_factory=dict)
@@ -187,14 +189,25 @@ class ServerState:
     def attached_sessions(self) -> int:
         return sum(1 for s in self.sessions.values() if s.conn is not None)
 
-    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 (a budget, not a cancel)
+    async def drain(
+        self,
+        timeout: float,  # noqa: ASYNC109 (a budget, not a cancel)
+        hand_off: bool | None = None,
+    ) -> None:
         """Graceful shutdown: finalize every session, deliver its last finals and
         ``session_ended``, then close each client socket with 1001.
 
         Hypercorn stops listening afterwards; it sends no 1001 by itself.
+
+        ``hand_off`` (default: in a cluster): a rolling restart instead; each
+        session is flushed into the shared store and its socket closed 1001
+        without ``session_ended``, so the client resumes on another instance.
         """
         self.draining = True
-        if self.cluster is not None:  # a rolling restart: hand every session off
+        if hand_off is None:
+            hand_off = self.cluster is not None
+        if hand_off and self.cluster is not None:
+            self.handing_off = True
             event(log, "server.handoff", "handing sessions off", connections=len(self.live))
             with trio.move_on_after(timeout):
                 async with trio.open_nursery() as nursery:

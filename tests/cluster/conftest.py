@@ -24,6 +24,7 @@ from ..conftest import REPO
 from ..deploy.support import Server, free_port, speakflow_serve, wait_for_port
 
 INSTANCES = 3
+EMULATE = [sys.executable, "-m", "speakflow", "emulate", "deepgram", "--engine", "echo"]
 
 
 class Cluster:
@@ -98,8 +99,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DEEPGRAM", "REDIS"))}
     with log.open("wb") as out:
         emulator = subprocess.Popen(
-            [sys.executable, "-m", "speakflow", "emulate", "deepgram", "--engine", "echo"]
-            + ["--port", str(port)],
+            [*EMULATE, "--port", str(port)],
             cwd=REPO,
             env=env,
             stdout=out,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -42,6 +43,7 @@ class ResumingClient:
         self.closed_at: float | None = None
         self.acked_ts: int | None = None
         self.attaches = 0
+        self._changed = trio.Event()
 
     def ts(self, k: int) -> int:
         return BASE_TS + k * 100
@@ -66,6 +68,7 @@ class ResumingClient:
                     self.closed_at = trio.current_time()
                     self.ws = None
                     ready.set()
+                    self._changed.set()
 
         await nursery.start(run)
         assert self.ws is not None
@@ -87,7 +90,14 @@ class ResumingClient:
                 await self._send(k)
         return self.started[-1] if self.started else self.errors[-1]
 
+    async def until(self, done: Callable[[], bool]) -> None:
+        """Until ``done()`` holds, looked at after every message and close."""
+        while not done():
+            self._changed = trio.Event()
+            await self._changed.wait()
+
     def _on(self, msg: dict[str, Any], ready: trio.Event) -> None:
+        self._changed.set()
         kind = msg["type"]
         if kind == "session_started":
             self.started.append(msg)
@@ -132,8 +142,7 @@ class ResumingClient:
 
     async def wait_acked(self) -> None:
         """Until every chunk sent so far is acknowledged."""
-        while self.unacked:
-            await trio.sleep(0.02)
+        await self.until(lambda: not self.unacked)
 
     async def stop(self) -> None:
         assert self.ws is not None

@@ -55,8 +55,7 @@ async def crash_and_resume(running: Cluster, *, desktop: bool, between: bool) ->
                 await client.wait_acked()
             in_flight = sorted(client.unacked.values())
             running.kill(0)
-            while client.closed is None:
-                await trio.sleep(0.01)
+            await client.until(lambda: client.closed is not None)
             started = await client.attach(running.ws(1), nursery)
             assert started["type"] == "session_started" and started["resumed"] is True, started
             await client.send_new(10)
@@ -121,8 +120,7 @@ async def test_takeover_closes_the_stale_socket_on_a_within_2_s(running: Cluster
             started = await fresh.attach(running.ws(1), nursery)
             t0 = trio.current_time()
             assert started["resumed"] is True
-            while stale.closed is None:
-                await trio.sleep(0.01)
+            await stale.until(lambda: stale.closed is not None)
             assert stale.closed_at is not None and stale.closed_at - t0 < 2.0
             assert stale.closed.reason.code == 1000, stale.closed.reason
             await fresh.send_new(5)
@@ -163,8 +161,7 @@ async def test_rolling_restart_hands_sessions_off_nothing_lost_no_session_ended(
             await client.attach(running.ws(2), nursery)
             await client.send_new(20, pace=0.0)
             await trio.to_thread.run_sync(running.kill, 2, "term")
-            while client.closed is None:
-                await trio.sleep(0.01)
+            await client.until(lambda: client.closed is not None)
             assert client.closed.reason.code == 1001, client.closed.reason
             assert not client.ended.is_set()  # handed off, not ended
             started = await client.attach(running.ws(0), nursery)
@@ -186,8 +183,8 @@ async def test_redis_down_streaming_goes_on_and_recovers(running: Cluster) -> No
             await client.wait_acked()
             valkey.stop()
             await client.send_new(10)
-            while len(client.finals) < 20:  # finals keep coming (not acked: not journaled)
-                await trio.sleep(0.02)
+            # finals keep coming (not acked: not journaled)
+            await client.until(lambda: len(client.finals) >= 20)
             other = new_client()  # a new session during the outage: per-instance limits
             started = await other.attach(running.ws(2), nursery)
             assert started["type"] == "session_started"
