@@ -14,7 +14,6 @@ from trio_websocket import ConnectionClosed
 
 from speakflow.shared_state.embedded import EmbeddedValkey
 
-from ..client import TestClient
 from ..conftest import ServerHandle, running_server
 from ..emulation.support import running_deepgram
 from .support import tagged
