@@ -134,6 +134,10 @@ async def _serve(
 
     config = hypercorn_config(settings, host, port, config_file)
     knobs = _bind_knobs(host, port, config_file)
+    if listen_fd is not None:  # scale-out: a worker of `serve --workers N` (speakflow.supervisor)
+        # the supervisor's socket: nothing to probe (a restarted worker's probe of the
+        # port its siblings hold with SO_REUSEPORT failed as "already in use")
+        config.bind = [f"fd://{listen_fd}"]
     check_binds(config, knobs)
     app = create_app(settings)
     # Before Hypercorn starts: it logs "Running on" even when the app's lifespan
@@ -149,8 +153,6 @@ async def _serve(
         config.graceful_timeout,
         f" (from {config_file})" if config_file else "",
     )
-    if listen_fd is not None:  # scale-out: a worker of `serve --workers N` (speakflow.supervisor)
-        config.bind = [f"fd://{listen_fd}"]
 
     state = app.state.speakflow
 
