@@ -21,7 +21,8 @@ import pytest
 from speakflow.shared_state.embedded import EmbeddedValkey
 
 from ..conftest import REPO
-from ..deploy.support import Server, free_port, speakflow_serve, wait_for_port
+from ..deploy.support import NGINX, Server, free_port, nginx, speakflow_serve, wait_for_port
+from ..scaleout.test_nginx_cluster import http_block
 
 INSTANCES = 3
 EMULATE = [sys.executable, "-m", "speakflow", "emulate", "deepgram", "--engine", "echo"]
@@ -47,11 +48,13 @@ class Cluster:
         }
         self.stacks: list[ExitStack | None] = [None] * INSTANCES
         self.servers: list[Server | None] = [None] * INSTANCES
+        #: each instance keeps its port across restarts (nginx's upstream list)
+        self.ports = [free_port() for _ in range(INSTANCES)]
 
     def start(self, i: int) -> Server:
         stack = ExitStack()
         server = stack.enter_context(
-            speakflow_serve(self.tmp, [], {**self.env, "INSTANCE_ID": f"i{i}"})
+            speakflow_serve(self.tmp, [], {**self.env, "INSTANCE_ID": f"i{i}"}, port=self.ports[i])
         )
         self.stacks[i], self.servers[i] = stack, server
         return server
@@ -127,3 +130,13 @@ def running(cluster: Cluster) -> Cluster:
     """The cluster with all three instances up (restarting any a test left down)."""
     cluster.ensure_all()
     return cluster
+
+
+@pytest.fixture(scope="package")
+def proxied(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """deploy/nginx-cluster.conf's upstream and locations in front of the three instances."""
+    if NGINX is None:
+        pytest.skip("nginx is not installed (apt-get install nginx; .ci/run installs it)")
+    tmp = tmp_path_factory.mktemp("nginx")
+    with nginx(tmp, http_block([cluster.server(i) for i in range(INSTANCES)])) as port:
+        yield port

@@ -89,6 +89,38 @@ async def test_crash_mid_utterance_a_desktop_client_loses_at_most_what_was_in_fl
     assert increasing(client)
 
 
+async def owner(port: int, user: str) -> int:
+    """The instance nginx routes ``user`` to (its hash), by index."""
+    async with httpx.AsyncClient() as http:
+        reply = await http.get(f"http://127.0.0.1:{port}/v1/health", headers={"X-User-Id": user})
+    return int(reply.json()["instance_id"].split("-")[0][1:])
+
+
+async def test_crash_through_nginx_the_reconnect_resumes_on_another_instance(
+    running: Cluster, proxied: int
+) -> None:
+    client = new_client()
+    url = f"ws://127.0.0.1:{proxied}/v1/stt/stream"
+    with trio.fail_after(60):
+        victim = await owner(proxied, client.user)
+        async with trio.open_nursery() as nursery:
+            await client.attach(url, nursery)
+            await client.send_new(15)
+            await client.wait_acked()
+            await client.send_new(10, pace=0.0)
+            running.kill(victim)
+            await client.until(lambda: client.closed is not None)
+            started = await client.attach(url, nursery)
+            assert started["type"] == "session_started" and started["resumed"] is True, started
+            assert await owner(proxied, client.user) != victim
+            await client.send_new(10)
+            await client.stop()
+            nursery.cancel_scope.cancel()
+    assert client.texts() == client.expected()
+    assert increasing(client)
+    assert repeats_are_true_repeats(client)
+
+
 async def test_clean_detach_on_a_resume_on_b_finals_while_away_arrive_once(
     running: Cluster,
 ) -> None:
