@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import trio
-from trio_websocket import ConnectionClosed
+from trio_websocket import ConnectionClosed, HandshakeError
 
 from speakflow.shared_state.embedded import EmbeddedValkey
 
@@ -124,3 +124,38 @@ async def test_without_redis_url_no_ack_is_sent(valkey: EmbeddedValkey) -> None:
                     await c.stop("s4")
                     msgs = await c.until("session_ended")
     assert {m["type"] for m in msgs} == {"transcript", "session_ended"}
+
+
+async def test_hand_off_flushes_into_the_store_closes_1001_and_refuses_handshakes_503(
+    valkey: EmbeddedValkey,
+) -> None:
+    """SIGTERM in a cluster (cli calls drain(hand_off=True) for a lone instance)."""
+    async with two_instances(valkey) as (a, b):
+        with trio.fail_after(30):
+            async with a.client("u5") as c:
+                await c.start("s5", user="u5")
+                await c.expect("session_started")
+                for k in range(5):
+                    await c.chunk("s5", "microphone", tagged(k, 5), ts=1000 + 100 * k)
+                await a.state.drain(10, hand_off=True)
+                seen = []
+                with pytest.raises(ConnectionClosed) as closed:
+                    while True:
+                        seen.append(await c.recv())
+                assert closed.value.reason.code == 1001
+                assert "session_ended" not in {m["type"] for m in seen}
+            with pytest.raises(HandshakeError) as refused:
+                async with a.client("u5"):
+                    pass
+            assert getattr(refused.value, "status_code", None) == 503
+            acked = max((m["timestamp"] for m in seen if m["type"] == "ack"), default=0)
+            async with b.client("u5") as c:
+                await c.start("s5", user="u5")
+                assert (await c.expect("session_started"))["resumed"] is True
+                for k in range(5):  # what no ack covered (it may not have arrived on A)
+                    if 1000 + 100 * k > acked:
+                        await c.chunk("s5", "microphone", tagged(k, 5), ts=1000 + 100 * k)
+                await c.stop("s5")
+                msgs = await c.until("session_ended")
+    finals = {m["text"] for m in seen + msgs if m["type"] == "transcript" and m["is_final"]}
+    assert finals == {tagged(k, 5)[:8].hex() for k in range(5)}
