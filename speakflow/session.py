@@ -351,7 +351,6 @@ class Session:
         self.undelivered: deque[str] = deque(maxlen=self.UNDELIVERED_MAX)
         self.detached_at: float | None = None
         self.resumes = 0
-        self.started_at = trio.current_time()  # MAX_SESSION_S counts across resumes
         #: cluster mode (speakflow.cluster): the store's ownership epoch (None: not in
         #: the store), journal seqs (appended, sent), and whether another instance has it
         self.cluster: Cluster | None = None
@@ -362,6 +361,7 @@ class Session:
         self.lost = False
         self.taken_over = False
         self.created_wall = time.time()
+        self.started_at = trio.current_time()  # MAX_SESSION_S counts across resumes
         self.new_run()
 
     def new_run(self) -> None:
