@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 #: chunk marks kept per source for acks (a source with no final for this many
 #: chunks acks from the oldest kept one on)
 MARKS_MAX = 20_000
+#: at most one checkpoint (and so one ack per source) a second per session: finals
+#: may come per chunk (the echo engine), and each checkpoint is a store call
+CHECKPOINT_EVERY_S = 1.0
 #: a final sent this long ago counts as delivered (see :func:`delivered`)
 DELIVERY_LAG_S = 2.0
 
@@ -181,34 +184,65 @@ class Cluster:
 
     # ---- finals ------------------------------------------------------------------
 
-    async def journal(self, session: Session, msg: p.Transcript) -> tuple[bool, Ack | None]:
-        """Journal a final before it is sent: whether it was, and the ack to send after
+    async def journal(self, session: Session, msg: p.Transcript) -> tuple[bool, list[Ack]]:
+        """Journal a final before it is sent: whether it was, and the acks to send after
         it if audio is now safely covered (never for a final not journaled)."""
         epoch = session.epoch
         if epoch is None or session.lost:
-            return False, None
+            return False, []
         sid = session.id
         final = Final(msg.source, round((msg.end_time or 0.0) * 1000), p.encode(msg).encode())
         try:
             seq = await self.store.journal_append(sid, epoch, final, delivered=delivered(session))
         except StaleOwner:
             self._lost(session)
-            return False, None
+            return False, []
         except SharedStateUnavailable:
-            return False, None
+            return False, []
         session.last_seq = max(session.last_seq, seq)
         source = session.sources.get(msg.source)
         if source is None or session.taken_over:
-            return True, None
-        covered = _covered(source, msg.end_time or 0.0)
-        if covered is None:
-            return True, None
+            return True, []
+        if _covered(source, msg.end_time or 0.0) is None:
+            return True, []
+        if trio.current_time() - session.checkpoint_at >= CHECKPOINT_EVERY_S:
+            return True, await self._checkpoint(session)
+        if not session.checkpoint_due and session.nursery is not None:
+            session.checkpoint_due = True  # acked with a checkpoint a little later
+            session.nursery.start_soon(self._checkpoint_later, session)
+        return True, []
+
+    async def _checkpoint(self, session: Session) -> list[Ack]:
+        """Save what finals cover; an ack for each source whose coverage moved."""
+        assert session.epoch is not None
+        session.checkpoint_at = trio.current_time()
         try:
-            await self.store.save(sid, epoch, self.checkpoint(session))
+            await self.store.save(session.id, session.epoch, self.checkpoint(session))
         except (StaleOwner, SharedStateUnavailable):
             # StaleOwner: resumed elsewhere, this flush is the handoff's (appends pass)
-            return True, None
-        return True, Ack(sid, msg.source, covered)
+            return []
+        acks = []
+        for name, src in session.sources.items():
+            covered = src.acked[1]
+            if covered is not None and session.acks_sent.get(name) != covered:
+                session.acks_sent[name] = covered
+                acks.append(Ack(session.id, name, covered))
+        return acks
+
+    async def _checkpoint_later(self, session: Session) -> None:
+        """The checkpoint skipped to keep to one a second, once the second is over;
+        not needed if the run ends first (a detach saves everything, a stop ends)."""
+        try:
+            with trio.move_on_at(session.checkpoint_at + CHECKPOINT_EVERY_S):
+                await session.stop_requested.wait()
+            if session.stop_requested.is_set() or session.lost or session.taken_over:
+                return
+            for ack in await self._checkpoint(session):
+                conn = session.conn
+                if conn is not None:
+                    await conn.send_raw(encode_ack(ack))
+        finally:
+            session.checkpoint_due = False
 
     async def pending(self, session: Session) -> list[str]:
         """Journaled finals the client may not have had, in order; plus finals this

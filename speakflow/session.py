@@ -361,6 +361,9 @@ class Session:
         self.lost = False
         self.taken_over = False
         self.created_wall = time.time()
+        self.checkpoint_at = -math.inf  # trio clock of the last checkpoint saved
+        self.checkpoint_due = False
+        self.acks_sent: dict[str, int] = {}
         self.started_at = trio.current_time()  # MAX_SESSION_S counts across resumes
         self.new_run()
 
@@ -385,13 +388,13 @@ class Session:
     async def _deliver_final(self, cluster: Cluster, msg: p.Transcript) -> None:
         """Cluster: journaled before it is sent (a crash after this loses nothing), then
         an ``ack`` if the audio up to some chunk is now covered."""
-        journaled, ack = await cluster.journal(self, msg)
+        journaled, acks = await cluster.journal(self, msg)
         conn = self.conn
         if conn is not None:
             await conn.send(msg)
             if journaled:
                 sent(self)
-            if ack is not None:
+            for ack in acks:
                 await conn.send_raw(encode_ack(ack))
         elif not journaled:  # the store was away: kept in memory, as without a cluster
             self.undelivered.append(p.encode(msg))
