@@ -957,6 +957,9 @@ class Connection:
             )
         if local is not None and local.conn is not None and local.conn is not self:
             await local.conn.give_up(local)  # newest connection wins; flushed into the store
+        if local is not None:  # a run of ours still flushing: its finals go in first
+            with trio.move_on_after(self.settings.PROVIDER_RESPONSE_TIMEOUT + 1):
+                await local.finished.wait()
         provider = self._choose_provider(msg)
         state.starting[sid] = self.user_id
         try:
@@ -1059,10 +1062,13 @@ class Connection:
             session = await self._make_session(msg, provider)
             session.cluster, session.epoch = cluster, opened.epoch
             return session
-        try:
-            record = await cluster.record_after(opened, sid)
-        except SharedStateUnavailable:
-            record = opened.record
+        if local is not None and local.epoch is not None and local.epoch == opened.epoch - 1:
+            record = cluster.record(local)  # ours until now: memory has all of it
+        else:
+            try:
+                record = await cluster.record_after(opened, sid)
+            except SharedStateUnavailable:
+                record = opened.record
         assert record is not None
         name = record.provider or provider
         backend = await self._backend(name, sid)
