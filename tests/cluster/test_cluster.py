@@ -219,6 +219,11 @@ async def test_redis_down_streaming_goes_on_and_recovers(running: Cluster) -> No
             await client.send_new(10)
             # finals keep coming (not acked: not journaled)
             await client.until(lambda: len(client.finals) >= 20)
+            await client.close()  # a resume during the outage: from this instance's memory
+            started = await client.attach(running.ws(1), nursery)
+            assert started["type"] == "session_started" and started["resumed"] is True
+            await client.send_new(5)
+            await client.until(lambda: len(client.finals) >= 25)
             other = new_client()  # a new session during the outage: per-instance limits
             started = await other.attach(running.ws(2), nursery)
             assert started["type"] == "session_started"
