@@ -62,7 +62,7 @@ MARKS_MAX = 20_000
 #: may come per chunk (the echo engine), and each checkpoint is a store call
 CHECKPOINT_EVERY_S = 1.0
 #: a final sent this long ago counts as delivered (see :func:`delivered`)
-DELIVERY_LAG_S = 2.0
+DELIVERY_LAG_S = 1.0
 
 
 class Ack(msgspec.Struct, tag="ack", tag_field="type", frozen=True):
