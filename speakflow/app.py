@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import trio
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -81,6 +80,8 @@ async def start_provider(state: ServerState) -> None:
     directory that is English-only while DEFAULT_LANGUAGE is not English.
     """
     settings = state.settings
+    if state.cluster is not None:  # scale-out: heartbeat and takeovers (speakflow.cluster)
+        state.cluster.start(state.on_takeover, settings.INSTANCE_HEARTBEAT_S)
     name = settings.SPEECH_PROVIDER
     started = name in state.backends
     backend = await state.backend(name)
@@ -121,21 +122,7 @@ def create_app(settings: Settings) -> Starlette:
         # `speakflow serve` has done this before binding (start_provider); tools and
         # tests that run the app directly start the provider here.
         await start_provider(state)
-        cluster = state.cluster
-        if cluster is None:
-            yield
-            return
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                cluster.run, state.on_takeover, settings.INSTANCE_HEARTBEAT_S, name="heartbeat"
-            )
-            try:
-                yield
-            finally:
-                nursery.cancel_scope.cancel()
-        with trio.move_on_after(2 * settings.REDIS_TIMEOUT_S + 1) as scope:
-            scope.shield = True
-            await cluster.store.aclose()  # leave the cluster: no longer alive
+        yield
 
     state.metrics.add_state_collector(state.gauges)
 

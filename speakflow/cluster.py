@@ -53,6 +53,16 @@ if TYPE_CHECKING:
     from .config import Settings
     from .session import Session, SourceStream
 
+__all__ = [
+    "Ack",
+    "Cluster",
+    "SharedStateUnavailable",
+    "Takeover",
+    "encode_ack",
+    "new_marks",
+    "sent",
+]
+
 log = logging.getLogger(__name__)
 
 #: chunk marks kept per source for acks (a source with no final for this many
@@ -97,6 +107,7 @@ class Cluster:
         )
         #: how long a resume waits for the previous owner's handoff (its flush)
         self.patience_s = s.PROVIDER_RESPONSE_TIMEOUT + 2.0
+        self._started = False
 
     # ---- start / resume ----------------------------------------------------------
 
@@ -309,6 +320,16 @@ class Cluster:
 
     # ---- the instance ------------------------------------------------------------
 
+    def start(self, on_takeover: Callable[[Takeover], Awaitable[None]], interval_s: float) -> None:
+        """Join the cluster: the heartbeat runs for the rest of this process (a system
+        task, as the expiry timer: started where the provider starts, by `serve`
+        before Hypercorn or by the app's lifespan). Idempotent."""
+        if not self._started:
+            self._started = True
+            trio.lowlevel.spawn_system_task(
+                self.run, on_takeover, interval_s, name="speakflow.heartbeat"
+            )
+
     async def run(
         self,
         on_takeover: Callable[[Takeover], Awaitable[None]],
@@ -316,6 +337,17 @@ class Cluster:
     ) -> None:
         """Heartbeat for the instance's life; each takeover is handled in a task of its
         own, so a slow flush never delays the heartbeat (a late one looks dead)."""
+
+        async def take(notice: Takeover) -> None:
+            try:
+                await on_takeover(notice)
+            except Exception:
+                log.exception(
+                    "takeover of %s failed",
+                    notice.session_id,
+                    extra={"event": "cluster.takeover_failed", "fields": {}},
+                )
+
         async with trio.open_nursery() as nursery:
             while True:
                 try:
@@ -323,8 +355,14 @@ class Cluster:
                 except SharedStateUnavailable:
                     notices = []
                 for notice in notices:
-                    nursery.start_soon(on_takeover, notice)
+                    nursery.start_soon(take, notice)
                 await trio.sleep(interval_s)
+
+    async def leave(self) -> None:
+        """Shutting down: no longer alive in the cluster (else its heartbeat runs out)."""
+        with trio.move_on_after(2 * self.settings.REDIS_TIMEOUT_S + 1) as scope:
+            scope.shield = True
+            await self.store.aclose()
 
 
 def sent(session: Session) -> None:

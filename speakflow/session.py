@@ -46,7 +46,7 @@ import trio
 from starlette.websockets import WebSocket
 
 from . import protocol as p
-from .cluster import Cluster, encode_ack, new_marks, sent
+from .cluster import Cluster, SharedStateUnavailable, Takeover, encode_ack, new_marks, sent
 from .config import Settings
 from .errors import ConfigError, ProviderError
 from .limits import BYTES_PER_SECOND, MIN_CHUNK_S, RealTimeMeter
@@ -65,7 +65,6 @@ from .providers.base import (
 )
 from .providers.registry import PROVIDERS
 from .resilience import Fed, ResilientStream, RetryPolicy
-from .shared_state import SharedStateUnavailable, Takeover
 from .timeline import SourceTimeline
 
 log = logging.getLogger(__name__)
@@ -93,11 +92,11 @@ class ServerState:
     draining: bool = False
     #: set on SIGTERM in a cluster: sessions are handed off, handshakes get 503
     handing_off: bool = False
+    #: cluster mode (REDIS_URL, speakflow.cluster); None: this process alone
+    cluster: Cluster | None = None
     #: session id -> user id of each start_session past the limits and not yet
     #: registered: counted by the limits, so starts awaiting together can't overshoot
     starting: dict[str, str] = field(default_factory=dict)
-    #: cluster mode (REDIS_URL, speakflow.cluster); None: this process alone
-    cluster: Cluster | None = None
     _backend_lock: trio.Lock = field(default_factory=trio.Lock)
     _expiry_running: bool = False
 
@@ -213,12 +212,15 @@ class ServerState:
                 async with trio.open_nursery() as nursery:
                     for conn in list(self.live):
                         nursery.start_soon(conn.hand_off)
+            await self.cluster.leave()
             return
         event(log, "server.drain", "finalizing sessions", connections=len(self.live))
         with trio.move_on_after(timeout):
             async with trio.open_nursery() as nursery:
                 for conn in list(self.live):
                     nursery.start_soon(conn.shutdown)
+        if self.cluster is not None:
+            await self.cluster.leave()
 
     async def on_takeover(self, notice: Takeover) -> None:
         """Cluster: ``notice.session_id`` was resumed on another instance. Flush it
