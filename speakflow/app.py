@@ -14,13 +14,20 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+)
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
@@ -43,6 +50,9 @@ from .proxy import TrustedProxyMiddleware
 from .session import Connection, ServerState
 from .store.api import routes as session_routes  # transcript record (speakflow.store)
 from .store.recorder import running_recorder
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +82,8 @@ async def start_provider(state: ServerState) -> None:
     directory that is English-only while DEFAULT_LANGUAGE is not English.
     """
     settings = state.settings
+    if state.cluster is not None:  # scale-out: heartbeat and takeovers (speakflow.cluster)
+        state.cluster.start(state.on_takeover, settings.INSTANCE_HEARTBEAT_S)
     name = settings.SPEECH_PROVIDER
     started = name in state.backends
     backend = await state.backend(name)
@@ -87,11 +99,24 @@ async def start_provider(state: ServerState) -> None:
     log.info("provider %s ready", name)
 
 
+def open_cluster(settings: Settings, instance_id: str, state: ServerState) -> Cluster:
+    """The store at REDIS_URL behind this instance's registry; its failures counted."""
+    from .cluster import Cluster
+    from .shared_state import shared_state_from_settings
+
+    def failed(op: str) -> None:
+        state.metrics.shared_state_errors.labels(op).inc()
+
+    return Cluster(shared_state_from_settings(settings, instance_id, on_error=failed), settings)
+
+
 def create_app(settings: Settings) -> Starlette:
     state = ServerState(settings, processor=build_processor(settings))
     from .shared_state import make_instance_id  # scale-out: this process's id in a cluster
 
     instance_id = make_instance_id(settings.INSTANCE_ID)
+    if settings.REDIS_URL:  # a cluster: speakflow.cluster, docs/scaling.md
+        state.cluster = open_cluster(settings, instance_id, state)
     authenticator = Authenticator.from_settings(settings)
 
     @asynccontextmanager
@@ -141,6 +166,12 @@ def create_app(settings: Settings) -> Starlette:
         return authenticator.authenticate(headers, subprotocols)
 
     async def stream(ws: WebSocket) -> None:
+        if state.handing_off:
+            # a rolling restart: refuse the handshake, so a proxy tries another instance
+            await ws.send_denial_response(
+                PlainTextResponse("instance restarting; retry", status_code=503)
+            )
+            return
         subprotocols = list(ws.scope.get("subprotocols") or [])
         who = identify(ws, subprotocols)
         await ws.accept(subprotocol=choose_subprotocol(subprotocols))

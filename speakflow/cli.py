@@ -136,6 +136,10 @@ async def _serve(
 
     config = hypercorn_config(settings, host, port, config_file)
     knobs = _bind_knobs(host, port, config_file)
+    if listen_fd is not None:  # scale-out: a worker of `serve --workers N` (speakflow.supervisor)
+        # the supervisor's socket: nothing to probe (a restarted worker's probe of the
+        # port its siblings hold with SO_REUSEPORT failed as "already in use")
+        config.bind = [f"fd://{listen_fd}"]
     check_binds(config, knobs)
     app = create_app(settings)
     # Before Hypercorn starts: it logs "Running on" even when the app's lifespan
@@ -151,8 +155,6 @@ async def _serve(
         config.graceful_timeout,
         f" (from {config_file})" if config_file else "",
     )
-    if listen_fd is not None:  # scale-out: a worker of `serve --workers N` (speakflow.supervisor)
-        config.bind = [f"fd://{listen_fd}"]
 
     state = app.state.speakflow
 
@@ -171,7 +173,9 @@ async def _serve(
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(second_signal)
-                await state.drain(settings.SHUTDOWN_TIMEOUT_S)
+                # a worker of --workers N: the whole server stops, drain; an instance of
+                # a cluster (REDIS_URL) alone: a rolling restart, hand sessions off
+                await state.drain(settings.SHUTDOWN_TIMEOUT_S, hand_off=listen_fd is None)
                 nursery.cancel_scope.cancel()
 
     async with trio.open_nursery() as nursery:

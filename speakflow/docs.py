@@ -428,6 +428,18 @@ is never revised or repeated.</p>
 <h4>session_ended</h4>{_example("session_ended")}
 <h4>error</h4>{_example("error")}
 <p>An error never closes the connection and never affects another session.</p>
+<h4>ack (cluster deployments, REDIS_URL set)</h4>
+<pre>{{"type": "ack", "session_id": "550e8400-...", "source": "microphone",
+ "timestamp": 1700000001500}}</pre>
+<p>Audio of <code>source</code> up to and including the chunk stamped <code>timestamp</code> is
+covered by finals stored in the cluster: a client may forget those chunks. Sent after the final
+that covers them. On resume (any instance, same user and session id), a client replays the
+chunks not yet acknowledged; the server drops those it already has. If the instance holding a
+session dies, finals it had produced are delivered on resume; a final sent shortly before the
+socket went may come again: drop a final whose <code>end_time</code> is not later than the last
+final of its source. A client that ignores <code>ack</code> (and replays only chunks it never
+sent) can lose at most the utterance in flight at the crash. Unknown message types may be
+ignored.</p>
 
 <h3>Error codes</h3>
 <table><tr><th>code</th><th>when</th></tr>

@@ -48,6 +48,7 @@ from starlette.websockets import WebSocket
 
 from . import echo
 from . import protocol as p
+from .cluster import Cluster, SharedStateUnavailable, Takeover, encode_ack, new_marks, sent
 from .config import Settings
 from .errors import ConfigError, ProviderError
 from .languages import UnsupportedLanguage
@@ -95,6 +96,10 @@ class ServerState:
     live: set[Connection] = field(default_factory=set)
     #: set on SIGTERM: no new sessions, every session is being finalized
     draining: bool = False
+    #: set on SIGTERM in a cluster: sessions are handed off, handshakes get 503
+    handing_off: bool = False
+    #: cluster mode (REDIS_URL, speakflow.cluster); None: this process alone
+    cluster: Cluster | None = None
     #: session id -> user id of each start_session past the limits and not yet
     #: registered: counted by the limits, so starts awaiting together can't overshoot
     starting: dict[str, str] = field(default_factory=dict)
@@ -191,18 +196,56 @@ class ServerState:
     def attached_sessions(self) -> int:
         return sum(1 for s in self.sessions.values() if s.conn is not None)
 
-    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 (a budget, not a cancel)
+    async def drain(
+        self,
+        timeout: float,  # noqa: ASYNC109 (a budget, not a cancel)
+        hand_off: bool | None = None,
+    ) -> None:
         """Graceful shutdown: finalize every session, deliver its last finals and
         ``session_ended``, then close each client socket with 1001.
 
         Hypercorn stops listening afterwards; it sends no 1001 by itself.
+
+        ``hand_off`` (default: in a cluster): a rolling restart instead; each
+        session is flushed into the shared store and its socket closed 1001
+        without ``session_ended``, so the client resumes on another instance.
         """
         self.draining = True
+        if hand_off is None:
+            hand_off = self.cluster is not None
+        if hand_off and self.cluster is not None:
+            self.handing_off = True
+            event(log, "server.handoff", "handing sessions off", connections=len(self.live))
+            with trio.move_on_after(timeout):
+                async with trio.open_nursery() as nursery:
+                    for conn in list(self.live):
+                        nursery.start_soon(conn.hand_off)
+            await self.cluster.leave()
+            return
         event(log, "server.drain", "finalizing sessions", connections=len(self.live))
         with trio.move_on_after(timeout):
             async with trio.open_nursery() as nursery:
                 for conn in list(self.live):
                     nursery.start_soon(conn.shutdown)
+        if self.cluster is not None:
+            await self.cluster.leave()
+
+    async def on_takeover(self, notice: Takeover) -> None:
+        """Cluster: ``notice.session_id`` was resumed on another instance. Flush it
+        (finals into the journal), hand its timelines over, close the stale socket 1000."""
+        session = self.sessions.get(notice.session_id)
+        if session is None or session.epoch != notice.epoch or self.cluster is None:
+            return
+        session.taken_over = True
+        conn = session.conn
+        if conn is not None:
+            await conn.give_up(session)  # its detach does the handoff
+        with trio.move_on_after(self.settings.PROVIDER_RESPONSE_TIMEOUT + 1):
+            await session.finished.wait()
+        await self.cluster.detach(session)  # no-op if the detach handed off already
+        if self.sessions.get(session.id) is session:
+            del self.sessions[session.id]
+        event(log, "session.takeover", "session resumed on another instance; handed off")
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -242,6 +285,7 @@ class SourceStream:
     """One audio source of a session: its timeline and the stream to its provider."""
 
     __slots__ = (
+        "acked",
         "clock_steps",
         "dropped_chunks",
         "duplicates",
@@ -249,6 +293,7 @@ class SourceStream:
         "last_final_end",
         "last_timestamp",
         "level",
+        "marks",
         "meters",
         "name",
         "overflowing",
@@ -281,6 +326,10 @@ class SourceStream:
         #: chunks stamped no later than the one before, outside a replay: the
         #: client's clock stepped back; the audio is new and is kept
         self.clock_steps = 0
+        #: cluster only (None: no cost): (timeline sample after, timestamp) per chunk,
+        #: and what finals cover (samples, timestamp, final end): speakflow.cluster
+        self.marks: deque[tuple[int, int]] | None = None
+        self.acked: tuple[int, int | None, float] = (0, None, 0.0)
 
 
 class Session:
@@ -312,6 +361,19 @@ class Session:
         self.undelivered: deque[str] = deque(maxlen=self.UNDELIVERED_MAX)
         self.detached_at: float | None = None
         self.resumes = 0
+        #: cluster mode (speakflow.cluster): the store's ownership epoch (None: not in
+        #: the store), journal seqs (appended, sent), and whether another instance has it
+        self.cluster: Cluster | None = None
+        self.epoch: int | None = None
+        self.last_seq = 0
+        self.sent_seq = 0
+        self.sent_log: deque[tuple[float, int]] = deque()
+        self.lost = False
+        self.taken_over = False
+        self.created_wall = time.time()
+        self.checkpoint_at = -math.inf  # trio clock of the last checkpoint saved
+        self.checkpoint_due = False
+        self.acks_sent: dict[str, int] = {}
         self.started_at = trio.current_time()  # MAX_SESSION_S counts across resumes
         #: echo hook: the session's canceller (speakflow.echo), kept across resumes
         self.echo: echo.EchoGate | None = None
@@ -326,10 +388,27 @@ class Session:
 
     async def deliver(self, msg: p.ServerMessage) -> None:
         """To the attached client; finals wait in the record while none is attached."""
+        if self.cluster is not None and isinstance(msg, p.Transcript) and msg.is_final:
+            await self._deliver_final(self.cluster, msg)
+            return
         conn = self.conn
         if conn is not None:
             await conn.send(msg)
         elif isinstance(msg, p.Transcript) and msg.is_final:
+            self.undelivered.append(p.encode(msg))
+
+    async def _deliver_final(self, cluster: Cluster, msg: p.Transcript) -> None:
+        """Cluster: journaled before it is sent (a crash after this loses nothing), then
+        an ``ack`` if the audio up to some chunk is now covered."""
+        journaled, acks = await cluster.journal(self, msg)
+        conn = self.conn
+        if conn is not None:
+            await conn.send(msg)
+            if journaled:
+                sent(self)
+            for ack in acks:
+                await conn.send_raw(encode_ack(ack))
+        elif not journaled:  # the store was away: kept in memory, as without a cluster
             self.undelivered.append(p.encode(msg))
 
 
@@ -438,6 +517,8 @@ class Connection:
         session.stop_requested.set()
         event(log, "session.detach", "client gone; session kept for resume")
         await session.finished.wait()
+        if session.cluster is not None:  # resumable on any instance (or handed off)
+            await session.cluster.detach(session)
 
     def _hang_up(self) -> None:
         """End this connection the orderly way: the reader stops, then its ``finally``
@@ -515,6 +596,19 @@ class Connection:
                 session.conn = None
             self._keep_unsent(session, text)
         event(log, "connection.lost", "sending failed; treating it as a disconnect")
+        self._hang_up()
+
+    async def hand_off(self) -> None:
+        """Cluster rolling restart: flush the active session into the shared store
+        (resumable on any instance), no ``session_ended``; close 1001."""
+        session, self.active = self.active, None
+        if session is not None:
+            await self._detach(session)
+        if self.stopping is not None:
+            await self.stopping.finished.wait()
+        self._out_send.close()  # the writer sends what is queued, then ends
+        await self._writer_done.wait()
+        self.close_with = (1001, "server restarting; resume the session to continue")
         self._hang_up()
 
     async def shutdown(self) -> None:
@@ -748,6 +842,7 @@ class Connection:
             source.replaying_until = None  # past the replay: new audio from here on
         source.last_timestamp = ts
         nbytes = len(chunk.pcm)
+        marks = source.marks
         rate = source.rate
         if rate is not None and not rate.admit(nbytes, trio.current_time()):
             if rate.first_refusal:  # once per episode; refused audio never reaches the session
@@ -757,6 +852,8 @@ class Connection:
             return
         offset = source.timeline.advance(nbytes, meta.timestamp)
         source.meters.chunk(nbytes, source.timeline.samples)
+        if marks is not None:  # cluster: where this chunk ends, for acks
+            marks.append((source.timeline.samples, ts))
         if source.level is not None:
             source.level.feed(chunk.pcm, offset)
         # echo hook: a microphone chunk of a cancelling session is fed later, cleaned
@@ -836,6 +933,8 @@ class Connection:
             )
             return
         self.state.purge_expired()
+        if self.state.cluster is not None and await self._start_clustered(msg):
+            return
         other = self.state.sessions.get(sid)
         if other is not None:
             if other.user_id != self.user_id:
@@ -884,6 +983,168 @@ class Connection:
             sources=",".join(msg.sources),
             language=p.clip(language or "default"),
         )
+
+    async def _start_clustered(self, msg: p.StartSession) -> bool:
+        """Cluster mode: start or resume through the shared store (speakflow.cluster).
+
+        The store admits atomically against the cluster-wide limits, or resumes
+        the session wherever it was (newest connection wins: a live previous
+        owner hands off first). False: the store is unreachable, and the caller
+        goes on with this instance's own state and limits.
+        """
+        cluster = self.state.cluster
+        assert cluster is not None
+        sid, state = msg.session_id, self.state
+        if state.draining:
+            raise p.ProtocolViolation(
+                p.ErrorCode.RATE_LIMITED, "server is shutting down; reconnect and retry", sid
+            )
+        local = state.sessions.get(sid)
+        if local is not None and local.user_id != self.user_id:
+            raise p.ProtocolViolation(
+                p.ErrorCode.USER_MISMATCH, "this session belongs to another user", sid
+            )
+        if sid in state.starting:
+            raise p.ProtocolViolation(
+                p.ErrorCode.SESSION_ACTIVE,
+                "this session is being started on another connection",
+                sid,
+            )
+        if local is not None and local.conn is not None and local.conn is not self:
+            await local.conn.give_up(local)  # newest connection wins; flushed into the store
+        if local is not None:  # a run of ours still flushing: its finals go in first
+            with trio.move_on_after(self.settings.PROVIDER_RESPONSE_TIMEOUT + 1):
+                await local.finished.wait()
+        provider = self._choose_provider(msg)
+        state.starting[sid] = self.user_id
+        try:
+            try:
+                opened = await cluster.open(sid, self.user_id, provider, msg.language or None)
+            except SharedStateUnavailable:
+                return False
+            for gone in opened.evicted:  # gave way at a limit, cluster-wide
+                old = state.sessions.get(gone)
+                if old is not None and old.conn is None and old.finished.is_set():
+                    del state.sessions[gone]
+            if opened.status == "user_mismatch":
+                raise p.ProtocolViolation(
+                    p.ErrorCode.USER_MISMATCH, "this session belongs to another user", sid
+                )
+            if opened.status == "user_limit":
+                raise p.ProtocolViolation(
+                    p.ErrorCode.RATE_LIMITED,
+                    f"user has {opened.count} active sessions; the limit is "
+                    f"{self.settings.MAX_SESSIONS_PER_USER}",
+                    sid,
+                )
+            if opened.status == "total_limit":
+                raise p.ProtocolViolation(
+                    p.ErrorCode.RATE_LIMITED,
+                    f"server is at its limit of {self.settings.MAX_SESSIONS} sessions",
+                    sid,
+                )
+            try:
+                session = await self._clustered_session(cluster, msg, opened, local, provider)
+            except BaseException:
+                await cluster.release(sid, opened.epoch)
+                raise
+            if local is not None and opened.status == "new":  # the store had lost it
+                local.cluster, local.epoch = cluster, opened.epoch
+                await self._resume(local, msg)
+                return True
+            assert session is not None
+            state.sessions[sid] = session
+        finally:
+            del state.starting[sid]
+        if local is not None and local is not session:
+            with trio.move_on_after(self.settings.PROVIDER_RESPONSE_TIMEOUT + 1):
+                await local.finished.wait()  # a stale copy of ours: its run is over
+        if self.stopping is not None:
+            await self.stopping.finished.wait()  # keep session_ended before session_started
+        session.conn = self
+        assert self._nursery is not None
+        await self._nursery.start(self._run_session, session)
+        self.active = session
+        for source in session.sources.values():
+            self._start_source(session, source)
+        for name in msg.sources:
+            if name not in session.sources:
+                self._add_source(session, name)
+        resumed = opened.status == "resumed"
+        await self.send(
+            p.SessionStarted(
+                sid, provider=session.provider, sources=list(session.sources), resumed=resumed
+            )
+        )
+        session_id_var.set(sid)
+        delivered = 0
+        if resumed:
+            session.resumes += 1
+            try:
+                pending = await cluster.pending(session)
+            except SharedStateUnavailable:
+                pending = list(session.undelivered)
+                session.undelivered.clear()
+            for text in pending:
+                await self.send_raw(text)
+            delivered = len(pending)
+        event(
+            log,
+            "session.resume" if resumed else "session.start",
+            "session resumed" if resumed else "session started",
+            provider=session.provider,
+            epoch=opened.epoch,
+            previous_owner=opened.previous_owner,
+            delivered=delivered,
+        )
+        return True
+
+    async def _clustered_session(
+        self,
+        cluster: Cluster,
+        msg: p.StartSession,
+        opened: Any,
+        local: Session | None,
+        provider: str,
+    ) -> Session | None:
+        """The session object for an admitted start: new, or rebuilt from the store's
+        record (after the previous owner's handoff) on its timelines. None: the
+        store had forgotten a record this instance still holds (resumed from memory)."""
+        sid = msg.session_id
+        if opened.status == "new":
+            if local is not None:
+                return None
+            session = await self._make_session(msg, provider)
+            session.cluster, session.epoch = cluster, opened.epoch
+            return session
+        if local is not None and local.epoch is not None and local.epoch == opened.epoch - 1:
+            record = cluster.record(local)  # ours until now: memory has all of it
+        else:
+            try:
+                record = await cluster.record_after(opened, sid)
+            except SharedStateUnavailable:
+                record = opened.record
+        assert record is not None
+        name = record.provider or provider
+        backend = await self._backend(name, sid)
+        session = Session(msg, self.user_id, name, backend, record.language)
+        session.cluster, session.epoch = cluster, opened.epoch
+        if local is not None:  # finals kept here while the store was away
+            session.undelivered.extend(local.undelivered)
+        for source_name, timeline in record.sources.items():
+            cluster.restore(session, self._new_source(session, source_name), timeline)
+        cluster.restore_clock(session, record)
+        return session
+
+    async def _make_session(self, msg: p.StartSession, provider: str) -> Session:
+        """A new session's object: its backend started, its language checked."""
+        sid = msg.session_id
+        backend = await self._backend(provider, sid)
+        try:  # refuse a language the provider cannot take, before it reaches a model
+            check_language(backend, msg.language or None)
+        except UnsupportedLanguage as err:
+            raise p.ProtocolViolation(p.ErrorCode(err.code), err.message, sid) from None
+        return Session(msg, self.user_id, provider, backend, msg.language or None)
 
     async def _backend(self, provider: str, sid: str) -> ProviderBackend:
         """The started backend, or the client's answer when it cannot be had: a
@@ -1042,14 +1303,20 @@ class Connection:
     # ------------------------------------------------------------------ the tree
 
     def _add_source(self, session: Session, name: str) -> SourceStream:
+        source = self._new_source(session, name)
+        self._start_source(session, source)
+        return source
+
+    def _new_source(self, session: Session, name: str) -> SourceStream:
         processor = self.state.processor
         level = LevelMeter() if processor is not None and processor.needs_level else None
         meters = SourceMeters(self.state.metrics, session.provider, name)
         source = SourceStream(name, meters, level)
         if self.settings.MAX_AUDIO_LEAD_S:
             source.rate = RealTimeMeter(self.settings.MAX_AUDIO_LEAD_S)
+        if session.epoch is not None:
+            source.marks = new_marks()
         session.sources[name] = source
-        self._start_source(session, source)
         return source
 
     def _start_source(self, session: Session, source: SourceStream) -> None:
@@ -1103,6 +1370,8 @@ class Connection:
                 log.warning("session %s: providers did not flush in time", session.id)
             if session.ending == "stop":
                 await session.deliver(p.SessionEnded(session.id))
+                if session.cluster is not None:
+                    await session.cluster.end(session)
                 event(
                     log,
                     "session.end",

@@ -69,6 +69,14 @@ def register(sub: Any) -> None:
     stream.add_argument("--language", default=None, help="language extension, e.g. en, es")
     stream.add_argument("--token", default=None, help="send Authorization: Bearer TOKEN")
     stream.add_argument(
+        "--reconnect",
+        type=int,
+        default=0,
+        metavar="N",
+        help="if the connection drops, resume the session up to N times, replaying "
+        "unacknowledged audio (default 0)",
+    )
+    stream.add_argument(
         "--no-deflate",
         action="store_true",
         help="do not offer permessage-deflate (the desktop offers it)",
@@ -196,6 +204,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
         language=args.language,
         token=args.token,
         deflate=not args.no_deflate,
+        reconnect=args.reconnect,
     )
     return run_stream(opts)
 

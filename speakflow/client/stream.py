@@ -65,6 +65,9 @@ class StreamOptions:
     deflate: bool = True
     start_timeout: float = 30.0
     stop_timeout: float = 60.0
+    #: when the connection drops mid-session, reconnect and resume up to this many
+    #: times, replaying the chunks no ``ack`` covered yet (cluster servers send acks)
+    reconnect: int = 0
 
 
 @dataclass
@@ -76,6 +79,11 @@ class SourceStats:
     latencies: list[float] = field(default_factory=list)
     first_partial_s: float | None = None
     partial: str = ""
+    #: resume replay: timestamp -> chunk index of chunks no ``ack`` covers yet
+    unacked: dict[int, int] = field(default_factory=dict)
+    #: finals at or before this end_time are repeats (sent again after a resume)
+    last_final_end: float = -1.0
+    repeats: int = 0
 
     @property
     def audio_s(self) -> float:
@@ -190,6 +198,11 @@ class StreamClient:
         self.t_start = 0.0
         self.t_end = 0.0
         self.sent_audio_s = 0.0
+        #: resume: the next chunk index to send, the timestamp base, resumes so far
+        self.next_k = 0
+        self.epoch_ms: int | None = None
+        self.resumes = 0
+        self.ever_started = False
 
     def load(self) -> None:
         """Read and convert the WAV files (raises ``WavError`` with the reason)."""
@@ -209,7 +222,26 @@ class StreamClient:
         return max(s.audio_s for s in self.sources.values())
 
     async def run(self) -> int:
-        """Stream everything; the exit status (0 ok, 1 server error or failure)."""
+        """Stream everything; the exit status (0 ok, 1 server error or failure).
+
+        With ``reconnect``, a connection lost after the session started is opened
+        again and the session resumed (same id): unacknowledged chunks are sent
+        again (the server drops those it has), then the stream goes on."""
+        while True:
+            try:
+                return await self._run_once()
+            except StreamFailed as err:
+                if not (
+                    self.ever_started
+                    and self.resumes < self.opts.reconnect
+                    and not self.ended.is_set()
+                ):
+                    raise
+                self.resumes += 1
+                self.display.note(f"speakflow stream: {err}; resuming ({self.resumes})")
+                await trio.sleep(min(2.0, 0.2 * self.resumes))
+
+    async def _run_once(self) -> int:
         headers = [(b"X-User-Id", self.opts.user_id.encode())]
         if self.opts.token:
             headers.append((b"Authorization", f"Bearer {self.opts.token}".encode()))
@@ -241,6 +273,7 @@ class StreamClient:
         return 1 if self.errors else 0
 
     async def _session(self, ws: WebSocketConnection) -> None:
+        self.started = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._receiver, ws)
             nursery.start_soon(self._pinger, ws)
@@ -265,6 +298,9 @@ class StreamClient:
                 await self.started.wait()
             if scope.cancelled_caught:
                 raise StreamFailed(f"no session_started within {self.opts.start_timeout:g} s")
+            for src in self.sources.values():  # a resume: what no ack covered, again
+                for ts, k in sorted(src.unacked.items()):
+                    await self._send_chunk(ws, src, k, ts)
             await self._send_audio(ws)
             await ws.send_message(
                 json.dumps({"type": "stop_session", "session_id": self.session_id})
@@ -278,10 +314,12 @@ class StreamClient:
     async def _send_audio(self, ws: WebSocketConnection) -> None:
         speed = self.opts.speed
         period = CHUNK_MS / 1000 / speed if speed > 0 else 0.0
-        epoch_ms = int(time.time() * 1000)
+        if self.epoch_ms is None:  # once: a resume continues the same timestamps
+            self.epoch_ms = int(time.time() * 1000)
+            self.t_start = trio.current_time()
+        epoch_ms = self.epoch_ms
         n = max(len(s.chunks) for s in self.sources.values())
-        self.t_start = trio.current_time()
-        for k in range(n):
+        for k in range(self.next_k, n):
             if period:
                 await trio.sleep_until(self.t_start + k * period)
             else:
@@ -289,23 +327,28 @@ class StreamClient:
             for src in self.sources.values():
                 if k >= len(src.chunks):
                     continue
-                pcm = src.chunks[k]
-                await ws.send_message(
-                    json.dumps(
-                        {
-                            "type": "audio_chunk",
-                            "session_id": self.session_id,
-                            "source": src.name,
-                            "timestamp": epoch_ms + k * CHUNK_MS,
-                            "size": len(pcm),
-                        }
-                    )
-                )
-                await ws.send_message(pcm)
-                src.sent_at.append(trio.current_time())
+                ts = epoch_ms + k * CHUNK_MS
+                if self.opts.reconnect:
+                    src.unacked[ts] = k
+                await self._send_chunk(ws, src, k, ts)
+                if len(src.sent_at) <= k:
+                    src.sent_at.append(trio.current_time())
+            self.next_k = k + 1
             self.sent_audio_s = min(self.audio_s, (k + 1) * CHUNK_MS / 1000)
             self._show_status()
         self.t_end = trio.current_time()
+
+    async def _send_chunk(self, ws: WebSocketConnection, src: SourceStats, k: int, ts: int) -> None:
+        pcm = src.chunks[k]
+        meta = {
+            "type": "audio_chunk",
+            "session_id": self.session_id,
+            "source": src.name,
+            "timestamp": ts,
+            "size": len(pcm),
+        }
+        await ws.send_message(json.dumps(meta))
+        await ws.send_message(pcm)
 
     async def _receiver(self, ws: WebSocketConnection) -> None:
         while True:
@@ -323,7 +366,13 @@ class StreamClient:
                 continue
             if kind == "session_started":
                 self.provider = msg.get("provider")
+                self.ever_started = True
                 self.started.set()
+            elif kind == "ack":  # cluster servers: audio up to timestamp is safe
+                acked = self.sources.get(msg.get("source", ""))
+                if acked is not None and isinstance(msg.get("timestamp"), int):
+                    for ts in [t for t in acked.unacked if t <= msg["timestamp"]]:
+                        del acked.unacked[ts]
             elif kind == "transcript":
                 self._transcript(msg, now)
             elif kind == "error":
@@ -343,6 +392,11 @@ class StreamClient:
             )
             return
         if msg.get("is_final"):
+            end = float(msg.get("end_time", 0.0))
+            if end <= src.last_final_end:  # sent again after a resume: had it
+                src.repeats += 1
+                return
+            src.last_final_end = end
             src.finals.append(msg)
             src.partial = ""
             latency = src.latency_of(float(msg.get("end_time", 0.0)), now)

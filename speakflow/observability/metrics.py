@@ -77,6 +77,13 @@ class Metrics:
         self.client_errors = Counter(
             "speakflow_client_errors", "error messages sent to clients", ["code"], registry=r
         )
+        #: scale-out: calls to the shared store (REDIS_URL) that failed, per operation
+        self.shared_state_errors = Counter(
+            "speakflow_shared_state_errors",
+            "Shared-state (Redis) calls that failed; the instance fell back to its own state",
+            ["op"],
+            registry=r,
+        )
         self.vendor_connects = Counter(
             "speakflow_vendor_connects", "Vendor connections opened", ["provider"], registry=r
         )

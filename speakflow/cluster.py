@@ -1,0 +1,410 @@
+"""The session registry's side of a cluster (issue 18): what it writes to the shared store.
+
+Only with ``REDIS_URL``: without it ``ServerState.cluster`` is None and the
+registry runs exactly as a single process always did. The store's rules
+(epochs, the journal, handoff) are in :mod:`.shared_state.base`; this module
+decides *when* the registry calls it:
+
+* start_session: :meth:`Cluster.open` admits (cluster-wide limits) or resumes
+  (any instance of the same user), waiting for a live previous owner's handoff.
+* every final: :meth:`Cluster.journal` appends it before it is sent, then saves
+  a *checkpoint*: per source, the timeline up to the last chunk the finals
+  cover. After a crash the next owner continues from that checkpoint, and the
+  client, told by ``ack`` up to which of its timestamps audio is covered,
+  replays the rest. One or two store calls per final, none per chunk.
+* detach / stop / takeover: :meth:`detach` (full timelines), :meth:`end`,
+  :meth:`handoff`.
+
+Store trouble (:class:`SharedStateUnavailable`) never reaches a client: the
+registry carries on with this instance's memory (the store logs once per
+episode and counts it in ``speakflow_shared_state_errors_total``).
+:class:`StaleOwner` means another instance owns the session now: this one
+stops writing for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import msgspec
+import trio
+
+from . import protocol as p
+from .providers.base import SAMPLE_RATE
+from .shared_state import (
+    Final,
+    Limits,
+    Opened,
+    SessionRecord,
+    SharedState,
+    SharedStateUnavailable,
+    SourceTimeline,
+    StaleOwner,
+    Takeover,
+)
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .session import Session, SourceStream
+
+__all__ = [
+    "Ack",
+    "Cluster",
+    "SharedStateUnavailable",
+    "Takeover",
+    "encode_ack",
+    "new_marks",
+    "sent",
+]
+
+log = logging.getLogger(__name__)
+
+#: chunk marks kept per source for acks (a source with no final for this many
+#: chunks acks from the oldest kept one on)
+MARKS_MAX = 20_000
+#: at most one checkpoint (and so one ack per source) a second per session: finals
+#: may come per chunk (the echo engine), and each checkpoint is a store call
+CHECKPOINT_EVERY_S = 1.0
+#: a final sent this long ago counts as delivered (see :func:`delivered`)
+DELIVERY_LAG_S = 1.0
+
+
+class Ack(msgspec.Struct, tag="ack", tag_field="type", frozen=True):
+    """Audio of ``source`` up to and including the chunk stamped ``timestamp`` is
+    covered by finals the cluster has journaled: a client may forget it."""
+
+    session_id: str
+    source: str
+    timestamp: int
+
+
+_encode_json = msgspec.json.Encoder().encode
+
+
+def encode_ack(ack: Ack) -> str:
+    return _encode_json(ack).decode()
+
+
+class Cluster:
+    """One instance's link to the shared store, used by the session registry."""
+
+    def __init__(self, store: SharedState, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.instance_id = store.instance_id
+        s = settings
+        self.limits = Limits(
+            per_user=s.MAX_SESSIONS_PER_USER,
+            total=s.MAX_SESSIONS,
+            resume_window_s=s.RESUME_WINDOW_S,
+            max_session_s=s.MAX_SESSION_S or 86_400.0,
+        )
+        #: how long a resume waits for the previous owner's handoff (its flush)
+        self.patience_s = s.PROVIDER_RESPONSE_TIMEOUT + 2.0
+        self._started = False
+
+    # ---- start / resume ----------------------------------------------------------
+
+    async def open(self, sid: str, user_id: str, provider: str, language: str | None) -> Opened:
+        """Admit or resume ``sid``; may raise SharedStateUnavailable (fall back)."""
+        record = SessionRecord(
+            session_id=sid,
+            user_id=user_id,
+            created_at=time.time(),
+            provider=provider,
+            language=language,
+        )
+        return await self.store.open_session(record, self.limits, time.time())
+
+    async def record_after(self, opened: Opened, sid: str) -> SessionRecord:
+        """The record to continue from: after the previous live owner's handoff if it owes one."""
+        assert opened.record is not None
+        if not opened.handoff_pending:
+            return opened.record
+        return await self.store.wait_handoff(sid, opened.epoch, self.patience_s)
+
+    @staticmethod
+    def restore(session: Session, source: SourceStream, timeline: SourceTimeline) -> None:
+        """Continue ``source`` where the record says: the next chunk's offset, the
+        transcript timestamp base, duplicates up to ``last_ts``, no final repeated."""
+        source.timeline.samples = timeline.samples
+        source.timeline.first_timestamp = timeline.first_ts
+        source.last_timestamp = timeline.last_ts
+        source.replaying_until = timeline.last_ts
+        if timeline.last_final_end > 0:
+            source.last_final_end = timeline.last_final_end
+        source.acked = (timeline.samples, timeline.last_ts, timeline.last_final_end)
+
+    @staticmethod
+    def restore_clock(session: Session, record: SessionRecord) -> None:
+        """MAX_SESSION_S and the audio lead count across resumes (wall clock -> trio clock)."""
+        now_wall, now = time.time(), trio.current_time()
+        session.started_at = now - max(0.0, now_wall - record.created_at)
+        session.created_wall = record.created_at
+        lead = max(0.0, record.audio_lead_s - max(0.0, now_wall - record.audio_lead_at))
+        for source in session.sources.values():
+            if source.rate is not None:
+                source.rate.lead = lead
+
+    # ---- records -----------------------------------------------------------------
+
+    def record(self, session: Session) -> SessionRecord:
+        """Everything received: for a detach or a handoff, after the flush."""
+        sources = {
+            name: SourceTimeline(
+                samples=src.timeline.samples,
+                first_ts=src.timeline.first_timestamp,
+                last_ts=src.last_timestamp,
+                last_final_end=max(0.0, _finite(src.last_final_end)),
+            )
+            for name, src in session.sources.items()
+        }
+        return self._record(session, sources)
+
+    def checkpoint(self, session: Session) -> SessionRecord:
+        """What survives a crash: per source, up to the last chunk finals cover."""
+        sources = {}
+        for name, src in session.sources.items():
+            samples, ts, end = src.acked
+            sources[name] = SourceTimeline(
+                samples=samples,
+                first_ts=src.timeline.first_timestamp,
+                last_ts=ts,
+                last_final_end=end,
+            )
+        return self._record(session, sources)
+
+    def _record(self, session: Session, sources: dict[str, SourceTimeline]) -> SessionRecord:
+        leads = [s.rate.lead for s in session.sources.values() if s.rate is not None]
+        return SessionRecord(
+            session_id=session.id,
+            user_id=session.user_id,
+            created_at=session.created_wall,
+            sources=sources,
+            provider=session.provider,
+            language=session.language,
+            audio_lead_s=max(leads, default=0.0),
+            audio_lead_at=time.time(),
+        )
+
+    # ---- finals ------------------------------------------------------------------
+
+    async def journal(self, session: Session, msg: p.Transcript) -> tuple[bool, list[Ack]]:
+        """Journal a final before it is sent: whether it was, and the acks to send after
+        it if audio is now safely covered (never for a final not journaled)."""
+        epoch = session.epoch
+        if epoch is None or session.lost:
+            return False, []
+        sid = session.id
+        final = Final(msg.source, round((msg.end_time or 0.0) * 1000), p.encode(msg).encode())
+        try:
+            seq = await self.store.journal_append(sid, epoch, final, delivered=delivered(session))
+        except StaleOwner:
+            self._lost(session)
+            return False, []
+        except SharedStateUnavailable:
+            return False, []
+        session.last_seq = max(session.last_seq, seq)
+        source = session.sources.get(msg.source)
+        if source is None or session.taken_over:
+            return True, []
+        if _covered(source, msg.end_time or 0.0) is None:
+            return True, []
+        if trio.current_time() - session.checkpoint_at >= CHECKPOINT_EVERY_S:
+            return True, await self._checkpoint(session)
+        if not session.checkpoint_due and session.nursery is not None:
+            session.checkpoint_due = True  # acked with a checkpoint a little later
+            session.nursery.start_soon(self._checkpoint_later, session)
+        return True, []
+
+    async def _checkpoint(self, session: Session) -> list[Ack]:
+        """Save what finals cover; an ack for each source whose coverage moved."""
+        assert session.epoch is not None
+        session.checkpoint_at = trio.current_time()
+        try:
+            await self.store.save(session.id, session.epoch, self.checkpoint(session))
+        except (StaleOwner, SharedStateUnavailable):
+            # StaleOwner: resumed elsewhere, this flush is the handoff's (appends pass)
+            return []
+        acks = []
+        for name, src in session.sources.items():
+            covered = src.acked[1]
+            if covered is not None and session.acks_sent.get(name) != covered:
+                session.acks_sent[name] = covered
+                acks.append(Ack(session.id, name, covered))
+        return acks
+
+    async def _checkpoint_later(self, session: Session) -> None:
+        """The checkpoint skipped to keep to one a second, once the second is over;
+        not needed if the run ends first (a detach saves everything, a stop ends)."""
+        try:
+            with trio.move_on_at(session.checkpoint_at + CHECKPOINT_EVERY_S):
+                await session.stop_requested.wait()
+            if session.stop_requested.is_set() or session.lost or session.taken_over:
+                return
+            for ack in await self._checkpoint(session):
+                conn = session.conn
+                if conn is not None:
+                    await conn.send_raw(encode_ack(ack))
+        finally:
+            session.checkpoint_due = False
+
+    async def pending(self, session: Session) -> list[str]:
+        """Journaled finals the client may not have had, in order; plus finals this
+        instance kept in memory while the store was away."""
+        assert session.epoch is not None
+        finals = await self.store.journal_pending(session.id)
+        seen = {(f.source, f.end_ms) for f in finals}
+        out = [f.payload.decode() for f in finals]
+        for text in session.undelivered:  # not journaled (store trouble): in memory only
+            msg = p.decode_server(text)
+            if isinstance(msg, p.Transcript):
+                key = (msg.source, round((msg.end_time or 0.0) * 1000))
+                if key not in seen:
+                    out.append(text)
+        session.undelivered.clear()
+        if finals:
+            upto = max(f.seq for f in finals)
+            session.last_seq = upto
+            sent(session)  # trimmed by a later append, once DELIVERY_LAG_S has passed
+        return out
+
+    # ---- lifecycle ---------------------------------------------------------------
+
+    async def detach(self, session: Session) -> None:
+        """After the run's flush: the full timelines, resumable on any instance; or,
+        after a takeover, the handoff the new owner waits for."""
+        epoch = session.epoch
+        if epoch is None or session.lost:
+            return
+        try:
+            if not session.taken_over:
+                try:
+                    await self.store.detach(session.id, epoch, self.record(session), time.time())
+                    return
+                except StaleOwner:
+                    pass  # resumed elsewhere meanwhile: the new owner waits for a handoff
+            await self.store.handoff(session.id, epoch, self.record(session))
+            session.lost = True  # handed off: nothing more to write
+        except StaleOwner:
+            self._lost(session)
+        except SharedStateUnavailable:
+            pass  # resumable from this instance's memory only
+
+    async def release(self, sid: str, epoch: int) -> None:
+        """An admitted start failed before it began (a bad language): give the slot back."""
+        with contextlib.suppress(StaleOwner, SharedStateUnavailable):
+            await self.store.end(sid, epoch)
+
+    async def end(self, session: Session) -> None:
+        epoch = session.epoch
+        if epoch is None or session.lost:
+            return
+        with contextlib.suppress(StaleOwner, SharedStateUnavailable):
+            await self.store.end(session.id, epoch)  # else another owner has it, or TTL
+
+    def _lost(self, session: Session) -> None:
+        if not session.lost:
+            session.lost = True
+            log.info(
+                "session %s is owned by another instance now; this one stops writing for it",
+                session.id,
+                extra={"event": "cluster.stale_owner", "fields": {"epoch": session.epoch}},
+            )
+
+    # ---- the instance ------------------------------------------------------------
+
+    def start(self, on_takeover: Callable[[Takeover], Awaitable[None]], interval_s: float) -> None:
+        """Join the cluster: the heartbeat runs for the rest of this process (a system
+        task, as the expiry timer: started where the provider starts, by `serve`
+        before Hypercorn or by the app's lifespan). Idempotent."""
+        if not self._started:
+            self._started = True
+            trio.lowlevel.spawn_system_task(
+                self.run, on_takeover, interval_s, name="speakflow.heartbeat"
+            )
+
+    async def run(
+        self,
+        on_takeover: Callable[[Takeover], Awaitable[None]],
+        interval_s: float,
+    ) -> None:
+        """Heartbeat for the instance's life; each takeover is handled in a task of its
+        own, so a slow flush never delays the heartbeat (a late one looks dead)."""
+
+        async def take(notice: Takeover) -> None:
+            try:
+                await on_takeover(notice)
+            except Exception:
+                log.exception(
+                    "takeover of %s failed",
+                    notice.session_id,
+                    extra={"event": "cluster.takeover_failed", "fields": {}},
+                )
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    notices = await self.store.heartbeat()
+                except SharedStateUnavailable:
+                    notices = []
+                for notice in notices:
+                    nursery.start_soon(take, notice)
+                await trio.sleep(interval_s)
+
+    async def leave(self) -> None:
+        """Shutting down: no longer alive in the cluster (else its heartbeat runs out)."""
+        with trio.move_on_after(2 * self.settings.REDIS_TIMEOUT_S + 1) as scope:
+            scope.shield = True
+            await self.store.aclose()
+
+
+def sent(session: Session) -> None:
+    """The newest journaled final was queued for the client."""
+    session.sent_log.append((trio.current_time(), session.last_seq))
+
+
+def delivered(session: Session) -> int:
+    """The journal seq up to which finals count as delivered: sent at least
+    DELIVERY_LAG_S ago. A send to a socket that is closing is dropped without a
+    word (by Hypercorn, or in the kernel), so the finals of the last moments stay
+    journaled and are sent again on resume; a client drops a repeat by its
+    ``end_time`` (docs.py, "Acknowledgements")."""
+    horizon = trio.current_time() - DELIVERY_LAG_S
+    log_ = session.sent_log
+    while log_ and log_[0][0] <= horizon:
+        session.sent_seq = log_.popleft()[1]
+    return session.sent_seq
+
+
+def new_marks() -> deque[tuple[int, int]]:
+    """Per source: (timeline sample after the chunk, its client timestamp), oldest first."""
+    return deque(maxlen=MARKS_MAX)
+
+
+def _covered(source: SourceStream, end_s: float) -> int | None:
+    """Advance ``source.acked`` past every chunk that ends by ``end_s``; the newest
+    such chunk's timestamp, or None if this final covers no further chunk."""
+    marks = source.marks
+    if marks is None:
+        return None
+    end = round(end_s * SAMPLE_RATE)
+    covered: int | None = None
+    while marks and marks[0][0] <= end:
+        samples, ts = marks.popleft()
+        covered = ts
+        source.acked = (samples, ts, end_s)
+    if covered is None:
+        samples, last, done = source.acked
+        source.acked = (samples, last, max(end_s, done))
+    return covered
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else 0.0
