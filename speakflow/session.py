@@ -933,7 +933,7 @@ class Connection:
             )
             return
         self.state.purge_expired()
-        if self.state.cluster is not None and await self._start_clustered(msg):
+        if self.state.cluster is not None and await self._start_clustered(msg, echo_mode):
             return
         other = self.state.sessions.get(sid)
         if other is not None:
@@ -951,13 +951,8 @@ class Connection:
             provider = self._choose_provider(msg)
             if self.stopping is not None:
                 await self.stopping.finished.wait()  # keep session_ended before session_started
-            backend = await self._backend(provider, sid)
-            try:  # refuse a language the provider cannot take, before it reaches a model
-                check_language(backend, msg.language or None)
-            except UnsupportedLanguage as err:
-                raise p.ProtocolViolation(p.ErrorCode(err.code), err.message, sid) from None
-            language = msg.language or None  # None: the provider's own default applies
-            session = Session(msg, self.user_id, provider, backend, language)
+            session = await self._make_session(msg, provider)
+            language = session.language  # None: the provider's own default applies
             if sid in self.state.sessions:  # raced with another connection while we waited
                 raise p.ProtocolViolation(
                     p.ErrorCode.SESSION_ACTIVE, "this session is active on another connection", sid
@@ -984,7 +979,7 @@ class Connection:
             language=p.clip(language or "default"),
         )
 
-    async def _start_clustered(self, msg: p.StartSession) -> bool:
+    async def _start_clustered(self, msg: p.StartSession, echo_mode: echo.EchoMode) -> bool:
         """Cluster mode: start or resume through the shared store (speakflow.cluster).
 
         The store admits atomically against the cluster-wide limits, or resumes
@@ -1054,6 +1049,8 @@ class Connection:
                 return True
             assert session is not None
             state.sessions[sid] = session
+            if opened.status == "new":
+                store.started(self.state, session)  # store: the session's record
         finally:
             del state.starting[sid]
         if local is not None and local is not session:
@@ -1063,6 +1060,9 @@ class Connection:
             await self.stopping.finished.wait()  # keep session_ended before session_started
         session.conn = self
         assert self._nursery is not None
+        if session.echo is None:  # echo hook (a session rebuilt from the store has none)
+            sources = list(session.sources) or msg.sources
+            session.echo = echo.gate(echo_mode, sources, self.state.metrics)
         await self._nursery.start(self._run_session, session)
         self.active = session
         for source in session.sources.values():
