@@ -39,6 +39,18 @@ def edit_distance(ref: list[str], hyp: list[str]) -> int:
     return prev[-1]
 
 
+def common_in_order(a: list[str], b: list[str]) -> int:
+    """How many words the two lists share in order (their longest common
+    subsequence): how much of a sentence reappears in another transcript."""
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b, 1):
+            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
+        prev = cur
+    return prev[-1]
+
+
 def wer(reference: str, hypothesis: str) -> float:
     ref, hyp = normalize(reference), normalize(hypothesis)
     if not ref:

@@ -40,7 +40,7 @@ import numpy as np
 import trio
 from trio_websocket import open_websocket_url
 
-from ..wer import normalize, wer
+from ..wer import common_in_order, normalize, wer
 from .bench import default_audio_dir
 from .wav import load_wav
 
@@ -141,16 +141,6 @@ def hard_variant(meeting: Scenario) -> Scenario:
 # ---------------------------------------------------------------------- measuring
 
 
-def lcs(a: list[str], b: list[str]) -> int:
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b, 1):
-            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
-        prev = cur
-    return prev[-1]
-
-
 def leak(scenario: Scenario, mic_text: str) -> tuple[float, list[str]]:
     """(share of system words that reappear in the microphone transcript beyond what the
     user's own words share with them, system sentences found there at >= 60 %)."""
@@ -158,10 +148,12 @@ def leak(scenario: Scenario, mic_text: str) -> tuple[float, list[str]]:
     system = normalize(scenario.system_reference)
     if not system:
         return 0.0, []
-    floor = lcs(system, normalize(scenario.mic_reference))
-    share = max(0, lcs(system, said) - floor) / len(system)
+    floor = common_in_order(system, normalize(scenario.mic_reference))
+    share = max(0, common_in_order(system, said) - floor) / len(system)
     twice = [
-        s for s in scenario.system_sentences if lcs(normalize(s), said) >= 0.6 * len(normalize(s))
+        s
+        for s in scenario.system_sentences
+        if common_in_order(normalize(s), said) >= 0.6 * len(normalize(s))
     ]
     return share, twice
 

@@ -19,23 +19,13 @@ from __future__ import annotations
 
 from collections import deque
 
-from ..wer import normalize
+from ..wer import common_in_order, normalize
 
 WINDOW_MS = 2500
 SIMILARITY = 0.6
 MIN_WORDS = 3
 #: system finals remembered (a few remote sentences)
 KEEP = 16
-
-
-def _common_in_order(a: list[str], b: list[str]) -> int:
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b, 1):
-            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
-        prev = cur
-    return prev[-1]
 
 
 class EchoGuard:
@@ -58,7 +48,7 @@ class EchoGuard:
         for sys_start, sys_end, sys_words in self._system:
             if end_ms < sys_start - WINDOW_MS or start_ms > sys_end + WINDOW_MS:
                 continue
-            if _common_in_order(words, sys_words) >= SIMILARITY * len(words):
+            if common_in_order(words, sys_words) >= SIMILARITY * len(words):
                 self.marked += 1
                 return True
         return False

@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 
-from speakflow.wer import normalize, wer
+from speakflow.wer import common_in_order, normalize, wer
 
 from ..client import CHUNK_BYTES, TestClient
 
@@ -81,7 +81,7 @@ def leaked_sentences(scenario: dict[str, Any], text: str, share: float = 0.5) ->
         if turn["source"] != "system":
             continue
         words = normalize(turn["text"])
-        if _in_order(words, said) >= share * len(words):
+        if common_in_order(words, said) >= share * len(words):
             out.append(turn["text"])
     return out
 
@@ -89,18 +89,7 @@ def leaked_sentences(scenario: dict[str, Any], text: str, share: float = 0.5) ->
 def found(sentence: str, text: str, share: float) -> bool:
     """At least ``share`` of the sentence's words appear, in order, in ``text``."""
     words = normalize(sentence)
-    return _in_order(words, normalize(text)) >= share * len(words)
-
-
-def _in_order(words: list[str], said: list[str]) -> int:
-    """Length of the longest common subsequence of the two word lists."""
-    prev = [0] * (len(said) + 1)
-    for w in words:
-        cur = [0]
-        for j, s in enumerate(said, 1):
-            cur.append(prev[j - 1] + 1 if w == s else max(prev[j], cur[j - 1]))
-        prev = cur
-    return prev[-1]
+    return common_in_order(words, normalize(text)) >= share * len(words)
 
 
 __all__ = [
