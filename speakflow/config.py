@@ -420,11 +420,7 @@ def _language_problem(settings: Settings, provider: str) -> str | None:
     if provider == "deepgram":
         return languages.setting_problem(*chosen("DEEPGRAM_LANGUAGE"), deepgram.check_language)
     if provider == "aws_transcribe":
-        setting, value = chosen("AWS_TRANSCRIBE_LANGUAGE")
-        if languages.is_auto(value):
-            return (
-                f"{setting}={value}: AWS Transcribe streaming needs one language; set "
-                "AWS_TRANSCRIBE_LANGUAGE to a code such as en-US or es-US"
-            )
-        return languages.setting_problem(setting, value, aws_transcribe.check_language)
+        return languages.setting_problem(
+            *chosen("AWS_TRANSCRIBE_LANGUAGE"), aws_transcribe.check_language
+        )
     return None

@@ -100,12 +100,11 @@ def test_vendor_language_sets() -> None:
         deepgram.check_language(ok)
     for ok in ("en", "es", "fr-CA", "auto"):
         assemblyai.check_language(ok)
-    for ok in ("en", "es", "es-US", "af-ZA", "en-GB"):
+    for ok in ("en", "es", "es-US", "af-ZA", "en-GB", "auto"):  # auto: identify-language
         aws_transcribe.check_language(ok)
     for check, bad in (
         (deepgram.check_language, "tlh"),
         (assemblyai.check_language, "ja"),
-        (aws_transcribe.check_language, "auto"),  # this client streams one language
         (aws_transcribe.check_language, "af"),  # no usual region known: needs af-ZA
         (aws_transcribe.check_language, "xx-XX"),
     ):

@@ -171,9 +171,8 @@ def test_a_language_name_is_not_a_language_code(env: dict[str, str]) -> None:
         ({"SPEECH_PROVIDER": "deepgram", "DEEPGRAM_API_KEY": "k", "DEEPGRAM_LANGUAGE": "French"},
          "DEEPGRAM_LANGUAGE: 'French' is not"),
         ({"SPEECH_PROVIDER": "aws_transcribe", "AWS_ACCESS_KEY_ID": "a",
-          "AWS_SECRET_ACCESS_KEY": "s", "DEFAULT_LANGUAGE": "auto"},
-         "DEFAULT_LANGUAGE=auto: AWS Transcribe streaming needs one language; set "
-         "AWS_TRANSCRIBE_LANGUAGE"),
+          "AWS_SECRET_ACCESS_KEY": "s", "AWS_TRANSCRIBE_LANGUAGE": "af"},
+         "AWS_TRANSCRIBE_LANGUAGE=af: AWS Transcribe needs the full code"),
         # a fallback provider is held to the same rule as the primary
         ({"SPEECH_PROVIDER": "deepgram", "DEEPGRAM_API_KEY": "k",
           "SPEECH_FALLBACK_PROVIDERS": "whisper_local", "WHISPER_MODEL": "tiny.en",

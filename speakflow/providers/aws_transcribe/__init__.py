@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from ...config import Settings
 from ...errors import ConfigError
-from ...languages import UnsupportedLanguage, check_listed, primary, shown
+from ...languages import AUTO, UnsupportedLanguage, check_listed, primary, shown
 
 #: primary subtags of the languages AWS Transcribe streams (docs.aws.amazon.com
 #: "Supported languages", streaming column); the full code (es-US, en-GB) is
@@ -107,10 +107,11 @@ def check_language(code: str) -> None:
     """start_session.language: raise UnsupportedLanguage unless AWS takes it.
 
     A bare code must be one :func:`.codec.aws_language` can complete (es ->
-    es-US); AWS has no "auto" in this client (it streams one language).
+    es-US). "auto" asks AWS to identify the language among
+    :data:`.codec.IDENTIFY_OPTIONS` (identify-language).
     """
-    check_listed(code, "AWS Transcribe", LANGUAGES, auto=False)
-    if "-" not in code:
+    check_listed(code, "AWS Transcribe", LANGUAGES, auto=True)
+    if "-" not in code and code.lower() not in AUTO:
         from .codec import aws_language
 
         if "-" not in aws_language(code):
