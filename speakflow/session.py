@@ -718,12 +718,14 @@ class Connection:
                 item = backlog.popleft()
                 if isinstance(item, p.AudioIn):
                     self._backlog_bytes -= _deferred_cost(item)
-                    refusal = self._meta_refusal(item.meta)
-                    if refusal is not None and await store.tail_admit(self, item.meta):
+                    meta = item.meta
+                    refusal = self._meta_refusal(meta)
+                    ours = self.active is not None and self.active.id == meta.session_id
+                    if refusal is not None and not ours and await store.tail_admit(self, meta):
                         refusal = None  # store: the desktop's lost tail, taken over
                     if refusal is None:
                         await self._audio(item)
-                    elif store.first_refusal(self, item.meta.session_id):
+                    elif ours or store.first_refusal(self, meta.session_id):
                         await self.send_error(refusal.code, refusal.message, refusal.session_id)
                 elif isinstance(item, p.ProtocolViolation):
                     await self.send_error(item.code, item.message, item.session_id)
@@ -794,6 +796,10 @@ class Connection:
         if refusal is None or store.tail_session(self, meta.session_id) is not None:
             self.frames.expect_audio(meta)
             return
+        active = self.active
+        if active is not None and meta.session_id == active.id:
+            self.frames.discard_audio()  # this session's chunk, refused (its source)
+            raise refusal
         if self._may_be_tail(meta.session_id):
             self.frames.expect_audio(meta)  # its audio goes to the control task (_audio)
             return
