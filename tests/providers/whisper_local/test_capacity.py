@@ -98,7 +98,7 @@ def test_a_batch_the_model_cannot_make_sense_of_redoes_what_fits_the_budget(
 
     from ...client import read_wav
 
-    engine = shared_engine(resolve_model(""), "cpu", "int8", 0)
+    engine = shared_engine(resolve_model("tiny.en"), "cpu", "int8", 0)
     engine.load()
     jobs = []
     for utt in manifest["utterances_es"]:
