@@ -1,4 +1,4 @@
-"""``speakflow`` command line: serve (and, as they land, emulate, stream, bench)."""
+"""``speakflow`` command line: serve, and the tools (emulate, stream, bench, transcript)."""
 
 from __future__ import annotations
 

@@ -42,6 +42,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                                             "provider": {"type": "string"},
                                             "provider_ready": {"type": "boolean"},
                                             "version": {"type": "string"},
+                                            "instance_id": {"type": "string"},
                                         },
                                     }
                                 }
@@ -51,6 +52,18 @@ def openapi_document(version: str) -> dict[str, Any]:
                 }
             },
             **_session_paths(),
+            "/": {
+                "get": {
+                    "summary": "The browser page (microphone capture, past sessions)",
+                    "responses": {"200": {"description": "HTML page"}},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics of this instance",
+                    "responses": {"200": {"description": "Prometheus text format"}},
+                }
+            },
             "/docs": {
                 "get": {
                     "summary": "This documentation as HTML",
@@ -362,6 +375,10 @@ seconds per source, resumes, number of finals</td></tr>
 &ldquo;Meeting&rdquo; by default: TRANSCRIPT_LABEL_MICROPHONE, TRANSCRIPT_LABEL_SYSTEM);
 <code>&amp;download=1</code> for a file</td></tr>
 <tr><td><code>DELETE /v1/sessions/{{id}}</code></td><td>delete that record (204)</td></tr>
+<tr><td><code>GET /</code></td><td>the browser page: speak into the microphone, see your
+past sessions</td></tr>
+<tr><td><code>GET /metrics</code></td><td>Prometheus metrics of this instance (scrape every
+instance)</td></tr>
 <tr><td><code>GET /docs</code></td><td>this page</td></tr>
 <tr><td><code>GET /openapi.json</code></td><td>OpenAPI 3.1 document of the HTTP routes and
 JSON Schemas of every WebSocket message</td></tr>
