@@ -721,8 +721,12 @@ class Connection:
                     meta = item.meta
                     refusal = self._meta_refusal(meta)
                     ours = self.active is not None and self.active.id == meta.session_id
-                    if refusal is not None and not ours and await store.tail_admit(self, meta):
-                        refusal = None  # store: the desktop's lost tail, taken over
+                    if refusal is not None and not ours:
+                        try:
+                            if await store.tail_admit(self, meta):
+                                refusal = None  # store: the desktop's lost tail, taken over
+                        except p.ProtocolViolation as err:
+                            refusal = err  # its source name
                     if refusal is None:
                         await self._audio(item)
                     elif ours or store.first_refusal(self, meta.session_id):
@@ -801,6 +805,11 @@ class Connection:
             self.frames.discard_audio()  # this session's chunk, refused (its source)
             raise refusal
         if self._may_be_tail(meta.session_id):
+            try:
+                p.check_source(meta.source, meta.session_id)
+            except p.ProtocolViolation:
+                self.frames.discard_audio()
+                raise
             self.frames.expect_audio(meta)  # its audio goes to the control task (_audio)
             return
         self.frames.discard_audio()

@@ -61,6 +61,29 @@ async def test_client_that_drops_and_never_returns_keeps_every_final(store_url: 
         assert got == [tag(src, n) for n in range(12)]
 
 
+async def test_a_lost_tail_chunk_with_a_bad_source_is_refused_and_the_connection_lives(
+    sqlite_url: str,
+) -> None:
+    """Found by the fuzzer: a chunk naming a resumable session of this user but a source
+    that does not exist crashed the connection (1011) where it should get an error."""
+    with trio.fail_after(60):
+        async with echo_server(sqlite_url) as server:
+            async with server.client() as c:
+                await c.start("gone")
+                await c.expect("session_started")
+            async with server.client() as c:
+                await c.chunk("gone", "camera", tagged("microphone", 0), TS)
+                err = await c.expect("error")
+                assert err["code"] == "unknown_source", err
+                await c.start("next")  # the connection is alive and usable
+                await c.expect("session_started")
+                await c.chunk("next", "microphone", tagged("microphone", 1), TS)
+                await c.stop("next")
+                msgs = await c.until("session_ended")
+    texts = [m["text"] for m in msgs if m["type"] == "transcript"]
+    assert texts == [tag("microphone", 1)], msgs
+
+
 async def test_offline_stop_lost_tail_is_transcribed_into_the_record(sqlite_url: str) -> None:
     """protocol.md: a desktop that stopped offline sends its queued chunks on the next
     connection with no start_session, typically after the new session's start."""
