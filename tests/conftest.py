@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ import pytest
 
 from speakflow.cli import running_app
 from speakflow.config import Settings, load_settings
+from speakflow.shared_state.embedded import EmbeddedValkey
 
 from .client import TestClient
 
@@ -83,3 +84,14 @@ class ServerHandle:
 async def server() -> AsyncIterator[ServerHandle]:
     async with running_server() as handle:
         yield handle
+
+
+@pytest.fixture(scope="module")
+def valkey() -> Iterator[EmbeddedValkey]:
+    """A Valkey server on a free loopback port, no persistence; stopped by pid."""
+    server = EmbeddedValkey()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

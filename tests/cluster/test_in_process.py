@@ -4,7 +4,7 @@ real Valkey (REDIS_URL), the Deepgram emulator's echo engine behind both."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,16 +17,6 @@ from speakflow.shared_state.embedded import EmbeddedValkey
 from ..conftest import ServerHandle, running_server
 from ..emulation.support import running_deepgram
 from .support import tagged
-
-
-@pytest.fixture(scope="module")
-def valkey() -> Iterator[EmbeddedValkey]:
-    server = EmbeddedValkey()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @asynccontextmanager

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -13,17 +13,6 @@ from speakflow.shared_state.redis_store import RedisState
 
 #: short, so a dead instance is seen quickly (the store's default is 2 s)
 HEARTBEAT_TTL_S = 1.0
-
-
-@pytest.fixture(scope="module")
-def valkey() -> Iterator[EmbeddedValkey]:
-    """A Valkey server on a free loopback port, no persistence; stopped by pid."""
-    server = EmbeddedValkey()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 Factory = Callable[[str], SharedState]
