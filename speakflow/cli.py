@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import errno
-import importlib
 import logging
 import os
 import signal
 import socket
 import sys
 import tomllib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -24,17 +23,58 @@ from .errors import ConfigError
 
 log = logging.getLogger("speakflow")
 
-#: Modules that add subcommands: each has ``register(subparsers)`` which adds
-#: its parser and sets ``func`` to a callable taking the parsed args and
-#: returning an exit status. Keeps this file free of every tool's options.
-_SUBCOMMAND_MODULES: list[str] = [
-    "speakflow.client.cli",
-    "speakflow.client.bench_echo",  # bench-echo (the echo issue)
-    "speakflow.client.compare",
-    "speakflow.emulation.cli",
-    "speakflow.providers.whisper_local.bench",
-    "speakflow.store.cli",  # speakflow transcript (issue 19)
-]
+#: ``register(subparsers)`` of a command's module: adds its parser and sets
+#: ``func`` to a callable taking the parsed args and returning an exit status.
+Register = Callable[[Any], None]
+
+
+# One loader per module that adds subcommands: imported only when the parser is
+# built, and checked by mypy (a moved module fails the type check, not a user).
+def _tools_cli() -> Register:
+    from .tools import cli  # stream, bench
+
+    return cli.register
+
+
+def _bench_echo() -> Register:
+    from .tools import bench_echo
+
+    return bench_echo.register
+
+
+def _compare() -> Register:
+    from .tools import compare
+
+    return compare.register
+
+
+def _emulate() -> Register:
+    from .tools import emulate
+
+    return emulate.register
+
+
+def _bench_whisper() -> Register:
+    from .tools.bench_whisper import cli
+
+    return cli.register
+
+
+def _transcript() -> Register:
+    from .store import cli
+
+    return cli.register
+
+
+#: Keeps this file free of every tool's options.
+_SUBCOMMANDS: tuple[Callable[[], Register], ...] = (
+    _tools_cli,
+    _bench_echo,
+    _compare,
+    _emulate,
+    _bench_whisper,
+    _transcript,
+)
 
 
 def _setup_logging(settings: Settings) -> None:
@@ -321,7 +361,9 @@ def _port(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(serve_only: bool = False) -> argparse.ArgumentParser:
+    """The ``speakflow`` parser; ``serve_only`` leaves the other commands out, so that
+    a serving process never imports the tools (``speakflow.tools``) to register them."""
     parser = argparse.ArgumentParser(prog="speakflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the stream server")
@@ -338,13 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_scaleout_arguments(serve)  # --workers (and the hidden --listen-fd of its children)
     serve.set_defaults(func=_cmd_serve)
-    for module in _SUBCOMMAND_MODULES:
-        importlib.import_module(module).register(sub)
+    if not serve_only:
+        for load in _SUBCOMMANDS:
+            load()(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(serve_only=given[:1] == ["serve"]).parse_args(given)
     code: int = args.func(args)
     return code
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import wave
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,15 +11,15 @@ from typing import Any
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from speakflow.client.ws import negotiated_extensions, open_ws
+from speakflow.tools.ws import negotiated_extensions, open_ws
+from speakflow.wav import load_wav
 
 CHUNK_BYTES = 16000  # 500 ms
 
 
 def read_wav(path: Path) -> bytes:
-    with wave.open(str(path)) as w:
-        assert w.getframerate() == 16000 and w.getnchannels() == 1 and w.getsampwidth() == 2
-        return w.readframes(w.getnframes())
+    """A corpus file as the protocol's audio, through the package's one WAV reader."""
+    return load_wav(path)
 
 
 class TestClient:

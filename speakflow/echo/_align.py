@@ -40,8 +40,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-SAMPLES_PER_MS = 16
-BYTES_PER_SAMPLE = 2
+from ..audio import BYTES_PER_SAMPLE, SAMPLE_RATE
+
+SAMPLES_PER_MS = SAMPLE_RATE // 1000
 #: a chunk within this of where its source's previous chunk ended is contiguous
 JITTER_MS = 40
 #: system audio kept for microphone audio not yet seen (a microphone that

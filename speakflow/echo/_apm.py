@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-SAMPLE_RATE = 16000
+from ..audio import SAMPLE_RATE
+
 FRAME_SAMPLES = 160  # 10 ms, what the APM takes
 FRAME_BYTES = FRAME_SAMPLES * 2
 

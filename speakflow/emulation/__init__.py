@@ -13,8 +13,10 @@ our tests use them. What every vendor shares lives here:
 ``faults``     ``--fault`` parsing and per-connection bookkeeping
 ``engines``    ``whisper`` (real text from the local model, batched across
                connections) and ``echo``
-``cli``        ``speakflow emulate <vendor>``
 =============  ==============================================================
+
+The ``speakflow emulate <vendor>`` command is a tool:
+:mod:`speakflow.tools.emulate`.
 
 A vendor is one module implementing :class:`~speakflow.emulation.server.Vendor`
 (by subclassing :class:`~speakflow.emulation.vendor.EngineVendor` and
@@ -24,13 +26,43 @@ A vendor is one module implementing :class:`~speakflow.emulation.server.Vendor`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .server import Vendor
+
+    #: a vendor's emulator class: (engine, idle_timeout=, credentials...) -> Vendor
+    VendorFactory = Callable[..., Vendor]
+
 #: ``--engine`` choices (``speakflow.emulation.engines``)
 ENGINES = ("whisper", "echo")
 
-#: vendor name -> "module:factory"; the factory takes (engine, idle_timeout=) and its
-#: vendor's credentials as keywords (api_key=; AWS: access_key=, secret_key=).
-EMULATORS: dict[str, str] = {
-    "deepgram": "speakflow.emulation.deepgram:DeepgramEmulator",
-    "assemblyai": "speakflow.emulation.assemblyai:AssemblyAIEmulator",
-    "aws_transcribe": "speakflow.emulation.aws_transcribe:AwsTranscribeEmulator",
+
+# One loader per vendor: the vendor's module is imported only when it is
+# emulated, and mypy checks the reference (a renamed class fails the type check).
+def _deepgram() -> VendorFactory:
+    from .deepgram import DeepgramEmulator
+
+    return DeepgramEmulator
+
+
+def _assemblyai() -> VendorFactory:
+    from .assemblyai import AssemblyAIEmulator
+
+    return AssemblyAIEmulator
+
+
+def _aws_transcribe() -> VendorFactory:
+    from .aws_transcribe import AwsTranscribeEmulator
+
+    return AwsTranscribeEmulator
+
+
+#: vendor name -> loader of its emulator class; the class takes (engine, idle_timeout=)
+#: and its vendor's credentials as keywords (api_key=; AWS: access_key=, secret_key=).
+EMULATORS: dict[str, Callable[[], VendorFactory]] = {
+    "deepgram": _deepgram,
+    "assemblyai": _assemblyai,
+    "aws_transcribe": _aws_transcribe,
 }

@@ -32,6 +32,7 @@ from typing import Protocol
 import numpy as np
 import trio
 
+from ..audio import SAMPLE_RATE
 from ..providers.whisper_local import WINDOWS
 from ..providers.whisper_local.engine import (
     VAD_WINDOW,
@@ -45,8 +46,6 @@ from ..providers.whisper_local.policy import Utterance, VadSegmenter
 from ..providers.whisper_local.provider import accepted_text
 from ..providers.whisper_local.scheduler import BatchScheduler, StreamQueue
 from . import ENGINES
-
-SAMPLE_RATE = 16000
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,10 +15,9 @@ from typing import Protocol
 
 import trio
 
+from ..audio import BYTES_PER_SAMPLE as BYTES_PER_SAMPLE
+from ..audio import SAMPLE_RATE as SAMPLE_RATE
 from ..languages import check_tag
-
-SAMPLE_RATE = 16000
-BYTES_PER_SAMPLE = 2
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from speakflow.client.stream import CHUNK_BYTES, Display, StreamClient, StreamOptions
+from speakflow.tools.stream import CHUNK_BYTES, Display, StreamClient, StreamOptions
 
 from .conftest import Cluster
 

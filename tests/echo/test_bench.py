@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import trio
 
-from speakflow.client.bench_echo import (
+from speakflow.tools.bench_echo import (
     Run,
     Scenario,
     add_echo,

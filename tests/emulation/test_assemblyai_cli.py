@@ -10,8 +10,8 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from speakflow.cli import build_parser
 from speakflow.emulation.assemblyai import AssemblyAIEmulator
-from speakflow.emulation.cli import build_vendor
 from speakflow.emulation.engines import EchoEngine
+from speakflow.tools.emulate import build_vendor
 
 from .support import emulator_process
 

@@ -18,10 +18,10 @@ from trio_websocket import (
 from speakflow.cli import build_parser
 from speakflow.emulation.aws_transcribe import IDLE_MESSAGE, parse_query
 from speakflow.emulation.aws_transcribe import QueryError as AwsQueryError
-from speakflow.emulation.cli import build_vendor
 from speakflow.emulation.engines import EchoEngine
 from speakflow.emulation.server import EmulatorServer
 from speakflow.providers.aws_transcribe import codec, signing
+from speakflow.tools.emulate import build_vendor
 
 from ..providers.aws_transcribe.support import botocore_decode, running_aws, signed
 from .support import emulator_process

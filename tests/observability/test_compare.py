@@ -35,7 +35,7 @@ def independent_wer(reference: str, hypothesis: str) -> tuple[int, int]:
 
 
 async def test_compare_report_matches_independent_wer(audio_dir, tmp_path) -> None:
-    from speakflow.client.compare import compare, report_html, report_json
+    from speakflow.tools.compare import compare, report_html, report_json
 
     with trio.fail_after(240):
         async with (

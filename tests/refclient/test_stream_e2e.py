@@ -136,7 +136,7 @@ async def test_unreadable_wav_is_a_usage_error(tmp_path: Path):
 
 
 async def test_client_offers_permessage_deflate_like_the_desktop():
-    from speakflow.client.ws import negotiated_extensions, open_ws
+    from speakflow.tools.ws import negotiated_extensions, open_ws
 
     async with running_server() as server:
         async with open_ws(server.ws, [(b"X-User-Id", b"u")]) as ws:

@@ -10,8 +10,8 @@ import pytest
 import trio
 import trio.testing
 
-from speakflow.client.bench import chunk_templates, make_tag, parse_tag, synthetic_speech
-from speakflow.client.rawws import (
+from speakflow.tools.bench import chunk_templates, make_tag, parse_tag, synthetic_speech
+from speakflow.tools.rawws import (
     OP_BINARY,
     OP_PONG,
     OP_TEXT,

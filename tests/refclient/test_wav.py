@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speakflow.client.wav import WavError, decode_wav, from_pcm16, load_wav, resample
+from speakflow.wav import WavError, decode_wav, from_pcm16, load_wav, resample
 
 
 def riff(

@@ -31,8 +31,8 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from speakflow import _deflate
 from speakflow._deflate import BoundedDeflate
-from speakflow.client.rawws import OP_BINARY, OP_PING, OP_TEXT, RawWebSocket, frame_header
-from speakflow.client.ws import negotiated_extensions
+from speakflow.tools.rawws import OP_BINARY, OP_PING, OP_TEXT, RawWebSocket, frame_header
+from speakflow.tools.ws import negotiated_extensions
 
 from ..client import CHUNK_BYTES, TestClient, read_wav
 from ..conftest import running_server

@@ -34,8 +34,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from speakflow.client.ws import open_ws
 from speakflow.protocol import decode_server
+from speakflow.tools.ws import open_ws
 from speakflow.wer import wer
 
 from ..client import TestClient, assert_ended_last, read_wav

@@ -2,7 +2,8 @@
 
 ``engine`` (model, VAD, decode paths), ``models`` (WHISPER_MODEL resolution),
 ``policy`` (pure streaming policy), ``scheduler`` (batching across streams),
-``provider`` (backend + per-stream worker), ``bench`` (``speakflow bench-whisper``).
+``provider`` (backend + per-stream worker). Its benchmark, ``speakflow bench-whisper``,
+is a tool: :mod:`speakflow.tools.bench_whisper`.
 
 This module stays import-light: the registry calls :func:`check_settings` while
 settings load, before anything heavy is imported.

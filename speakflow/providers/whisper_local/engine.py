@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from ...audio import SAMPLE_RATE
 from ...errors import ConfigError
 from .models import bundled_model_path, resolve_model
 
@@ -56,7 +57,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 VAD_WINDOW = 512
 VAD_CONTEXT = 64
 #: mel frames per second (hop 160 samples)

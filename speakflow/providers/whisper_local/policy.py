@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...audio import SAMPLE_RATE
 from .engine import VAD_CONTEXT, VAD_WINDOW
 
-SAMPLE_RATE = 16000
 PREROLL = int(0.3 * SAMPLE_RATE)
 #: Trailing non-speech kept after the last speech window: Whisper decodes the
 #: last word better with a little silence after it.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import inspect
 import logging
 import os
@@ -15,12 +14,12 @@ import trio
 
 from .. import _wsmask
 from .._gc import tune_for_latency
-from . import EMULATORS, ENGINES
-from .faults import KINDS, Faults, FaultSpecError
+from ..emulation import EMULATORS, ENGINES
+from ..emulation.faults import KINDS, Faults, FaultSpecError
 
 if TYPE_CHECKING:
-    from .engines import Engine
-    from .server import EmulatorServer, Vendor
+    from ..emulation.engines import Engine
+    from ..emulation.server import EmulatorServer, Vendor
 
 log = logging.getLogger("speakflow.emulation")
 
@@ -110,7 +109,7 @@ def register(sub: Any) -> None:
 
 def build_engine(name: str) -> Engine:
     """The engine by name; ``whisper`` reads WHISPER_* like the server does."""
-    from .engines import create_engine
+    from ..emulation.engines import create_engine
 
     if name != "whisper":
         return create_engine(name)
@@ -137,8 +136,7 @@ def build_vendor(
     """The vendor's emulator; ``credentials`` (api_key=, access_key=, ...) and options
     (max_session_s=, ...) left None take the vendor's defaults. One the vendor does not
     take is a ValueError."""
-    module_name, _, attr = EMULATORS[vendor].partition(":")
-    factory = getattr(importlib.import_module(module_name), attr)
+    factory = EMULATORS[vendor]()
     kwargs: dict[str, Any] = {k: v for k, v in credentials.items() if v is not None}
     if idle_timeout is not None:
         kwargs["idle_timeout"] = idle_timeout
@@ -192,7 +190,7 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
     except Exception as err:  # a missing or broken model: one line, not a trace
         print(f"speakflow emulate: cannot load the {args.engine} engine: {err}", file=sys.stderr)
         return 2
-    from .server import EmulatorServer
+    from ..emulation.server import EmulatorServer
 
     try:
         vendor = build_vendor(

@@ -1,11 +1,12 @@
 """WAV files in, protocol audio out: 16 kHz, mono, PCM16 little-endian.
 
-The reference client accepts what people have lying around: any sample rate,
-any channel count, 8/16/24/32-bit integer PCM or 32/64-bit float (plain or
-``WAVE_FORMAT_EXTENSIBLE``). Channels are averaged, the rate is converted with
-a windowed-sinc polyphase filter (numpy only), and anything else (ADPCM,
-mu-law, MP3-in-WAV, a file that is not RIFF/WAVE) is refused with one line
-that says what the file is and how to convert it.
+The one WAV reader: the reference client, the benchmarks and the tests read
+files through :func:`load_wav`. It accepts what people have lying around:
+any sample rate, any channel count, 8/16/24/32-bit integer PCM or 32/64-bit
+float (plain or ``WAVE_FORMAT_EXTENSIBLE``). Channels are averaged, the rate
+is converted with a windowed-sinc polyphase filter (numpy only), and anything
+else (ADPCM, mu-law, MP3-in-WAV, a file that is not RIFF/WAVE) is refused with
+one line that says what the file is and how to convert it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-TARGET_RATE = 16000
+from .audio import SAMPLE_RATE
 
 _PCM = 0x0001
 _FLOAT = 0x0003
@@ -48,7 +49,7 @@ def load_wav(path: str | Path) -> bytes:
         samples, rate = decode_wav(data)
     except WavError as err:
         raise WavError(f"{path}: {err}") from None
-    return to_pcm16(resample(samples, rate, TARGET_RATE))
+    return to_pcm16(resample(samples, rate, SAMPLE_RATE))
 
 
 def decode_wav(data: bytes) -> tuple[npt.NDArray[np.float64], int]:
@@ -117,7 +118,7 @@ def _to_float(raw: npt.NDArray[np.uint8], tag: int, width: int) -> npt.NDArray[n
 
 
 def resample(
-    x: npt.NDArray[np.float64], rate: int, target: int = TARGET_RATE, zero_crossings: int = 16
+    x: npt.NDArray[np.float64], rate: int, target: int = SAMPLE_RATE, zero_crossings: int = 16
 ) -> npt.NDArray[np.float64]:
     """Rational-ratio resampling with a Kaiser-windowed sinc, polyphase, in blocks.
 

@@ -20,7 +20,6 @@ import argparse
 import html
 import io
 import json
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from typing import Any
 import httpx
 import trio
 
+from ..stats import percentile
 from ..wer import edit_distance, normalize
 from .stream import Display, StreamClient, StreamOptions
 
@@ -89,11 +89,8 @@ class ProviderResult:
 
 
 def _pct(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    k = (len(values) - 1) * q / 100
-    lo, hi = math.floor(k), math.ceil(k)
-    return round(values[lo] + (values[hi] - values[lo]) * (k - lo), 3)
+    value = percentile(values, q)
+    return None if value is None else round(value, 3)
 
 
 def corpus(audio_dir: Path, include_meeting: bool = True) -> list[tuple[str, str | None, str]]:

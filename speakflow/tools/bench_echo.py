@@ -40,9 +40,9 @@ import numpy as np
 import trio
 from trio_websocket import open_websocket_url
 
+from ..wav import load_wav
 from ..wer import common_in_order, normalize, wer
 from .bench import default_audio_dir
-from .wav import load_wav
 
 CHUNK_BYTES = 16000
 TS = 1_717_000_000_000

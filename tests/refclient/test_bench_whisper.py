@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 from speakflow.cli import build_parser
-from speakflow.providers.whisper_local.bench import (
-    StreamRecord,
-    Track,
-    Turn,
-    analyse,
-    meeting_tracks,
-    targets,
-    utterance_track,
-)
+from speakflow.tools.bench_whisper.analysis import StreamRecord, analyse
+from speakflow.tools.bench_whisper.corpus import Track, Turn, meeting_tracks, utterance_track
+from speakflow.tools.bench_whisper.report import targets
 
 
 def _msg(text: str, final: bool, start: float, end: float, seg: str) -> dict[str, object]:

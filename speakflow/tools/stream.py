@@ -34,11 +34,12 @@ import trio
 import trio.lowlevel
 from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, WebSocketConnection
 
-from .wav import TARGET_RATE, load_wav
+from ..audio import SAMPLE_RATE
+from ..wav import load_wav
 from .ws import ConnectError, open_ws
 
 CHUNK_MS = 500
-CHUNK_BYTES = TARGET_RATE * 2 * CHUNK_MS // 1000
+CHUNK_BYTES = SAMPLE_RATE * 2 * CHUNK_MS // 1000
 PING_INTERVAL = 20.0
 PONG_TIMEOUT = 10.0
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/stt/stream"
@@ -87,7 +88,7 @@ class SourceStats:
 
     @property
     def audio_s(self) -> float:
-        return sum(len(c) for c in self.chunks) / (2 * TARGET_RATE)
+        return sum(len(c) for c in self.chunks) / (2 * SAMPLE_RATE)
 
     def latency_of(self, end_time: float, received: float) -> float | None:
         """Seconds from sending the chunk holding ``end_time`` to ``received``."""
@@ -212,7 +213,7 @@ class StreamClient:
         for name, path in files:
             pcm = load_wav(path)
             if not pcm:
-                from .wav import WavError
+                from ..wav import WavError
 
                 raise WavError(f"{path}: no audio in file")
             self.sources[name] = SourceStats(name, split_chunks(pcm))
@@ -285,7 +286,7 @@ class StreamClient:
                         "user_id": self.opts.user_id,
                         "sources": list(self.sources),
                         "audio_config": {
-                            "sample_rate": TARGET_RATE,
+                            "sample_rate": SAMPLE_RATE,
                             "channels": 1,
                             "encoding": "pcm16le",
                         },
@@ -524,7 +525,7 @@ def default_user_id() -> str:
 
 def run_stream(opts: StreamOptions) -> int:
     """Run the client to completion; print the summary; return the exit status."""
-    from .wav import WavError
+    from ..wav import WavError
 
     client = StreamClient(opts)
     try:

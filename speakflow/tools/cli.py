@@ -210,14 +210,13 @@ def _cmd_stream(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    from .args import key_values
     from .bench import BenchOptions, run_bench
 
-    env = {}
-    for item in args.server_env:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"speakflow bench: --server-env wants KEY=VALUE, got {item!r}")
-        env[key] = value
+    try:
+        env = key_values(args.server_env, "--server-env")
+    except ValueError as err:
+        raise SystemExit(f"speakflow bench: {err}") from None
     opts = BenchOptions(
         sessions=args.sessions,
         duration=args.duration,

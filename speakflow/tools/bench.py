@@ -13,7 +13,7 @@ With no ``--url`` the benchmark starts the emulator and a server (as separate
 processes, on free loopback ports) and reports their CPU and memory from
 /proc; it reports its own CPU too, so one can see the generator is not what
 limits the measurement. The generator stays cheap: frames are built once
-(see :mod:`speakflow.client.rawws`), a few sessions share one pacing task,
+(see :mod:`speakflow.tools.rawws`), a few sessions share one pacing task,
 and one write carries a tick's four frames.
 
 Phases of one round: connect and start every session (spread over
@@ -45,9 +45,11 @@ import numpy as np
 import trio
 
 from .._gc import tune_for_latency
+from ..audio import SAMPLE_RATE as TARGET_RATE
+from ..stats import percentile
+from ..wav import WavError, load_wav
 from . import procs
 from .rawws import OP_PING, ChunkTemplate, HandshakeFailed, RawWebSocket, frame_header, text_frame
-from .wav import TARGET_RATE, WavError, load_wav
 
 PERIOD = 0.5  # seconds of audio per chunk, and between a source's chunks
 CHUNK_BYTES = int(TARGET_RATE * 2 * PERIOD)
@@ -77,7 +79,7 @@ class BenchOptions:
     server_env: dict[str, str] = field(default_factory=dict)
     profile: Path | None = None
     keep_logs: bool = False
-    #: store: one round with TRANSCRIPT_STORE=off, one with SQLite (speakflow.store.benchcmp)
+    #: store: one round with TRANSCRIPT_STORE=off, one with SQLite (speakflow.tools.bench_store)
     compare_store: bool = False
 
     def ramp_s(self, n: int) -> float:
@@ -434,7 +436,8 @@ class _Sampler:
 
 
 def _pct(values: np.ndarray[Any, Any], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 2) if len(values) else None
+    value = percentile(values, q)
+    return None if value is None else round(value, 2)
 
 
 def _mb(n: float | None) -> float | None:
@@ -700,7 +703,7 @@ async def bench(opts: BenchOptions) -> dict[str, Any]:
     pcm, audio_desc = load_tracks(audio_dir)
     tracks = {src: chunk_templates(pcm[src], opts.deflate) for src in SOURCES}
     if opts.compare_store:  # store: two stacks in turn, store off then on
-        from ..store.benchcmp import compare_store
+        from .bench_store import compare_store
 
         return {"audio": audio_desc, **await compare_store(opts, tracks)}
     stack = await start_stack(opts)
@@ -783,7 +786,7 @@ def _round_line(r: dict[str, Any], bound: float) -> str:
 
 def format_report(r: dict[str, Any]) -> str:
     if "compare_store" in r:  # store: side by side
-        from ..store.benchcmp import format_comparison
+        from .bench_store import format_comparison
 
         return format_comparison(r)
     if "capacity" in r:

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..client.bench import BenchOptions
-    from ..client.rawws import ChunkTemplate
+    from .bench import BenchOptions
+    from .rawws import ChunkTemplate
 
 #: the issue's budget: the store may add this much server CPU per session
 BUDGET_PCT = 5.0
@@ -30,7 +30,7 @@ BUDGET_PCT = 5.0
 async def compare_store(
     opts: BenchOptions, tracks: dict[str, list[ChunkTemplate]]
 ) -> dict[str, Any]:
-    from ..client.bench import run_round, start_stack
+    from .bench import run_round, start_stack
 
     workdir = Path(tempfile.mkdtemp(prefix="speakflow-bench-store-"))
     db = workdir / "transcripts.db"
