@@ -10,7 +10,7 @@ import signal
 import socket
 import sys
 import tomllib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -22,59 +22,6 @@ from .config import Settings, load_settings
 from .errors import ConfigError
 
 log = logging.getLogger("speakflow")
-
-#: ``register(subparsers)`` of a command's module: adds its parser and sets
-#: ``func`` to a callable taking the parsed args and returning an exit status.
-Register = Callable[[Any], None]
-
-
-# One loader per module that adds subcommands: imported only when the parser is
-# built, and checked by mypy (a moved module fails the type check, not a user).
-def _tools_cli() -> Register:
-    from .tools import cli  # stream, bench
-
-    return cli.register
-
-
-def _bench_echo() -> Register:
-    from .tools import bench_echo
-
-    return bench_echo.register
-
-
-def _compare() -> Register:
-    from .tools import compare
-
-    return compare.register
-
-
-def _emulate() -> Register:
-    from .tools import emulate
-
-    return emulate.register
-
-
-def _bench_whisper() -> Register:
-    from .tools.bench_whisper import cli
-
-    return cli.register
-
-
-def _transcript() -> Register:
-    from .store import cli
-
-    return cli.register
-
-
-#: Keeps this file free of every tool's options.
-_SUBCOMMANDS: tuple[Callable[[], Register], ...] = (
-    _tools_cli,
-    _bench_echo,
-    _compare,
-    _emulate,
-    _bench_whisper,
-    _transcript,
-)
 
 
 def _setup_logging(settings: Settings) -> None:
@@ -381,7 +328,9 @@ def build_parser(serve_only: bool = False) -> argparse.ArgumentParser:
     add_scaleout_arguments(serve)  # --workers (and the hidden --listen-fd of its children)
     serve.set_defaults(func=_cmd_serve)
     if not serve_only:
-        for load in _SUBCOMMANDS:
+        from .commands import COMMANDS
+
+        for load in COMMANDS:
             load()(sub)
     return parser
 

@@ -21,14 +21,12 @@ from __future__ import annotations
 import getpass
 import json
 import math
-import shutil
-import statistics
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import trio
 import trio.lowlevel
@@ -36,6 +34,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError,
 
 from ..audio import SAMPLE_RATE
 from ..wav import load_wav
+from .display import LABELS, Display, summary_text
 from .ws import ConnectError, open_ws
 
 CHUNK_MS = 500
@@ -43,7 +42,6 @@ CHUNK_BYTES = SAMPLE_RATE * 2 * CHUNK_MS // 1000
 PING_INTERVAL = 20.0
 PONG_TIMEOUT = 10.0
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/stt/stream"
-LABELS = {"microphone": "mic", "system": "sys"}
 
 
 class StreamFailed(Exception):
@@ -100,87 +98,6 @@ class SourceStats:
 
 def split_chunks(pcm: bytes, size: int = CHUNK_BYTES) -> list[bytes]:
     return [pcm[i : i + size] for i in range(0, len(pcm), size)]
-
-
-# ---------------------------------------------------------------- display
-
-
-class Display:
-    """Where output goes.
-
-    Finals (or, with ``--json``, every server message) go to stdout. The live
-    line (progress and each source's partial, overwritten in place) goes to
-    stdout when it is a terminal and the output is text, else to stderr when
-    that is a terminal, else nowhere. Notes (errors) go to stderr.
-    """
-
-    def __init__(self, json_mode: bool, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
-        self.json = json_mode
-        self.out = out
-        self.err = err
-        self.tty: TextIO | None = None
-        if not json_mode and out.isatty():
-            self.tty = out
-        elif err.isatty():
-            self.tty = err
-        self._status = ""
-
-    @property
-    def live(self) -> bool:
-        return self.tty is not None
-
-    def raw(self, text: str) -> None:
-        if self.json:
-            self._write(self.out, text if "\n" not in text else json.dumps(json.loads(text)))
-
-    def final(self, source: str, msg: dict[str, Any]) -> None:
-        if not self.json:
-            span = f"{_clock(msg.get('start_time', 0.0))}-{_clock(msg.get('end_time', 0.0))}"
-            # the language the server transcribed in (detected when none was asked for)
-            lang = f" {msg['language']}" if msg.get("language") else ""
-            self._write(
-                self.out, f"[{LABELS.get(source, source)} {span}{lang}] {msg.get('text', '')}"
-            )
-
-    def note(self, text: str) -> None:
-        self._write(self.err, text)
-
-    def status(self, text: str) -> None:
-        if self.tty is None:
-            return
-        width = shutil.get_terminal_size((100, 20)).columns - 1
-        self._status = text[-width:] if len(text) > width else text
-        self.tty.write("\r\x1b[K" + self._status)
-        self.tty.flush()
-
-    def clear(self) -> None:
-        if self.tty is not None:
-            self.tty.write("\r\x1b[K")
-            self.tty.flush()
-            self._status = ""
-
-    def _write(self, stream: TextIO, line: str) -> None:
-        """A whole line, with the live line lifted off and put back if they share a screen."""
-        shared = (
-            self.tty is not None
-            and self._status
-            and (stream is self.tty or (stream.isatty() and self.tty.isatty()))
-        )
-        if shared:
-            assert self.tty is not None
-            self.tty.write("\r\x1b[K")
-            self.tty.flush()
-        stream.write(line + "\n")
-        stream.flush()
-        if shared:
-            assert self.tty is not None
-            self.tty.write(self._status)
-            self.tty.flush()
-
-
-def _clock(seconds: float) -> str:
-    m, s = divmod(max(0.0, float(seconds)), 60)
-    return f"{int(m):02d}:{s:04.1f}"
 
 
 # ---------------------------------------------------------------- the client
@@ -461,36 +378,7 @@ class StreamClient:
         if self.opts.json:
             print(json.dumps(summary), flush=True)
             return
-        lines = ["", "-- summary " + "-" * 40]
-        sent = summary["send_s"]
-        lines.append(
-            f"session {summary['session_id']} on {summary['provider'] or '?'}: "
-            f"{summary['audio_s']:.1f} s of audio"
-            + (f" sent in {sent:.1f} s" if sent is not None else "")
-            + (f" (speed {self.opts.speed:g})" if self.opts.speed else " (as fast as possible)")
-        )
-        for name, s in summary["sources"].items():
-            lat = s["final_latency_s"]
-            first = s["first_partial_s"]
-            lines.append(
-                f"{name}: {s['chunks_sent']} chunks, {s['finals']} finals, {s['words']} words"
-                + (f" in {'/'.join(s['languages'])}" if s["languages"] else "")
-                + "; "
-                f"first partial after {'-' if first is None else f'{first:.2f} s'}"
-            )
-            if lat:
-                lines.append(
-                    f"  final latency after each pause (s): {', '.join(f'{x:.2f}' for x in lat)}"
-                    f"  (median {statistics.median(lat):.2f}, max {max(lat):.2f})"
-                )
-        errs = summary["errors"]
-        lines.append(
-            "errors: "
-            + ("none" if not errs else "; ".join(f"{e['code']}: {e['message']}" for e in errs))
-        )
-        if "failure" in summary:
-            lines.append(f"failed: {summary['failure']}")
-        print("\n".join(lines), file=sys.stdout, flush=True)
+        print(summary_text(summary, self.opts.speed), file=sys.stdout, flush=True)
 
 
 def _leaf(group: BaseExceptionGroup[Any]) -> BaseException:

@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import trio
 
-from speakflow.tools.stream import CHUNK_BYTES, Display, StreamClient, StreamOptions
+from speakflow.tools.display import Display
+from speakflow.tools.stream import CHUNK_BYTES, StreamClient, StreamOptions
 
 from .conftest import Cluster
 

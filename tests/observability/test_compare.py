@@ -35,7 +35,8 @@ def independent_wer(reference: str, hypothesis: str) -> tuple[int, int]:
 
 
 async def test_compare_report_matches_independent_wer(audio_dir, tmp_path) -> None:
-    from speakflow.tools.compare import compare, report_html, report_json
+    from speakflow.tools.compare import compare
+    from speakflow.tools.compare_report import report_html, report_json
 
     with trio.fail_after(240):
         async with (

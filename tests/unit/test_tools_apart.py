@@ -60,7 +60,7 @@ def test_the_check_sees_a_tool_imported() -> None:
 
 def test_only_the_command_table_names_the_tools() -> None:
     """No import outside the tools reaches into them, lazily or not, but the loaders of
-    ``speakflow.cli``'s command table (called only for commands other than ``serve``)."""
+    the command table (``speakflow.commands``, called for commands other than ``serve``)."""
     found = [
         site
         for name, path in module_files().items()
@@ -68,5 +68,5 @@ def test_only_the_command_table_names_the_tools() -> None:
         for site in import_sites(name, path)
         if in_tools(site.target) or (site.target == "speakflow" and "tools" in site.names)
     ]
-    assert {site.module for site in found} == {"speakflow.cli"}
+    assert {site.module for site in found} == {"speakflow.commands"}
     assert all(site.nested for site in found)
