@@ -12,7 +12,9 @@ from typing import Any
 
 import trio
 
+from .. import procs
 from ..args import key_values
+from ..ws import split_url
 from .baseline import offline_score, offline_texts
 from .corpus import CORPORA, find_audio_dir, meeting_tracks, utterance_track
 from .report import format_round, format_targets, targets
@@ -36,8 +38,6 @@ class Options:
 
 
 async def bench(opts: Options, out: Any = sys.stdout) -> dict[str, Any]:
-    from .. import procs
-
     audio_dir = find_audio_dir(opts.audio_dir)
     manifest = json.loads((audio_dir / "manifest.json").read_text())
     if opts.workload == "meeting":
@@ -78,8 +78,6 @@ async def bench(opts: Options, out: Any = sys.stdout) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="speakflow-bench-whisper-"))
     try:
         if opts.url:
-            from ..ws import split_url
-
             url = opts.url
             host, port, _, _ = split_url(url)
             pid = opts.server_pid

@@ -14,6 +14,8 @@ import trio
 
 from ...audio import BYTES_PER_SAMPLE, SAMPLE_RATE
 from ...stats import percentile
+from ..procs import http_get, machine_jiffies, machine_percent, sample_proc, sample_self
+from ..ws import open_ws
 from .analysis import StreamRecord, analyse, mean, percentiles
 from .corpus import Track
 
@@ -28,8 +30,6 @@ async def _run_session(
     start_at: float,
     language: str | None,
 ) -> None:
-    from ..ws import open_ws
-
     headers = [(b"X-User-Id", f"bench-{sid}".encode())]
     sources = [r.source for r in records]
     by_source = {r.source: r for r in records}
@@ -99,8 +99,6 @@ _METRIC = re.compile(r"^(speakflow_whisper_[a-z_]+)\{[^}]*\}\s+([-+0-9.eE]+|NaN)
 
 
 async def scrape(host: str, port: int) -> dict[str, float]:
-    from ..procs import http_get
-
     try:
         status, body = await http_get(host, port, "/metrics")
     except OSError:
@@ -130,8 +128,6 @@ async def run_round(
     stagger: float,
     language: str | None,
 ) -> RoundResult:
-    from ..procs import machine_jiffies, machine_percent, sample_proc, sample_self
-
     # sessions: pairs of tracks (meeting) or one track each (utterances)
     plan: list[list[StreamRecord]] = []
     tag = uuid.uuid4().hex[:6]
