@@ -54,8 +54,6 @@ from .providers.base import (
     StreamHooks,
     TranscriptEvent,
 )
-from .replay import PREROLL_S as PREROLL_S
-from .replay import SILENCE_RMS as SILENCE_RMS
 from .replay import ReplayBuffer, is_loud, is_repeat, replay_start
 
 log = logging.getLogger(__name__)
