@@ -1,22 +1,25 @@
-"""Keeping one source's transcript alive across vendor failures.
+"""Keeping one source's transcript alive across vendor failures: the Trio shell.
 
 :class:`ResilientStream` sits between the connection's reader, which hands it
 each chunk with :meth:`~ResilientStream.feed`, and a provider, which reads
-them from a bounded channel. It owns what must outlive any one vendor
-connection:
+them from a channel bounded by audio duration. It owns what must outlive any
+one vendor connection, and decides with two pure modules:
 
-* a **replay buffer** of the audio the vendor has not yet turned into a final
-  (frames after the last final's end; leading silence is not kept), replayed
-  to every new connection so nothing said is lost;
-* the **last final's end** on the source timeline, so a final the new
-  connection produces again for replayed audio is dropped, never sent twice;
-* the **retry budget**: exponential backoff with jitter between connects
-  (tenacity computes the waits), reset after a healthy period; when spent,
-  the client hears ``provider_unavailable`` once and retries go on at the
-  capped interval, or the stream fails over to the next provider of
-  SPEECH_FALLBACK_PROVIDERS;
-* a **stall watchdog**: a connection that takes speech but sends nothing back
-  for PROVIDER_RESPONSE_TIMEOUT is treated as dead.
+* :mod:`speakflow.replay`: the **replay buffer** of the audio the vendor has
+  not yet turned into a final (frames after the last final's end; leading
+  silence is not kept), replayed to every new connection so nothing said is
+  lost, and the **last final's end** on the source timeline, so a final the
+  new connection produces again for replayed audio is dropped, never sent twice;
+* :mod:`speakflow.failover`: the **retry budget** (exponential backoff with
+  jitter, tenacity computes the waits, reset after a healthy period; when
+  spent, the client hears ``provider_unavailable`` once and retries go on at
+  the capped interval) and **failover** to the next provider of
+  SPEECH_FALLBACK_PROVIDERS, and back to the primary.
+
+What is left here is what needs Trio: the channel to the current connection,
+the connect/sleep/report loop, and a **stall watchdog**: a connection that
+takes speech but sends nothing back for PROVIDER_RESPONSE_TIMEOUT is
+treated as dead.
 
 Providers stay simple: one connection per ``stream()`` call, times mapped from
 the offset of the first frame they receive, a typed error when it breaks.
@@ -34,15 +37,13 @@ import dataclasses
 import enum
 import logging
 import math
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
-import numpy as np
-import tenacity
 import trio
 
 from .errors import ProviderError, ProviderOverloaded, ProviderRejected, ProviderUnavailable
+from .failover import Failover, Next
+from .failover import RetryPolicy as RetryPolicy  # session.py builds one
 from .observability.logs import event, provider_var
 from .providers.base import (
     SAMPLE_RATE,
@@ -53,133 +54,9 @@ from .providers.base import (
     StreamHooks,
     TranscriptEvent,
 )
+from .replay import ReplayBuffer, is_loud, is_repeat, replay_start
 
 log = logging.getLogger(__name__)
-
-#: RMS (of int16 samples) under which a frame counts as silence for buffering
-#: and for the stall watchdog: about -50 dBFS.
-SILENCE_RMS = 100.0
-#: Silence kept before speech in the replay buffer, so a vendor hears the onset.
-PREROLL_S = 1.0
-#: A final whose end is within this of the last final's end is a repeat.
-DUPLICATE_EPSILON_S = 0.05
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Backoff between vendor connects, and when to give up telling the client nothing."""
-
-    initial_s: float = 0.5
-    max_s: float = 10.0
-    #: failed connects in a row before the client is told (and failover happens)
-    attempts: int = 5
-    #: a connection that stayed up this long resets the budget
-    healthy_s: float = 60.0
-    #: how long a fallback serves before the primary is tried again
-    primary_retry_s: float = 300.0
-
-    def waits(self) -> Callable[[int], float]:
-        """Seconds to wait before attempt ``n`` (1-based): tenacity's exponential jitter."""
-        strategy = tenacity.wait_exponential_jitter(
-            multiplier=self.initial_s, max=self.max_s, jitter=self.initial_s
-        )
-
-        def wait(n: int) -> float:
-            state = tenacity.RetryCallState(None, None, (), {})  # type: ignore[arg-type]
-            state.attempt_number = n
-            return float(strategy(state))
-
-        return wait
-
-
-def is_loud(pcm: bytes) -> bool:
-    """Whether a frame carries more than silence; every 4th sample is plenty to tell.
-
-    Runs once per chunk on the hot path, so: no sqrt, a strided view, one dot.
-    """
-    samples = np.frombuffer(pcm, dtype="<i2")[::4].astype(np.float32)
-    n = len(samples)
-    return n > 0 and float(np.dot(samples, samples)) >= SILENCE_RMS * SILENCE_RMS * n
-
-
-class ReplayBuffer:
-    """Audio not yet covered by a final: bounded, trimmed as finals arrive.
-
-    Leading silence beyond PREROLL_S is dropped as it ages (a vendor that lost
-    it lost nothing said). Past ``max_seconds`` the oldest frames go and are
-    counted in ``dropped_seconds``.
-
-    The quiet frames at the front (before the first loud one) are counted as
-    frames arrive and leave, so trimming costs O(1) amortized per frame: a
-    client may send 2-byte chunks, and rescanning the leading silence for each
-    one was quadratic. The run is measured again only when a loud frame leaves
-    the front, over frames that were never part of it before.
-    """
-
-    def __init__(self, max_seconds: float) -> None:
-        self.max_samples = int(max_seconds * SAMPLE_RATE)
-        self.frames: deque[tuple[AudioFrame, bool]] = deque()  # (frame, loud)
-        self.samples = 0
-        self.dropped_seconds = 0.0
-        #: frames[:_quiet_frames] are quiet and hold _quiet_samples; the frame
-        #: after them, if any, is loud
-        self._quiet_frames = 0
-        self._quiet_samples = 0
-
-    def append(self, frame: AudioFrame, loud: bool) -> None:
-        self.frames.append((frame, loud))
-        self.samples += frame.samples
-        if not loud and self._quiet_frames == len(self.frames) - 1:
-            self._quiet_frames += 1  # no loud frame yet: the leading quiet run grows
-            self._quiet_samples += frame.samples
-        while self.samples > self.max_samples and self.frames:
-            old = self._pop_front()
-            self.dropped_seconds += old.samples / SAMPLE_RATE
-        self._trim_silence()
-
-    def finalized(self, until_sample: int) -> None:
-        """A final covers audio up to ``until_sample``: older frames are done."""
-        while self.frames and self.frames[0][0].end <= until_sample:
-            self._pop_front()
-        self._trim_silence()
-
-    def _pop_front(self) -> AudioFrame:
-        old, _ = self.frames.popleft()
-        self.samples -= old.samples
-        if self._quiet_frames:
-            self._quiet_frames -= 1
-            self._quiet_samples -= old.samples
-        else:  # a loud frame left: the quiet run after it (if any) now leads
-            self._measure_quiet_run()
-        return old
-
-    def _measure_quiet_run(self) -> None:
-        frames = samples = 0
-        for frame, loud in self.frames:
-            if loud:
-                break
-            frames += 1
-            samples += frame.samples
-        self._quiet_frames, self._quiet_samples = frames, samples
-
-    def _trim_silence(self) -> None:
-        # Drop leading quiet frames, keeping PREROLL_S before the first loud one.
-        keep = int(PREROLL_S * SAMPLE_RATE)
-        while self._quiet_frames and self._quiet_samples - self.frames[0][0].samples >= keep:
-            self._pop_front()
-
-    def snapshot(self, from_sample: int = 0) -> list[AudioFrame]:
-        """Frames to replay, the first cut so replay starts exactly at ``from_sample``."""
-        out = [f for f, _ in self.frames]
-        if out and out[0].offset < from_sample < out[0].end:
-            first = out[0]
-            cut = (from_sample - first.offset) * 2
-            out[0] = AudioFrame(first.pcm[cut:], from_sample)
-        return out
-
-    @property
-    def seconds(self) -> float:
-        return self.samples / SAMPLE_RATE
 
 
 class _Stalled(Exception):
@@ -213,7 +90,8 @@ class ResilientStream:
         queue_seconds: float,
         last_final_end: float = -math.inf,
     ) -> None:
-        self.providers = list(providers)
+        self.failover = Failover(providers, policy)
+        self.providers = self.failover.providers
         self._backend_for = backend_for
         self.policy = policy
         self.response_timeout = response_timeout
@@ -223,11 +101,8 @@ class ResilientStream:
         self.queue_samples = max(1, int(queue_seconds * SAMPLE_RATE))
         self._replay_frames = 0  # the current channel's pre-filled replay, allowed on top
         self.last_final_end = last_final_end
-        self.current = self.providers[0]
         #: the provider instance of the current (or last) connection
         self.provider: SpeechProvider | None = None
-        self.reconnects = 0
-        self.failovers = 0
         self._inner: trio.MemorySendChannel[AudioFrame] | None = None
         self._audio_done = False
         #: when speech was first passed on since the vendor last said anything
@@ -238,6 +113,19 @@ class ResilientStream:
         self._reported_drop = 0.0
         self._finished = False  # run() returned: nothing takes audio any more
         self._hooks: StreamHooks = StreamHooks()
+
+    @property
+    def current(self) -> str:
+        """The provider of the current (or next) connection."""
+        return self.failover.current
+
+    @property
+    def reconnects(self) -> int:
+        return self.failover.reconnects
+
+    @property
+    def failovers(self) -> int:
+        return self.failover.failovers
 
     def statistics(self) -> dict[str, object]:
         return {
@@ -320,8 +208,7 @@ class ResilientStream:
 
     def _open_inner(self) -> tuple[trio.MemoryReceiveChannel[AudioFrame], float]:
         """A fresh channel for a new connection, pre-filled with the replay."""
-        start = int(self.last_final_end * SAMPLE_RATE) if self.last_final_end > 0 else 0
-        replay = self.buffer.snapshot(start)
+        replay = self.buffer.snapshot(replay_start(self.last_final_end))
         # Unbounded channel: feed() bounds it by audio duration, which a count can't.
         send, recv = trio.open_memory_channel[AudioFrame](math.inf)
         for frame in replay:
@@ -335,92 +222,59 @@ class ResilientStream:
     # ------------------------------------------------------------------ connections
 
     async def _connections(self, emit: EmitFrom, config: StreamConfig, report: ErrorSink) -> None:
-        waits = self.policy.waits()
-        failures = 0
-        told = False
-        chain_index = 0
-        on_fallback_since: float | None = None
-        came_back_from: int | None = None  # fallback index while the primary is retried
+        failover = self.failover
         while True:
-            name = self.providers[chain_index]
-            self.current = name
+            name = failover.connecting(trio.current_time())
             provider_var.set(name)
-            started = trio.current_time()
             try:
-                finished = await self._attempt(
-                    name, emit, config, self.reconnects > 0, on_fallback_since
-                )
-                came_back_from = None
+                finished = await self._attempt(name, emit, config, self.reconnects > 0)
+                failover.ended()
             except (ProviderRejected, ProviderOverloaded) as err:
                 # refused (bad request) or full (admission control): the next provider
                 # of the chain may take the stream; else the client hears err.code
                 # (provider_error, rate_limited)
                 config.hooks.vendor_error(err.code)
                 event(log, "provider.rejected", str(err), logging.WARNING)
-                if chain_index + 1 < len(self.providers):
-                    chain_index += 1
-                    self.failovers += 1
-                    on_fallback_since = trio.current_time()
-                    failures = 0
+                if failover.refused(trio.current_time()) is Next.FAIL_OVER:
                     continue
                 await report(err.code, str(err))
-                return  # a permanent refusal: retrying the same request cannot help
+                return
             except (ProviderUnavailable, _Stalled) as err:
                 config.hooks.vendor_error("provider_unavailable")
-                if came_back_from is not None:  # the primary is still down: back to the fallback
-                    chain_index, came_back_from = came_back_from, None
-                    on_fallback_since = trio.current_time()
+                after = failover.lost(trio.current_time(), audio_done=self._audio_done)
+                if after is Next.BACK_TO_FALLBACK:  # the primary is still down
                     continue
-                healthy = trio.current_time() - started >= self.policy.healthy_s
-                failures = 1 if healthy else failures + 1
-                if healthy:
-                    told = False
-                self.reconnects += 1
                 event(
                     log,
                     "provider.lost",
                     f"{name}: {err}",
                     logging.WARNING,
-                    failures=failures,
+                    failures=failover.failures,
                     buffered_s=round(self.buffer.seconds, 2),
                 )
-                if failures >= self.policy.attempts:
-                    if chain_index + 1 < len(self.providers):
-                        chain_index += 1
-                        self.failovers += 1
-                        on_fallback_since = trio.current_time()
-                        failures = 0
-                        event(
-                            log,
-                            "provider.failover",
-                            f"failing over to {self.providers[chain_index]}",
-                        )
-                        continue
-                    if self._audio_done:
-                        # The stream is over and the budget spent: say what is lost
-                        # rather than hold the session's stop until its deadline.
-                        lost = self.buffer.seconds
-                        if lost:
-                            config.hooks.audio_dropped(lost)
-                        await report(
-                            "provider_unavailable",
-                            f"{name} is unreachable ({err}); the last {lost:.1f} s of "
-                            f"{config.source} audio could not be transcribed",
-                        )
-                        return
-                    if not told:
-                        told = True
-                        await report(
-                            "provider_unavailable",
-                            f"{name} is unreachable ({err}); still retrying, audio is buffered "
-                            f"(up to {self.buffer.max_samples / SAMPLE_RATE:.0f} s)",
-                        )
-                await trio.sleep(waits(min(failures, 30)))
+                if after is Next.FAIL_OVER:
+                    event(log, "provider.failover", f"failing over to {failover.current}")
+                    continue
+                if after is Next.GIVE_UP:
+                    lost = self.buffer.seconds
+                    if lost:
+                        config.hooks.audio_dropped(lost)
+                    await report(
+                        "provider_unavailable",
+                        f"{name} is unreachable ({err}); the last {lost:.1f} s of "
+                        f"{config.source} audio could not be transcribed",
+                    )
+                    return
+                if after is Next.RETRY_TOLD:
+                    await report(
+                        "provider_unavailable",
+                        f"{name} is unreachable ({err}); still retrying, audio is buffered "
+                        f"(up to {self.buffer.max_samples / SAMPLE_RATE:.0f} s)",
+                    )
+                await trio.sleep(failover.backoff())
                 continue
             if finished == "primary":
-                came_back_from, chain_index = chain_index, 0
-                on_fallback_since = None
-                failures = 0
+                failover.back_to_primary()
                 event(log, "provider.primary_retry", f"trying {self.providers[0]} again")
                 continue
             return
@@ -431,7 +285,6 @@ class ResilientStream:
         emit: EmitFrom,
         config: StreamConfig,
         reconnect: bool,
-        on_fallback_since: float | None,
     ) -> str:
         """One connection. Returns "done" at end of audio, "primary" to go back to the primary."""
         backend = await self._backend_for(name)
@@ -445,17 +298,13 @@ class ResilientStream:
         async def wrapped(ev: TranscriptEvent) -> None:
             nonlocal go_primary
             self.heard_vendor()
-            if ev.end <= self.last_final_end + DUPLICATE_EPSILON_S:
+            if is_repeat(ev.end, self.last_final_end):
                 return  # replayed audio produced it again
             if ev.is_final:
                 self.last_final_end = ev.end
                 self.buffer.finalized(int(ev.end * SAMPLE_RATE))
             await emit(ev, name)
-            if (
-                ev.is_final
-                and on_fallback_since is not None
-                and trio.current_time() - on_fallback_since >= self.policy.primary_retry_s
-            ):
+            if ev.is_final and self.failover.primary_due(trio.current_time()):
                 go_primary = True
                 if self._inner is not None:
                     self._inner.close()  # flush this fallback, then try the primary

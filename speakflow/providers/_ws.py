@@ -11,16 +11,20 @@ The moves that do not depend on the vendor's wire live here, once:
   failures as typed errors (:func:`connect_errors`);
 * :func:`send` and :func:`lost`: a sender that finds the socket closed lets
   the reader, which saw the close frame, say why;
+* :class:`CloseWatch`: the end of a stream, the one shape for every vendor:
+  the codec's :class:`~._closing.CloseSequence` sent, then a bounded wait for
+  the vendor's last message and its close;
 * :func:`task_nursery` / :func:`single_error`: a nursery that raises its one
   typed error, not a group;
 * :func:`close_reason` and :func:`header`: what a close or an upgrade said.
 
-What is the vendor's own (URLs, messages, close codes, keepalive, flush) stays
-in its codec and client.
+What is the vendor's own (URLs, messages, close codes, close sequence) stays
+in its codec; keepalive and pacing in its client.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
@@ -39,6 +43,7 @@ from trio_websocket import (
 
 from ..config import Settings
 from ..errors import ProviderError, ProviderUnavailable
+from ._closing import CloseSequence, Closing
 from ._handshake import header as header  # for ws.handshake_headers too (request ids)
 from .base import StreamHooks
 
@@ -205,6 +210,63 @@ async def lost(done: trio.Event, name: str, vendor: str) -> NoReturn:
         await done.wait()
         await trio.sleep(CLOSE_TIMEOUT)  # the reader raises right after setting done
     raise ProviderUnavailable(name, f"connection to {vendor} lost")
+
+
+class CloseWatch:
+    """One connection's :class:`~._closing.Closing`, with the events its tasks wait on.
+
+    The reader feeds it what it decoded (:meth:`received`) and the close
+    (:meth:`closed`, also when the reader stops on an error); the body ends
+    the stream with :meth:`finish`, or :meth:`send_end` then :meth:`wait` when
+    it must hold a lock while sending.
+    """
+
+    def __init__(self, sequence: CloseSequence, log: logging.Logger) -> None:
+        self.state = Closing(sequence)
+        self._log = log
+        #: set at the vendor's last message, or at the close
+        self.flushed = trio.Event()
+        #: set when the connection closed (the reader stopped)
+        self.done = trio.Event()
+
+    @property
+    def closing(self) -> bool:
+        """We sent (or are sending) our close messages."""
+        return self.state.closing
+
+    def received(self, message: object) -> None:
+        if self.state.received(message):
+            self.flushed.set()
+
+    def closed(self) -> None:
+        self.state.connection_closed()
+        self.flushed.set()
+        self.done.set()
+
+    async def finish(self, ws: WebSocketConnection, within: float) -> None:
+        """Our close messages, then the vendor's last finals and its close."""
+        await self.send_end(ws)
+        await self.wait(within)
+
+    async def send_end(self, ws: WebSocketConnection) -> None:
+        sequence = self.state.sequence
+        for message in self.state.end():
+            if not await send(ws, message):
+                await lost(self.done, sequence.name, sequence.vendor)
+
+    async def wait(self, within: float) -> None:
+        """Up to ``within`` seconds for the vendor's last message, then briefly for its close.
+
+        A vendor late past that is logged (its last finals may be missing) and
+        the caller ends the connection anyway.
+        """
+        with trio.move_on_after(within):
+            await self.flushed.wait()
+        if not self.flushed.is_set():
+            self._log.warning("%s", self.state.late(within))
+            return
+        with trio.move_on_after(CLOSE_TIMEOUT):  # the vendor closes right after: let it
+            await self.done.wait()
 
 
 def close_reason(closed: ConnectionClosed) -> tuple[int | None, str | None]:

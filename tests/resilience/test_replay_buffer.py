@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from speakflow.providers.base import AudioFrame
-from speakflow.resilience import PREROLL_S, ReplayBuffer
+from speakflow.replay import PREROLL_S, ReplayBuffer
 
 SR = 16000
 

@@ -14,7 +14,8 @@ import trio
 
 from speakflow.errors import ProviderRejected, ProviderUnavailable
 from speakflow.providers.base import AudioFrame, StreamConfig, TranscriptEvent
-from speakflow.resilience import Fed, ReplayBuffer, ResilientStream, RetryPolicy
+from speakflow.replay import ReplayBuffer
+from speakflow.resilience import Fed, ResilientStream, RetryPolicy
 
 SR = 16000
 FRAME = 8000  # samples: 500 ms

@@ -9,8 +9,9 @@ starts and kept for the whole stream::
             ├── _reader   always drains the socket: Begin, Turns -> emit, Error, Termination;
             │             the close -> a typed error
             └── (body)    frames -> Reframer (50-1000 ms) -> Pacer (real time) -> binary
-                          messages; at the end ForceEndpoint + Terminate, then wait
-                          (PROVIDER_RESPONSE_TIMEOUT) for the last Turn and Termination
+                          messages; at the end codec.CLOSE (ForceEndpoint + Terminate),
+                          then wait (PROVIDER_RESPONSE_TIMEOUT) for the last Turn and
+                          Termination
 
 Pacing is why this shell pulls a frame from the channel only when the
 previous one may go: a backlog (a client's reconnect replay, the resilience
@@ -42,7 +43,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from ...config import Settings
 from .._ws import (
-    CLOSE_TIMEOUT,
+    CloseWatch,
     Connector,
     WebSocketBackend,
     close_reason,
@@ -107,13 +108,10 @@ class AssemblyAIBackend(WebSocketBackend):
 
 @dataclass
 class _State:
-    closing: bool = False
     #: the Error message AssemblyAI sent before closing, if any
     error: codec.Error | None = None
-    #: set by the reader when the connection closed
-    done: trio.Event = field(default_factory=trio.Event)
-    #: set by the reader at Termination (or at the close)
-    terminated: trio.Event = field(default_factory=trio.Event)
+    #: where the session is in codec.CLOSE (the reader feeds it Termination and the close)
+    close: CloseWatch = field(default_factory=lambda: CloseWatch(codec.CLOSE, log))
 
 
 class AssemblyAIStream:
@@ -175,20 +173,7 @@ class AssemblyAIStream:
                         await self._send_audio(ws, out, pacer, times, state)
             for out in reframer.flush():
                 await self._send_audio(ws, out, pacer, times, state)
-            state.closing = True
-            if not (await send(ws, codec.FORCE_ENDPOINT) and await send(ws, codec.TERMINATE)):
-                await lost(state.done, NAME, VENDOR)
-            with trio.move_on_after(s.PROVIDER_RESPONSE_TIMEOUT):
-                await state.terminated.wait()
-            if state.terminated.is_set():  # AssemblyAI closes right after Termination
-                with trio.move_on_after(CLOSE_TIMEOUT):
-                    await state.done.wait()
-            else:
-                log.warning(
-                    "assemblyai sent no Termination within %g s of Terminate; the last "
-                    "finals may be missing",
-                    s.PROVIDER_RESPONSE_TIMEOUT,
-                )
+            await state.close.finish(ws, s.PROVIDER_RESPONSE_TIMEOUT)
             nursery.cancel_scope.cancel()
 
     async def _send_audio(
@@ -207,7 +192,7 @@ class AssemblyAIStream:
         for offset, samples in out.spans:
             times.sent(offset, samples)
         if not await send(ws, out.pcm):
-            await lost(state.done, NAME, VENDOR)
+            await lost(state.close.done, NAME, VENDOR)
         self.frames_sent += 1
 
     async def _reader(
@@ -226,14 +211,12 @@ class AssemblyAIStream:
                     raw = await ws.get_message()
                 except ConnectionClosed as closed:
                     code, reason = close_reason(closed)
-                    error = codec.close_error(
-                        code, reason, error=state.error, closing=state.closing
-                    )
-                    ended = state.closing and error is None
+                    closing = state.close.closing
+                    error = codec.close_error(code, reason, error=state.error, closing=closing)
+                    ended = closing and error is None
                     for ev in mapper.finish(times) if ended else mapper.flush_pending(times):
                         await emit(ev)
-                    state.done.set()
-                    state.terminated.set()
+                    state.close.closed()
                     if error is not None:
                         raise error from None
                     return
@@ -258,7 +241,7 @@ class AssemblyAIStream:
                     self.session_id,
                     msg.audio_duration_seconds,
                 )
-                state.terminated.set()
+                state.close.received(msg)  # the last message, asked for or not
             elif isinstance(msg, codec.Error):
                 state.error = msg  # the close that follows says what it means
                 log.warning("assemblyai error %s: %s", msg.error_code, msg.error)

@@ -11,6 +11,8 @@ wire lives here, so unit tests can drive it with literal frames:
   growing turn as partials, exactly one final per ``turn_order``);
 * :class:`Reframer` and :class:`Pacer`: what AssemblyAI accepts as audio
   (each binary message 50-1000 ms, never ahead of real time);
+* :data:`CLOSE`: how a session ends (ForceEndpoint, Terminate, then the last
+  Turn, Termination and AssemblyAI's close);
 * :func:`handshake_error` and :func:`close_error`: HTTP rejections, Error
   messages and close frames -> the typed errors of ``speakflow.errors``.
 
@@ -29,6 +31,7 @@ import msgspec
 
 from ...errors import ProviderError, ProviderRejected, ProviderUnavailable
 from ...timeline import TimeMap as TimeMap  # re-exported: the mappers take one
+from .._closing import CloseSequence
 from .._handshake import json_object, url_with_query
 from ..base import BYTES_PER_SAMPLE, SAMPLE_RATE, AudioFrame, TranscriptEvent, Word
 
@@ -192,6 +195,19 @@ def decode(text: str | bytes) -> Message:
     if not envelope.type and envelope.error:  # older servers: {"error": "..."} alone
         return Error(None, envelope.error)
     return Unknown(envelope.type, raw[:500])
+
+
+#: The end of a session: ForceEndpoint ends the open turn now, Terminate asks
+#: for its end, then Termination (the last message), then close 1000.
+#: Termination also ends a session idle past ``inactivity_timeout``, unasked.
+CLOSE = CloseSequence(
+    NAME,
+    VENDOR,
+    (FORCE_ENDPOINT, TERMINATE),
+    last=Termination,
+    unasked=True,
+    late="sent no Termination within %g s of Terminate; the last finals may be missing",
+)
 
 
 # ---------------------------------------------------------------------- transcripts

@@ -11,8 +11,8 @@ opened with a freshly presigned URL when the source starts::
             │               exception frame or unexpected close -> typed error
             ├── _keepalive  a short AudioEvent of silence when no audio went out
             │               for AWS_TRANSCRIBE_KEEPALIVE_S
-            └── (body)      frames -> AudioEvents of at most 1 s; at the end the
-                            empty AudioEvent, then wait (PROVIDER_RESPONSE_TIMEOUT)
+            └── (body)      frames -> AudioEvents of at most 1 s; at the end codec.CLOSE
+                            (the empty AudioEvent), then wait (PROVIDER_RESPONSE_TIMEOUT)
                             for the last finals and AWS's close
 
 Why silence: a muted or unused source sends no chunks, and AWS ends a stream
@@ -43,6 +43,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from ...config import Settings
 from ...errors import ConfigError, ProviderError, ProviderUnavailable
 from .._ws import (
+    CloseWatch,
     Connector,
     WebSocketBackend,
     close_reason,
@@ -177,11 +178,10 @@ class AwsTranscribeBackend(WebSocketBackend):
 
 @dataclass
 class _State:
-    closing: bool = False
     last_sent: float = 0.0
     keepalives: int = 0
-    #: set by the reader when the connection closed (or failed)
-    done: trio.Event = field(default_factory=trio.Event)
+    #: where the stream is in codec.CLOSE (the reader says when the connection closed or failed)
+    close: CloseWatch = field(default_factory=lambda: CloseWatch(codec.CLOSE, log))
     #: one sender at a time, so the TimeMap sees frames in wire order
     send_lock: trio.Lock = field(default_factory=trio.Lock)
 
@@ -257,20 +257,11 @@ class AwsTranscribeStream:
                             times.sent(frame.offset, frame.samples)
                             for event in codec.audio_events(frame.pcm, config.sample_rate):
                                 if not await send(ws, event):
-                                    await lost(state.done, NAME, VENDOR)
+                                    await lost(state.close.done, NAME, VENDOR)
                             state.last_sent = trio.current_time()
-                async with state.send_lock:
-                    state.closing = True
-                    if not await send(ws, codec.END_OF_STREAM):
-                        await lost(state.done, NAME, VENDOR)
-                with trio.move_on_after(s.PROVIDER_RESPONSE_TIMEOUT):
-                    await state.done.wait()  # AWS sends the last finals, then closes
-                if not state.done.is_set():
-                    log.warning(
-                        "aws_transcribe did not close within %g s of the end of the audio; "
-                        "last finals may be missing",
-                        s.PROVIDER_RESPONSE_TIMEOUT,
-                    )
+                async with state.send_lock:  # no keepalive after the end of the stream
+                    await state.close.send_end(ws)
+                await state.close.wait(s.PROVIDER_RESPONSE_TIMEOUT)  # last finals, then the close
                 nursery.cancel_scope.cancel()
         finally:
             self.keepalives = state.keepalives
@@ -292,7 +283,7 @@ class AwsTranscribeStream:
                     raw = await ws.get_message()
                 except ConnectionClosed as closed:
                     code, reason = close_reason(closed)
-                    error = codec.close_error(code, reason, closing=state.closing)
+                    error = codec.close_error(code, reason, closing=state.close.closing)
                     if error is not None:
                         raise error from None
                     return
@@ -314,7 +305,7 @@ class AwsTranscribeStream:
                 else:
                     log.debug("aws_transcribe sent an unexpected message %r", msg)
         finally:
-            state.done.set()
+            state.close.closed()
 
     async def _keepalive(
         self,
@@ -326,10 +317,10 @@ class AwsTranscribeStream:
     ) -> None:
         samples = int(KEEPALIVE_SILENCE_S * config.sample_rate)
         silence = codec.audio_event(bytes(samples * BYTES_PER_SAMPLE))
-        while not state.closing:
+        while not state.close.closing:
             await trio.sleep_until(state.last_sent + interval)
             async with state.send_lock:
-                if state.closing:
+                if state.close.closing:
                     return
                 if trio.current_time() - state.last_sent < interval * 0.99:
                     continue  # audio went out meanwhile

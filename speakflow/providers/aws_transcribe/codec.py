@@ -7,6 +7,8 @@ the wire lives here, so unit tests can drive it with literal frames:
   (the SigV4 presigning of that URL is :mod:`.signing`);
 * :func:`audio_event` / :func:`audio_events` / :data:`END_OF_STREAM`: client
   frames; :func:`transcript_event` / :func:`exception_event`: server frames;
+  :data:`CLOSE`: how a stream ends (the empty AudioEvent, then the last
+  TranscriptEvents and AWS's close);
 * :func:`decode`: one binary WebSocket message -> :class:`Audio`,
   :class:`Transcript`, :class:`VendorException` or :class:`Unknown`; a frame
   whose lengths or CRCs are wrong raises :class:`FrameError`;
@@ -44,6 +46,7 @@ from amazon_transcribe.eventstream import (
 
 from ...errors import ProviderError, ProviderRejected, ProviderUnavailable
 from ...timeline import TimeMap as TimeMap  # re-exported: the mappers take one
+from .._closing import CloseSequence
 from .._handshake import header, json_object
 from ..base import BYTES_PER_SAMPLE, SAMPLE_RATE, TranscriptEvent, Word
 
@@ -208,6 +211,15 @@ def audio_event(pcm: bytes) -> bytes:
 
 #: The end of the audio: an AudioEvent with an empty payload (104 bytes).
 END_OF_STREAM = audio_event(b"")
+
+#: The end of a stream: the empty AudioEvent; AWS sends the last
+#: TranscriptEvents and closes, with no last message of its own.
+CLOSE = CloseSequence(
+    NAME,
+    VENDOR,
+    (END_OF_STREAM,),
+    late="did not close within %g s of the end of the audio; last finals may be missing",
+)
 
 
 def audio_chunks(pcm: bytes, sample_rate: int = SAMPLE_RATE) -> Iterator[bytes]:

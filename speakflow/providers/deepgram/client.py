@@ -8,9 +8,9 @@ starts and kept for the whole stream::
         └── nursery
             ├── _reader     always drains the socket: Results -> emit; close -> typed error
             ├── _keepalive  {"type":"KeepAlive"} when no audio went out for DEEPGRAM_KEEPALIVE_S
-            └── (body)      audio frames -> binary messages; at the end Finalize +
-                            CloseStream, then wait (PROVIDER_RESPONSE_TIMEOUT) for the
-                            last finals, Metadata and Deepgram's close
+            └── (body)      audio frames -> binary messages; at the end codec.CLOSE
+                            (Finalize + CloseStream), then wait (PROVIDER_RESPONSE_TIMEOUT)
+                            for the last finals, Metadata and Deepgram's close
 
 KeepAlive matters because a muted or unused source stops sending chunks, and
 Deepgram closes a connection that receives nothing for about 10 s (NET-0001).
@@ -31,7 +31,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from .._ws import (
-    CLOSE_TIMEOUT,
+    CloseWatch,
     WebSocketBackend,
     close_reason,
     header,
@@ -86,13 +86,10 @@ class DeepgramBackend(WebSocketBackend):
 
 @dataclass
 class _State:
-    closing: bool = False
     last_sent: float = 0.0
     keepalives: int = 0
-    #: set by the reader when Deepgram closed the connection
-    done: trio.Event = field(default_factory=trio.Event)
-    #: set by the reader at the Metadata that follows CloseStream (or at the close)
-    flushed: trio.Event = field(default_factory=trio.Event)
+    #: where the connection is in codec.CLOSE (the reader feeds it Metadata and the close)
+    close: CloseWatch = field(default_factory=lambda: CloseWatch(codec.CLOSE, log))
 
 
 class DeepgramStream:
@@ -144,7 +141,6 @@ class DeepgramStream:
         state = _State(last_sent=trio.current_time())
         times = codec.TimeMap()
         mapper = codec.TranscriptMapper(options.language)
-        done = state.done
         try:
             async with task_nursery() as nursery:
                 nursery.start_soon(self._reader, ws, emit, config, mapper, times, state)
@@ -155,22 +151,9 @@ class DeepgramStream:
                             continue
                         times.sent(frame.offset, frame.samples)
                         if not await send(ws, frame.pcm):
-                            await lost(done, NAME, VENDOR)
+                            await lost(state.close.done, NAME, VENDOR)
                         state.last_sent = trio.current_time()
-                state.closing = True
-                if not (await send(ws, codec.FINALIZE) and await send(ws, codec.CLOSE_STREAM)):
-                    await lost(done, NAME, VENDOR)
-                with trio.move_on_after(s.PROVIDER_RESPONSE_TIMEOUT):
-                    await state.flushed.wait()
-                if state.flushed.is_set():  # Deepgram closes right after Metadata: let it
-                    with trio.move_on_after(CLOSE_TIMEOUT):
-                        await done.wait()
-                else:
-                    log.warning(
-                        "deepgram did not finish within %g s of CloseStream; last finals may "
-                        "be missing",
-                        s.PROVIDER_RESPONSE_TIMEOUT,
-                    )
+                await state.close.finish(ws, s.PROVIDER_RESPONSE_TIMEOUT)
                 nursery.cancel_scope.cancel()
         finally:
             self.keepalives = state.keepalives
@@ -190,9 +173,8 @@ class DeepgramStream:
                 raw = await ws.get_message()
             except ConnectionClosed as closed:
                 code, reason = close_reason(closed)
-                error = codec.close_error(code, reason, closing=state.closing)
-                state.done.set()
-                state.flushed.set()
+                error = codec.close_error(code, reason, closing=state.close.closing)
+                state.close.closed()
                 if error is not None:
                     raise error from None
                 return
@@ -204,17 +186,16 @@ class DeepgramStream:
                     await emit(event)
             elif isinstance(msg, codec.Metadata):
                 log.debug("deepgram metadata: request %s, %.1f s", msg.request_id, msg.duration)
-                if state.closing:  # Metadata is the last message after CloseStream
-                    state.flushed.set()
+                state.close.received(msg)  # after CloseStream: the last message
             elif isinstance(msg, codec.UtteranceEnd | codec.SpeechStarted):
                 log.debug("deepgram %s", type(msg).__name__)
             else:
                 log.debug("deepgram sent an unknown message %r", msg.raw[:200])
 
     async def _keepalive(self, ws: WebSocketConnection, state: _State, interval: float) -> None:
-        while not state.closing:
+        while not state.close.closing:
             await trio.sleep_until(state.last_sent + interval)
-            if state.closing:
+            if state.close.closing:
                 return
             if trio.current_time() - state.last_sent >= interval * 0.99:
                 if not await send(ws, codec.KEEPALIVE):

@@ -8,6 +8,8 @@ lives here, so unit tests can drive it with literal frames:
   :class:`UtteranceEnd`, :class:`SpeechStarted` or :class:`Unknown`;
 * :class:`TranscriptMapper`: Results -> normalized :class:`TranscriptEvent`
   (partials from interim results, one final per finalized span);
+* :data:`CLOSE`: how a stream ends (Finalize, CloseStream, then the last
+  Results, Metadata and Deepgram's close);
 * :func:`handshake_error` and :func:`close_error`: HTTP rejections and close
   frames -> the typed errors of ``speakflow.errors``.
 
@@ -26,6 +28,7 @@ import msgspec
 
 from ...errors import ProviderError, ProviderOverloaded, ProviderRejected, ProviderUnavailable
 from ...timeline import TimeMap as TimeMap  # re-exported: the mappers take one
+from .._closing import CloseSequence
 from .._handshake import header, json_object, url_with_query
 from ..base import SAMPLE_RATE, TranscriptEvent, Word
 
@@ -202,6 +205,18 @@ def decode(text: str | bytes) -> Message:
         kind = ""
     raw = text if isinstance(text, str) else text.decode("utf-8", "replace")
     return Unknown(kind, raw[:500])
+
+
+#: The end of a stream: Finalize flushes the audio Deepgram holds, CloseStream
+#: asks for the remaining Results, then Metadata (the last message), then close
+#: 1000. Metadata counts only after CloseStream.
+CLOSE = CloseSequence(
+    NAME,
+    VENDOR,
+    (FINALIZE, CLOSE_STREAM),
+    last=Metadata,
+    late="did not finish within %g s of CloseStream; last finals may be missing",
+)
 
 
 # ---------------------------------------------------------------------- transcripts
