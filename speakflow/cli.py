@@ -18,8 +18,8 @@ from typing import Any
 
 import trio
 
-from ._gc import tune_for_latency
-from .config import Settings, load_settings
+from ._patches.gc_tuning import tune_for_latency
+from .config import Settings
 from .errors import ConfigError
 
 log = logging.getLogger("speakflow")
@@ -94,11 +94,6 @@ def hypercorn_config(
     """
     from hypercorn.config import Config
 
-    from . import _wsmask
-    from ._hypercorn import install_fixes
-
-    install_fixes()  # one client's bad frames must never end the server (see _hypercorn.py)
-    _wsmask.install()  # masking was the top function of the relay's profile (see _wsmask.py)
     given = read_hypercorn_file(config_file) if config_file else {}
     config = Config.from_toml(config_file) if config_file else Config()
     config.worker_class = "trio"
@@ -263,8 +258,12 @@ def _bind_os_error(err: BaseException | None, depth: int = 0) -> OSError | None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from ._patches import install_all
+    from .startup import load_settings  # read, then every component's check
+
     try:
         settings = load_settings(env_file=args.env_file)
+        install_all()  # third-party patches, version-checked (speakflow._patches)
     except ConfigError as err:
         print(f"speakflow: configuration error: {err}", file=sys.stderr)
         return 2

@@ -44,7 +44,7 @@ import msgspec
 import numpy as np
 import trio
 
-from .._gc import tune_for_latency
+from .._patches.gc_tuning import tune_for_latency
 from . import procs
 from .rawws import OP_PING, ChunkTemplate, HandshakeFailed, RawWebSocket, frame_header, text_frame
 from .wav import TARGET_RATE, WavError, load_wav

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .. import _wsmask
-from .._gc import tune_for_latency
+from .._patches import wsmask as _wsmask
+from .._patches.gc_tuning import tune_for_latency
 from . import EMULATORS, ENGINES
 from .faults import KINDS, Faults, FaultSpecError
 
