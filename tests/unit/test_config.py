@@ -300,8 +300,8 @@ def test_reading_settings_checks_types_and_startup_checks_the_components() -> No
     from speakflow import config
     from speakflow.app import create_app
 
-    with pytest.raises(ConfigError, match="^PORT:"):
+    with pytest.raises(ConfigError, match=r"^PORT:"):
         config.load_settings(environ={"PORT": "x"}, env_file=None)
     unchecked = config.load_settings(environ={"SPEECH_PROVIDER": "nope"}, env_file=None)
-    with pytest.raises(ConfigError, match="^SPEECH_PROVIDER: unknown provider 'nope'"):
+    with pytest.raises(ConfigError, match=r"^SPEECH_PROVIDER: unknown provider 'nope'"):
         create_app(unchecked)

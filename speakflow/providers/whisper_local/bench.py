@@ -167,7 +167,7 @@ def offline_texts(
     ``language`` as the streams get it: the session's, else the server's
     DEFAULT_LANGUAGE (so "auto" detects per file, as the streams detect per session).
     """
-    from ...config import load_settings
+    from ...startup import load_settings  # read, then the startup checks
     from .engine import shared_engine
     from .models import resolve_model
     from .provider import usable_text
