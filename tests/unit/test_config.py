@@ -272,6 +272,9 @@ def test_every_setting_is_in_a_section_under_its_own_name_and_type() -> None:
             assert flat.get(field.name) == field.type, (cls.__name__, field.name)
             placed.add(field.name)
     assert set(flat) - placed == set()
+    settings = load_settings(environ={}, env_file=None)
+    for name, cls in SECTIONS.items():
+        assert type(getattr(settings, name)) is cls  # Settings.<name> builds that section
 
 
 def test_a_component_gets_its_section_only() -> None:
