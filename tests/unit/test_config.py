@@ -70,7 +70,7 @@ def test_secrets_never_in_repr() -> None:
 
 
 def test_bad_whisper_model_dir(tmp_path) -> None:
-    # checked while settings load (the registry's check), before the server starts
+    # checked at startup (the registry's check), before the server starts
     with pytest.raises(ConfigError, match=r"^WHISPER_MODEL:"):
         load_settings(environ={"WHISPER_MODEL": str(tmp_path)}, env_file=None)
 
