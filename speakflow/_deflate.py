@@ -14,7 +14,7 @@ of zeros deflated to 1 KiB, costs the same CPU per byte received.
   of ``max_message`` plus one byte, so no message is ever inflated beyond
   ``max_message + 1`` bytes. Going over marks the extension ``overflowed``;
   from then on nothing of the connection is inflated (payloads come back
-  empty) and the server closes it with 1009 (``speakflow/_hypercorn.py``).
+  empty) and the server closes it with 1009 (``speakflow/_patches/hypercorn_fixes.py``).
 * **Per connection**: a credit of inflated bytes, earned at ``RATIO`` bytes per
   compressed byte received plus ``RATE`` bytes per second, held up to
   ``BURST``. Inflation spends it; a connection in debt is not read again until

@@ -33,6 +33,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from . import __version__, languages
+from ._patches import install_all
 from .auth import (
     REASON_ORIGIN,
     Authenticator,
@@ -48,6 +49,7 @@ from .postprocess import build_processor
 from .providers.registry import PROVIDERS
 from .proxy import TrustedProxyMiddleware
 from .session import Connection, ServerState
+from .startup import check_settings
 from .store.api import routes as session_routes  # transcript record (speakflow.store)
 from .store.recorder import running_recorder
 
@@ -111,6 +113,8 @@ def open_cluster(settings: Settings, instance_id: str, state: ServerState) -> Cl
 
 
 def create_app(settings: Settings) -> Starlette:
+    install_all()  # third-party patches, version-checked (speakflow._patches)
+    check_settings(settings)  # every component's startup check (speakflow.startup)
     state = ServerState(settings, processor=build_processor(settings))
     from .shared_state import make_instance_id  # scale-out: this process's id in a cluster
 

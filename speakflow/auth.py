@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from .config import AuthSettings, Settings
 
 AUTH_MODES = ("header", "jwt")
 MAX_USER_ID = 128
@@ -138,7 +138,7 @@ class Authenticator:
         self._options: dict[str, Any] = {"require": require, "enforce_minimum_key_length": True}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Authenticator:
+    def from_settings(cls, settings: Settings | AuthSettings) -> Authenticator:
         """Load and check the configured keys; ConfigError names the bad variable."""
         mode = settings.AUTH_MODE.strip().lower()
         if mode not in AUTH_MODES:
@@ -313,6 +313,6 @@ def origin_allowed(
     return origin in {a.strip().lower().rstrip("/") for a in allowed}
 
 
-def check_settings(settings: Settings) -> None:
+def check_settings(settings: AuthSettings) -> None:
     """Startup check: AUTH_MODE is known and jwt mode has a usable key."""
     Authenticator.from_settings(settings)

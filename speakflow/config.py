@@ -1,4 +1,22 @@
-"""Settings: environment variables (and an optional ``.env``), validated at startup.
+"""Settings: environment variables (and an optional ``.env``), read into typed sections.
+
+The configuration floor: this module imports nothing of ours but the
+exception module, so every component can import it without a cycle.
+Longer than 400 lines for a reason: it is the whole environment contract
+(every name, type and default) in one file, next to the sections that hand
+each component its own part of it.
+
+* :class:`Settings` is the flat contract: one field per environment variable.
+* Its sections (:class:`ServerSettings`, :class:`SpeechSettings`,
+  :class:`LimitsSettings`, :class:`AuthSettings`, :class:`SharedStateSettings`,
+  :class:`EchoSettings`, :class:`PostprocessSettings`, :class:`StoreSettings`
+  and one per provider) are frozen views that a component receives instead of
+  all of them: ``settings.deepgram`` holds the Deepgram keys and nothing of
+  AWS's. A section's fields keep the variables' names, so a setting is spelled
+  the same in ``.env``, in error messages and in the code.
+* :func:`load_settings` reads ``.env`` and the environment and checks types;
+  the components' own checks run at startup (``speakflow.startup``), composed
+  there so that this module never reaches up into them.
 
 Why msgspec: the same library decodes the wire messages, and its ``convert``
 with ``strict=False`` turns the environment's strings into typed values with
@@ -13,13 +31,12 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import msgspec
 from dotenv import dotenv_values
 
 from .errors import ConfigError
-from .postprocess.basic import DEFAULT_FILLER_WORDS, DEFAULT_SILENCE_DBFS
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
@@ -42,6 +59,11 @@ SECRET_FIELDS = frozenset(
 )
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+#: speakflow.postprocess.basic: the words a basic processor drops by default
+DEFAULT_FILLER_WORDS = "um,umm,uh,uhh,uhm,erm,hmm,hm,mm,mhm"
+#: A final whose loudest 100 ms is quieter than this (dBFS) counts as near-silent.
+DEFAULT_SILENCE_DBFS = -40.0
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
@@ -217,13 +239,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     def safe_items(self) -> list[tuple[str, Any]]:
         """(name, value) pairs with secrets masked: for logs and debugging."""
-        out: list[tuple[str, Any]] = []
-        for name in self.__struct_fields__:
-            value = getattr(self, name)
-            if name in SECRET_FIELDS and value:
-                value = "***"
-            out.append((name, value))
-        return out
+        return _masked(self, self.__struct_fields__)
 
     @property
     def fallback_providers(self) -> list[str]:
@@ -240,6 +256,292 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     def language_for(self, provider_setting: str) -> str:
         """A per-provider language setting, falling back to DEFAULT_LANGUAGE."""
         return provider_setting or self.DEFAULT_LANGUAGE
+
+    # ------------------------------------------------------------------ sections
+
+    @property
+    def server(self) -> ServerSettings:
+        return ServerSettings.of(self)
+
+    @property
+    def speech(self) -> SpeechSettings:
+        return SpeechSettings.of(self)
+
+    @property
+    def limits(self) -> LimitsSettings:
+        return LimitsSettings.of(self)
+
+    @property
+    def auth(self) -> AuthSettings:
+        return AuthSettings.of(self)
+
+    @property
+    def shared_state(self) -> SharedStateSettings:
+        return SharedStateSettings.of(self)
+
+    @property
+    def echo(self) -> EchoSettings:
+        return EchoSettings.of(self)
+
+    @property
+    def postprocess(self) -> PostprocessSettings:
+        return PostprocessSettings.of(self)
+
+    @property
+    def store(self) -> StoreSettings:
+        return StoreSettings.of(self)
+
+    @property
+    def whisper_local(self) -> WhisperLocalSettings:
+        return WhisperLocalSettings.of(self)
+
+    @property
+    def deepgram(self) -> DeepgramSettings:
+        return DeepgramSettings.of(self)
+
+    @property
+    def assemblyai(self) -> AssemblyAISettings:
+        return AssemblyAISettings.of(self)
+
+    @property
+    def aws_transcribe(self) -> AwsTranscribeSettings:
+        return AwsTranscribeSettings.of(self)
+
+
+class Section(msgspec.Struct, kw_only=True, frozen=True):
+    """A component's part of :class:`Settings`, under the same names.
+
+    Built from the flat settings (which hold the defaults and did the type
+    checks), never from the environment directly, so a field cannot drift
+    from its variable. ``tests/unit/test_config.py`` checks that every field
+    is one of Settings' with the same type, and that every setting belongs
+    to a section.
+    """
+
+    @classmethod
+    def of(cls, settings: Settings) -> Self:
+        return cls(**{name: getattr(settings, name) for name in cls.__struct_fields__})
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in _masked(self, self.__struct_fields__))
+        return f"{type(self).__name__}({fields})"
+
+
+class ServerSettings(Section, kw_only=True, frozen=True):
+    """The HTTP/WebSocket server, its logs, and who may reach it (cli, app, proxy)."""
+
+    HOST: str
+    PORT: Port
+    LOG_LEVEL: str
+    LOG_FORMAT: str
+    CORS_ORIGINS: str
+    WS_PING_INTERVAL: PositiveFloat
+    WS_MAX_MESSAGE_BYTES: PositiveInt
+    WS_DEFLATE: bool
+    FORWARDED_ALLOW_IPS: str
+    FORWARDED_TRUSTED_HOPS: PositiveInt
+    SHUTDOWN_TIMEOUT_S: PositiveFloat
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return [o.strip() for o in self.CORS_ORIGINS.split(",") if o.strip()]
+
+    @property
+    def forwarded_allow_ips(self) -> list[str]:
+        return [a.strip() for a in self.FORWARDED_ALLOW_IPS.split(",") if a.strip()]
+
+
+class SpeechSettings(Section, kw_only=True, frozen=True):
+    """Which provider transcribes, what replaces it when it fails, and how retries pace."""
+
+    SPEECH_PROVIDER: str
+    ALLOW_PROVIDER_OVERRIDE: bool
+    DEFAULT_LANGUAGE: str
+    PROVIDER_CONNECT_TIMEOUT: PositiveFloat
+    PROVIDER_RESPONSE_TIMEOUT: PositiveFloat
+    SPEECH_FALLBACK_PROVIDERS: str
+    RETRY_INITIAL_S: PositiveFloat
+    RETRY_MAX_S: PositiveFloat
+    RETRY_ATTEMPTS: PositiveInt
+    RETRY_HEALTHY_S: PositiveFloat
+    PRIMARY_RETRY_S: PositiveFloat
+    REPLAY_BUFFER_S: PositiveFloat
+
+    @property
+    def fallback_providers(self) -> list[str]:
+        return [x.strip() for x in self.SPEECH_FALLBACK_PROVIDERS.split(",") if x.strip()]
+
+    @property
+    def providers(self) -> list[str]:
+        """The primary and the fallbacks: every provider this server may start."""
+        return [self.SPEECH_PROVIDER, *self.fallback_providers]
+
+
+class LimitsSettings(Section, kw_only=True, frozen=True):
+    """Per-session and per-server bounds (speakflow.limits, the session registry). 0 = off."""
+
+    MAX_CHUNK_BYTES: PositiveInt
+    AUDIO_QUEUE_S: PositiveFloat
+    OUTBOUND_QUEUE_MESSAGES: PositiveInt
+    MAX_SESSIONS_PER_USER: NonNegativeInt
+    MAX_SESSIONS: NonNegativeInt
+    IDLE_TIMEOUT_S: NonNegativeFloat
+    MAX_SESSION_S: NonNegativeFloat
+    MAX_AUDIO_LEAD_S: NonNegativeFloat
+    RESUME_WINDOW_S: PositiveFloat
+
+
+class AuthSettings(Section, kw_only=True, frozen=True):
+    """Who the client is (speakflow.auth)."""
+
+    AUTH_MODE: str
+    AUTH_JWT_SECRET: str
+    AUTH_JWT_PUBLIC_KEY_FILE: str
+    AUTH_JWKS_FILE: str
+    AUTH_JWT_AUDIENCE: str
+    AUTH_JWT_ISSUER: str
+    AUTH_JWT_ALGORITHMS: str
+    AUTH_LEEWAY_S: NonNegativeFloat
+
+
+class SharedStateSettings(Section, kw_only=True, frozen=True):
+    """Scale-out: the Redis/Valkey a cluster shares (speakflow.shared_state, cluster)."""
+
+    REDIS_URL: str
+    REDIS_PREFIX: str
+    REDIS_TIMEOUT_S: PositiveFloat
+    INSTANCE_ID: str
+    INSTANCE_HEARTBEAT_S: PositiveFloat
+
+
+class EchoSettings(Section, kw_only=True, frozen=True):
+    """Echo cancellation of the microphone against the system source (speakflow.echo)."""
+
+    ECHO_CANCELLATION: Literal["off", "auto", "on"]
+
+
+class PostprocessSettings(Section, kw_only=True, frozen=True):
+    """Post-processing of finals (speakflow.postprocess)."""
+
+    TRANSCRIPT_PROCESSOR: str
+    FILLER_WORDS: str
+    SILENCE_DBFS: Annotated[float, msgspec.Meta(lt=0)]
+    LLM_MODEL: str
+    LLM_BASE_URL: str
+    LLM_TIMEOUT: PositiveFloat
+    LLM_MAX_CONCURRENCY: PositiveInt
+    OPENAI_API_KEY: str
+
+
+class StoreSettings(Section, kw_only=True, frozen=True):
+    """The transcript record and its webhook (speakflow.store)."""
+
+    TRANSCRIPT_STORE: str
+    SPEAKFLOW_DATA_DIR: str
+    TRANSCRIPT_RETENTION_DAYS: NonNegativeInt
+    TRANSCRIPT_WEBHOOK_URL: str
+    TRANSCRIPT_WEBHOOK_SECRET: str
+    TRANSCRIPT_LABEL_MICROPHONE: str
+    TRANSCRIPT_LABEL_SYSTEM: str
+
+
+class ProviderSection(Section, kw_only=True, frozen=True):
+    """What every provider's section holds besides its own settings."""
+
+    DEFAULT_LANGUAGE: str
+    PROVIDER_CONNECT_TIMEOUT: PositiveFloat
+    PROVIDER_RESPONSE_TIMEOUT: PositiveFloat
+
+    def language_for(self, provider_setting: str) -> str:
+        """A per-provider language setting, falling back to DEFAULT_LANGUAGE."""
+        return provider_setting or self.DEFAULT_LANGUAGE
+
+
+class WhisperLocalSettings(ProviderSection, kw_only=True, frozen=True):
+    """faster-whisper in this process (speakflow.providers.whisper_local)."""
+
+    #: a stream's audio queue is sized from it, as a vendor's is
+    AUDIO_QUEUE_S: PositiveFloat
+    WHISPER_MODEL: str
+    WHISPER_CACHE_DIR: str
+    WHISPER_DEVICE: str
+    WHISPER_COMPUTE_TYPE: str
+    WHISPER_CPU_THREADS: NonNegativeInt
+    WHISPER_ENDPOINT_MS: PositiveInt
+    WHISPER_PAUSE_MS: NonNegativeInt
+    WHISPER_PARTIAL_INTERVAL_MS: PositiveInt
+    WHISPER_SOFT_MAX_UTTERANCE_S: NonNegativeFloat
+    WHISPER_MAX_UTTERANCE_S: Annotated[float, msgspec.Meta(gt=0, le=28)]
+    WHISPER_VAD_THRESHOLD: Annotated[float, msgspec.Meta(gt=0, lt=1)]
+    WHISPER_MAX_BATCH: PositiveInt
+    WHISPER_WINDOW: str
+    WHISPER_FULL_WINDOW_BUDGET_MS: PositiveInt
+    WHISPER_MAX_STREAMS: NonNegativeInt
+
+
+class DeepgramSettings(ProviderSection, kw_only=True, frozen=True):
+    """Deepgram live streaming (speakflow.providers.deepgram)."""
+
+    DEEPGRAM_API_KEY: str
+    DEEPGRAM_URL: str
+    DEEPGRAM_MODEL: str
+    DEEPGRAM_LANGUAGE: str
+    DEEPGRAM_ENDPOINTING_MS: NonNegativeInt
+    DEEPGRAM_UTTERANCE_END_MS: NonNegativeInt
+    DEEPGRAM_KEEPALIVE_S: PositiveFloat
+
+
+class AssemblyAISettings(ProviderSection, kw_only=True, frozen=True):
+    """AssemblyAI Universal Streaming (speakflow.providers.assemblyai)."""
+
+    ASSEMBLYAI_API_KEY: str
+    ASSEMBLYAI_URL: str
+    ASSEMBLYAI_SPEECH_MODEL: str
+    ASSEMBLYAI_FORMAT_TURNS: bool
+    ASSEMBLYAI_END_OF_TURN_CONFIDENCE: Annotated[float, msgspec.Meta(ge=0, le=1)]
+    ASSEMBLYAI_MIN_TURN_SILENCE_MS: PositiveInt
+    ASSEMBLYAI_MAX_TURN_SILENCE_MS: PositiveInt
+    ASSEMBLYAI_MAX_LEAD_S: PositiveFloat
+
+
+class AwsTranscribeSettings(ProviderSection, kw_only=True, frozen=True):
+    """AWS Transcribe streaming (speakflow.providers.aws_transcribe)."""
+
+    AWS_REGION: str
+    AWS_ACCESS_KEY_ID: str
+    AWS_SECRET_ACCESS_KEY: str
+    AWS_SESSION_TOKEN: str
+    AWS_TRANSCRIBE_ENDPOINT: str
+    AWS_TRANSCRIBE_LANGUAGE: str
+    AWS_TRANSCRIBE_STABILITY: str
+    AWS_TRANSCRIBE_KEEPALIVE_S: PositiveFloat
+
+
+#: every section, by the name of Settings' property that builds it
+SECTIONS: dict[str, type[Section]] = {
+    "server": ServerSettings,
+    "speech": SpeechSettings,
+    "limits": LimitsSettings,
+    "auth": AuthSettings,
+    "shared_state": SharedStateSettings,
+    "echo": EchoSettings,
+    "postprocess": PostprocessSettings,
+    "store": StoreSettings,
+    "whisper_local": WhisperLocalSettings,
+    "deepgram": DeepgramSettings,
+    "assemblyai": AssemblyAISettings,
+    "aws_transcribe": AwsTranscribeSettings,
+}
+
+
+def _masked(settings: object, names: tuple[str, ...]) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for name in names:
+        value = getattr(settings, name)
+        if name in SECRET_FIELDS and value:
+            value = "***"
+        out.append((name, value))
+    return out
 
 
 _PATH_RE = re.compile(r"at `\$\.(\w+)`")
@@ -292,7 +594,10 @@ def load_settings(
     """Build Settings from a ``.env`` file overlaid by the environment.
 
     The process environment wins over ``.env`` so an operator can override one
-    value without editing the file.
+    value without editing the file. Checks names and types only: what each
+    component requires of its section is checked at startup
+    (:func:`speakflow.startup.check_settings`; :func:`speakflow.startup.load_settings`
+    does both).
     """
     env = dict(os.environ if environ is None else environ)
     raw: dict[str, str] = {}
@@ -307,120 +612,29 @@ def load_settings(
         settings = msgspec.convert(known, Settings, strict=False)
     except msgspec.ValidationError as err:
         raise ConfigError(_explain(err, known)) from None
-    _check(settings)
     return settings
 
 
-def _check(settings: Settings) -> None:
-    from .auth import check_settings as check_auth
-    from .postprocess import check_settings as check_processor
-    from .providers.registry import PROVIDERS
-    from .proxy import check_settings as check_proxy
-    from .store.config import check_settings as check_store
-
-    if settings.LOG_LEVEL.upper() not in LOG_LEVELS:
+def check_logging(server: ServerSettings) -> None:
+    """LOG_LEVEL and LOG_FORMAT name something the logging setup knows."""
+    if server.LOG_LEVEL.upper() not in LOG_LEVELS:
         raise ConfigError(
-            f"LOG_LEVEL: expected one of {', '.join(LOG_LEVELS)} (got {settings.LOG_LEVEL!r})"
+            f"LOG_LEVEL: expected one of {', '.join(LOG_LEVELS)} (got {server.LOG_LEVEL!r})"
         )
-    if settings.LOG_FORMAT not in ("json", "console"):
-        raise ConfigError(f"LOG_FORMAT: expected json or console (got {settings.LOG_FORMAT!r})")
-    spec = PROVIDERS.get(settings.SPEECH_PROVIDER)
-    if spec is None:
-        raise ConfigError(
-            f"SPEECH_PROVIDER: unknown provider {settings.SPEECH_PROVIDER!r}; "
-            f"valid: {', '.join(sorted(PROVIDERS))}"
-        )
-    spec.check(settings)
-    check_auth(settings)
-    for name in settings.fallback_providers:
-        fallback = PROVIDERS.get(name)
-        if fallback is None:
-            raise ConfigError(
-                f"SPEECH_FALLBACK_PROVIDERS: unknown provider {name!r}; "
-                f"valid: {', '.join(sorted(PROVIDERS))}"
-            )
-        fallback.check(settings)
-    check_processor(settings)
-    check_proxy(settings)
-    from .shared_state import check_settings as check_shared_state  # scale-out
-
-    check_shared_state(settings)
-    check_store(settings)
-    _check_languages(settings)
-    _check_whisper_device(settings)
-    _check_cors(settings)
+    if server.LOG_FORMAT not in ("json", "console"):
+        raise ConfigError(f"LOG_FORMAT: expected json or console (got {server.LOG_FORMAT!r})")
 
 
 #: an Origin as browsers send it: scheme://host[:port], no path (a trailing / is tolerated)
 _ORIGIN_RE = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s]+/?", re.IGNORECASE)
 
 
-def _check_cors(settings: Settings) -> None:
+def check_cors(server: ServerSettings) -> None:
     """An entry that can never equal a browser's Origin header (a bare host, a path)
     would pass startup and then refuse that site's every connection."""
-    for origin in settings.cors_origins:
+    for origin in server.cors_origins:
         if origin not in ("*", "null") and not _ORIGIN_RE.fullmatch(origin):
             raise ConfigError(
                 f"CORS_ORIGINS: {origin[:80]!r} is not an origin; write scheme://host[:port] "
                 "with no path, e.g. https://app.example.com, or * for any"
             )
-
-
-def _check_whisper_device(settings: Settings) -> None:
-    """WHISPER_DEVICE=cuda on a machine without CUDA: one line now, not a failed
-    model load later (CTranslate2 counts devices without loading anything)."""
-    uses_whisper = "whisper_local" in (settings.SPEECH_PROVIDER, *settings.fallback_providers)
-    if not uses_whisper or settings.WHISPER_DEVICE != "cuda":
-        return
-    import ctranslate2
-
-    if ctranslate2.get_cuda_device_count() == 0:
-        raise ConfigError(
-            "WHISPER_DEVICE=cuda: CTranslate2 finds no CUDA device (or driver) on this machine; "
-            "set WHISPER_DEVICE=cpu, or auto to use CUDA only where there is one"
-        )
-
-
-def _check_languages(settings: Settings) -> None:
-    """DEFAULT_LANGUAGE (and the per-provider language settings) must be one the
-    configured providers can use: otherwise every stream without its own
-    language fails after a startup that looked fine."""
-    from . import languages
-
-    problem = languages.setting_problem("DEFAULT_LANGUAGE", settings.DEFAULT_LANGUAGE, _any)
-    for name in (settings.SPEECH_PROVIDER, *settings.fallback_providers):
-        problem = problem or _language_problem(settings, name)
-    if problem:
-        raise ConfigError(problem)
-
-
-def _any(code: str) -> None:
-    """DEFAULT_LANGUAGE's own rule, whatever the provider: a tag or auto."""
-
-
-def _language_problem(settings: Settings, provider: str) -> str | None:
-    """The provider's start_session rule applied to the language it would use by default."""
-    from . import languages
-    from .providers import assemblyai, aws_transcribe, deepgram
-
-    def chosen(own: str) -> tuple[str, str]:
-        value = getattr(settings, own)
-        return (own, value) if value else ("DEFAULT_LANGUAGE", settings.DEFAULT_LANGUAGE)
-
-    if provider == "whisper_local":
-        return languages.whisper_problem(
-            "DEFAULT_LANGUAGE", settings.DEFAULT_LANGUAGE, settings.WHISPER_MODEL
-        )
-    if provider == "assemblyai":
-        if settings.ASSEMBLYAI_SPEECH_MODEL not in assemblyai.SPEECH_MODELS:
-            return None  # a model we have no list for: AssemblyAI judges
-        return languages.setting_problem(
-            "DEFAULT_LANGUAGE", settings.DEFAULT_LANGUAGE, assemblyai.check_language
-        )
-    if provider == "deepgram":
-        return languages.setting_problem(*chosen("DEEPGRAM_LANGUAGE"), deepgram.check_language)
-    if provider == "aws_transcribe":
-        return languages.setting_problem(
-            *chosen("AWS_TRANSCRIBE_LANGUAGE"), aws_transcribe.check_language
-        )
-    return None

@@ -152,6 +152,15 @@ def setting_problem(setting: str, value: str, check: Callable[[str], None]) -> s
     return None
 
 
+def default_problem(value: str) -> str | None:
+    """DEFAULT_LANGUAGE's own rule, whatever the provider: a tag or auto."""
+    return setting_problem("DEFAULT_LANGUAGE", value, _any_language)
+
+
+def _any_language(code: str) -> None:
+    """No provider's list: the tag's shape (checked by setting_problem) is the rule."""
+
+
 def whisper_problem(setting: str, value: str, model: str) -> str | None:
     """Why local Whisper cannot use ``value`` as its default language, or None.
 

@@ -28,7 +28,7 @@ from hypercorn.middleware import ProxyFixMiddleware
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from .config import ServerSettings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -87,6 +87,6 @@ class TrustedProxyMiddleware:
         await self.app(scope, receive, send)
 
 
-def check_settings(settings: Settings) -> None:
+def check_settings(settings: ServerSettings) -> None:
     """Startup check: every FORWARDED_ALLOW_IPS entry parses."""
     parse_allow(settings.forwarded_allow_ips)

@@ -337,7 +337,7 @@ def shared_state_for(settings: Settings, workers: int) -> SharedStateSource:
 
 def run_supervisor(settings: Settings, args: argparse.Namespace, workers: int) -> int:
     """``serve --workers N`` (N > 1): returns the exit status."""
-    from .cli import hypercorn_config
+    from .hosting import hypercorn_config
 
     config = hypercorn_config(settings, args.host, args.port, args.config)
     if len(config.bind) != 1 or config.bind[0].startswith(("unix:", "fd://")):

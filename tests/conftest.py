@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from speakflow.cli import running_app
-from speakflow.config import Settings, load_settings
+from speakflow.hosting import running_app
+from speakflow.config import Settings
 from speakflow.shared_state.embedded import EmbeddedValkey
+from speakflow.startup import load_settings  # read, then every startup check
 
 from .client import TestClient
 

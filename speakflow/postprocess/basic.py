@@ -22,7 +22,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import Processed
+from ..config import DEFAULT_FILLER_WORDS, DEFAULT_SILENCE_DBFS  # declared with the settings
+from .base import Processed
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -60,9 +61,6 @@ HALLUCINATIONS: tuple[str, ...] = (
     "谢谢观看",
 )
 
-DEFAULT_FILLER_WORDS = "um,umm,uh,uhh,uhm,erm,hmm,hm,mm,mhm"
-#: A final whose loudest 100 ms is quieter than this (dBFS) counts as near-silent.
-DEFAULT_SILENCE_DBFS = -40.0
 
 _SPACE = re.compile(r"\s+")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.!?;:…])")

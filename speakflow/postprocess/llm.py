@@ -26,7 +26,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_openai import ChatOpenAI
 
-from . import REJECTED, Processed
+from .base import REJECTED, Processed
 
 if TYPE_CHECKING:
     from ..config import Settings

@@ -41,7 +41,7 @@ from trio_websocket import (
     connect_websocket_url,
 )
 
-from ..config import Settings
+from ..config import ProviderSection
 from ..errors import ProviderError, ProviderUnavailable
 from ._closing import CloseSequence, Closing
 from ._handshake import header as header  # for ws.handshake_headers too (request ids)
@@ -138,7 +138,7 @@ class WebSocketBackend:
 
     name: str
 
-    def __init__(self, settings: Settings, connect: Connector = connect_websocket) -> None:
+    def __init__(self, settings: ProviderSection, connect: Connector = connect_websocket) -> None:
         self.settings = settings
         self.connect = connect
         #: streams inside :func:`vendor_connection` now; connections it opened so far

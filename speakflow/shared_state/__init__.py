@@ -13,7 +13,7 @@ import os
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -30,6 +30,9 @@ from .base import (
     Takeover,
 )
 from .memory import MemoryCore, MemoryState
+
+if TYPE_CHECKING:
+    from ..config import SharedStateSettings
 
 __all__ = [
     "Final",
@@ -122,7 +125,7 @@ async def heartbeat_loop(
         await trio.sleep(interval_s)
 
 
-def check_settings(settings: Any) -> None:
+def check_settings(settings: SharedStateSettings) -> None:
     """REDIS_URL must be a URL redis-py can open; said at startup, not at first use."""
     url = settings.REDIS_URL
     if url and not url.startswith(("redis://", "rediss://", "unix://")):

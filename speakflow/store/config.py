@@ -15,12 +15,12 @@ from urllib.parse import urlsplit
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from ..config import Settings
+    from ..config import Settings, StoreSettings
 
 DB_FILE = "transcripts.db"
 
 
-def data_dir(settings: Settings) -> Path:
+def data_dir(settings: Settings | StoreSettings) -> Path:
     """SPEAKFLOW_DATA_DIR, else $XDG_DATA_HOME/speakflow, else ~/.local/share/speakflow."""
     if settings.SPEAKFLOW_DATA_DIR:
         return Path(settings.SPEAKFLOW_DATA_DIR).expanduser()
@@ -29,7 +29,7 @@ def data_dir(settings: Settings) -> Path:
     return base / "speakflow"
 
 
-def store_url(settings: Settings) -> str | None:
+def store_url(settings: Settings | StoreSettings) -> str | None:
     """The SQLAlchemy URL of the store, or None when TRANSCRIPT_STORE=off."""
     value = settings.TRANSCRIPT_STORE.strip()
     if value.lower() == "off":
@@ -56,7 +56,7 @@ def describe(url: str) -> str:
     return url
 
 
-def check_settings(settings: Settings) -> None:
+def check_settings(settings: StoreSettings) -> None:
     """Startup check: a usable TRANSCRIPT_STORE, and a webhook only with a store."""
     url = store_url(settings)
     hook = settings.TRANSCRIPT_WEBHOOK_URL.strip()

@@ -44,7 +44,7 @@ import msgspec
 import numpy as np
 import trio
 
-from .._gc import tune_for_latency
+from .._patches.gc_tuning import tune_for_latency
 from ..audio import SAMPLE_RATE as TARGET_RATE
 from ..stats import percentile
 from ..wav import WavError, load_wav
@@ -860,7 +860,7 @@ def format_report(r: dict[str, Any]) -> str:
 def run_bench(opts: BenchOptions) -> int:
     procs.raise_fd_limit()
     # The generator is the measuring instrument: its collector pauses would be
-    # counted as the relay's latency (see _gc.py).
+    # counted as the relay's latency (see _patches/gc_tuning.py).
     tune_for_latency()
     try:
         report = trio.run(bench, opts)

@@ -265,7 +265,7 @@ def score(scenario: Scenario, mode: str, msgs: list[dict[str, Any]], cpu_ms: flo
 async def bench_mode(
     mode: str, scenarios: list[Scenario], speed: float, env: dict[str, str]
 ) -> list[Run]:
-    from ..cli import running_app
+    from ..hosting import running_app
     from ..config import load_settings
 
     settings = load_settings(environ={**env, "ECHO_CANCELLATION": mode}, env_file=None)

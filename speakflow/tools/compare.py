@@ -132,7 +132,7 @@ async def compare(
 
 
 async def _with_local_server(args: argparse.Namespace) -> list[ProviderResult]:
-    from ..cli import running_app
+    from ..hosting import running_app
     from ..config import load_settings
 
     env = dict(os.environ)

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .. import _wsmask
-from .._gc import tune_for_latency
+from .._patches import wsmask as _wsmask
+from .._patches.gc_tuning import tune_for_latency
 from ..emulation import EMULATORS, ENGINES
 from ..emulation.faults import KINDS, Faults, FaultSpecError
 
@@ -161,7 +161,7 @@ async def _run(server: EmulatorServer, host: str, port: int, note: str) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve, host, port)
         # It stands in for a vendor under load tests: its collector pauses and
-        # masking cost would be charged to the relay (see _gc.py, _wsmask.py).
+        # masking cost would be charged to the relay (see _patches/gc_tuning.py, _patches/wsmask.py).
         tune_for_latency()
         _wsmask.install()
         faults = server.faults.describe()

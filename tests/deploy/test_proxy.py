@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from speakflow.config import load_settings
 from speakflow.errors import ConfigError
 from speakflow.proxy import TrustedProxyMiddleware
+from speakflow.startup import load_settings
 
 FORWARDED = [
     (b"host", b"127.0.0.1:8000"),

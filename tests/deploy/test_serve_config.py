@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from speakflow.cli import hypercorn_config
+from speakflow.hosting import hypercorn_config
 from speakflow.errors import ConfigError
 
 from ..conftest import REPO, make_settings
@@ -217,7 +217,7 @@ async def test_running_app_raises_what_serve_refuses(tmp_path: Path) -> None:
     before Hypercorn too: a failure raises, never a server without its model."""
     import trio
 
-    from speakflow.cli import running_app
+    from speakflow.hosting import running_app
     from speakflow.providers.whisper_local.models import bundled_model_path
 
     model = tmp_path / "my-model"

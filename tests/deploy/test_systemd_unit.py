@@ -16,8 +16,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from speakflow.config import load_settings
 from speakflow.providers.whisper_local.models import default_cache_dir
+from speakflow.startup import load_settings
 
 from .support import DEPLOY
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from speakflow.config import load_settings
 from speakflow.errors import ConfigError
 from speakflow.postprocess import build_processor
 from speakflow.postprocess.basic import BasicProcessor
+from speakflow.startup import load_settings
 
 from ..conftest import REPO
 
@@ -90,7 +90,7 @@ def test_the_server_never_imports_langchain_unless_selected() -> None:
         f"""
         import sys
         from speakflow.app import create_app
-        from speakflow.config import load_settings
+        from speakflow.startup import load_settings
         for name in ("none", "basic"):
             create_app(load_settings(environ={{"TRANSCRIPT_PROCESSOR": name}}, env_file=None))
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in {_OPTIONAL})
@@ -110,7 +110,7 @@ def test_the_default_install_works_without_the_extra() -> None:
             sys.modules[name] = None  # "import name" now fails as if not installed
         import trio
         from speakflow.app import create_app
-        from speakflow.config import load_settings
+        from speakflow.startup import load_settings
         from speakflow.errors import ConfigError
         from speakflow.postprocess import run_processor
 

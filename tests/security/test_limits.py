@@ -125,7 +125,8 @@ async def test_oversize_websocket_message_is_close_1009(kind: str) -> None:
 @pytest.mark.parametrize("first", ["binary", "text"])
 async def test_frames_after_an_oversize_message_do_not_crash_the_server(first: str) -> None:
     """Hypercorn 0.18 alone dies here (TypeError out of its connection task ends ``serve``):
-    an oversize message, then a message of the other kind before the close. See _hypercorn.py.
+    an oversize message, then a message of the other kind before the close. See
+    _patches/hypercorn_fixes.py.
     """
     big: bytes | str = b"\x00" * 100_001 if first == "binary" else "x" * 100_001
     late: list[bytes | str] = ["{}", b"\x00\x00", "x" * 100_001, b"\x00" * 100_001]

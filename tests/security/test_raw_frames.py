@@ -3,7 +3,7 @@
 Each case is one connection that writes the upgrade request and then bytes
 that break RFC 6455 (or HTTP). The server may close that connection however
 it likes; afterwards it must still answer /v1/health and run a session.
-Without ``speakflow/_hypercorn.py`` the first case and the last end the whole
+Without ``speakflow/_patches/hypercorn_fixes.py`` the first case and the last end the whole
 server (a send racing the close; pgjones/hypercorn#225).
 """
 

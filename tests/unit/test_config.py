@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from speakflow.config import load_settings
 from speakflow.errors import ConfigError
+from speakflow.startup import load_settings
 
 
 def test_defaults_need_nothing() -> None:
@@ -70,7 +70,7 @@ def test_secrets_never_in_repr() -> None:
 
 
 def test_bad_whisper_model_dir(tmp_path) -> None:
-    # checked while settings load (the registry's check), before the server starts
+    # checked at startup (the registry's check), before the server starts
     with pytest.raises(ConfigError, match=r"^WHISPER_MODEL:"):
         load_settings(environ={"WHISPER_MODEL": str(tmp_path)}, env_file=None)
 
@@ -255,3 +255,56 @@ def test_the_shipped_env_example_loads() -> None:
     from ..conftest import REPO
 
     load_settings(environ={}, env_file=REPO / ".env.example")
+
+
+# ------------------------------------------------ sections
+
+
+def test_every_setting_is_in_a_section_under_its_own_name_and_type() -> None:
+    import msgspec
+
+    from speakflow.config import SECTIONS, Settings
+
+    flat = {f.name: f.type for f in msgspec.structs.fields(Settings)}
+    placed: set[str] = set()
+    for cls in SECTIONS.values():
+        for field in msgspec.structs.fields(cls):
+            assert flat.get(field.name) == field.type, (cls.__name__, field.name)
+            placed.add(field.name)
+    assert set(flat) - placed == set()
+    settings = load_settings(environ={}, env_file=None)
+    for name, cls in SECTIONS.items():
+        assert type(getattr(settings, name)) is cls  # Settings.<name> builds that section
+
+
+def test_a_component_gets_its_section_only() -> None:
+    s = load_settings(
+        environ={
+            "SPEECH_PROVIDER": "deepgram",
+            "DEEPGRAM_API_KEY": "dg-secret",
+            "AWS_SECRET_ACCESS_KEY": "aws-secret",
+            "AWS_ACCESS_KEY_ID": "id",
+            "DEFAULT_LANGUAGE": "es",
+            "MAX_SESSIONS": "7",
+        },
+        env_file=None,
+    )
+    deepgram = s.deepgram
+    assert deepgram.DEEPGRAM_API_KEY == "dg-secret" and deepgram.language_for("") == "es"
+    assert not hasattr(deepgram, "AWS_SECRET_ACCESS_KEY")
+    assert "dg-secret" not in repr(deepgram) and "DEEPGRAM_API_KEY='***'" in repr(deepgram)
+    assert s.limits.MAX_SESSIONS == 7 and s.speech.providers == ["deepgram"]
+    assert s.server.cors_origins == s.cors_origins
+
+
+def test_reading_settings_checks_types_and_startup_checks_the_components() -> None:
+    """config.load_settings reads (types, one-line errors); a component's own rule is
+    startup's (speakflow.startup), run by `serve` and by the app factory."""
+    from speakflow import config
+    from speakflow.app import create_app
+
+    with pytest.raises(ConfigError, match=r"^PORT:"):
+        config.load_settings(environ={"PORT": "x"}, env_file=None)
+    unchecked = config.load_settings(environ={"SPEECH_PROVIDER": "nope"}, env_file=None)
+    with pytest.raises(ConfigError, match=r"^SPEECH_PROVIDER: unknown provider 'nope'"):
+        create_app(unchecked)

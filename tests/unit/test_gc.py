@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 PROBE = (
-    "import gc; from speakflow._gc import tune_for_latency; tune_for_latency(); "
+    "import gc; from speakflow._patches.gc_tuning import tune_for_latency; tune_for_latency(); "
     "print(gc.get_threshold()[0], gc.get_freeze_count() > 0)"
 )
 

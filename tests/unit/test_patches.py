@@ -1,9 +1,12 @@
 """Every third-party patch is live in a running server, and a release it was not written for
-stops startup with one line (speakflow/_patches.py)."""
+stops startup with one line (speakflow/_patches/), and nothing is patched before
+``install_all`` runs."""
 
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 
 import pytest
 import trio
@@ -11,9 +14,11 @@ from hypercorn.protocol import ws_stream
 from hypercorn.trio import tcp_server
 from wsproto import frame_protocol
 
-from speakflow import _hypercorn, _patches, _wsmask
 from speakflow._deflate import BoundedDeflate
-from speakflow.cli import running_app
+from speakflow._patches import hypercorn_fixes as _hypercorn
+from speakflow._patches import versions as _patches
+from speakflow._patches import wsmask as _wsmask
+from speakflow.hosting import running_app
 
 from ..conftest import make_settings, running_server
 
@@ -63,7 +68,9 @@ async def test_an_unsupported_hypercorn_stops_startup(monkeypatch, uninstalled) 
             raise AssertionError("the server started")
     message = str(refused.value)
     assert "\n" not in message
-    assert message.startswith("hypercorn 0.19.0 is not a version speakflow/_hypercorn.py")
+    assert message.startswith(
+        "hypercorn 0.19.0 is not a version speakflow/_patches/hypercorn_fixes.py"
+    )
     assert "uv sync --frozen" in message
 
 
@@ -72,7 +79,7 @@ async def test_an_unsupported_wsproto_stops_startup(monkeypatch, uninstalled) ->
     with pytest.raises(_patches.PatchError, match=r"^wsproto 1\.4\.0 is not a version"):
         async with running_app(make_settings()):
             raise AssertionError("the server started")
-    with pytest.raises(_patches.PatchError, match=r"speakflow/_wsmask\.py"):
+    with pytest.raises(_patches.PatchError, match=r"speakflow/_patches/wsmask\.py"):
         _wsmask.install()
 
 
@@ -85,4 +92,31 @@ def test_a_missing_internal_stops_startup(monkeypatch, uninstalled) -> None:
 def test_an_absent_package_is_named(monkeypatch) -> None:
     monkeypatch.setattr(_patches, "installed_version", lambda package: "")
     with pytest.raises(_patches.PatchError, match=r"^hypercorn \(not installed\)"):
-        _patches.require_version("hypercorn", ("0.18.",), "speakflow/_hypercorn.py")
+        _patches.require_version("hypercorn", ("0.18.",), _hypercorn.SOURCE)
+
+
+#: imports the server's modules and builds its configs; nothing may be patched until
+#: install_all (in a fresh interpreter: this one has run servers)
+NOT_ON_IMPORT = """
+import speakflow.app, speakflow.cli, speakflow.startup
+from hypercorn.trio import tcp_server
+from wsproto import frame_protocol
+from speakflow import _patches
+from speakflow.hosting import hypercorn_config
+from speakflow.startup import load_settings
+
+hypercorn_config(load_settings({"TRANSCRIPT_STORE": "off"}, env_file=None))
+masker = frame_protocol.XorMaskerSimple
+assert masker.__module__ == "wsproto.frame_protocol", masker
+assert not getattr(tcp_server.TCPServer.run, "speakflow_fix", False)
+_patches.install_all()
+assert frame_protocol.XorMaskerSimple is _patches.wsmask.NumpyXorMasker
+assert getattr(tcp_server.TCPServer.run, "speakflow_fix", False)
+"""
+
+
+def test_nothing_is_patched_until_install_all() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", NOT_ON_IMPORT], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from speakflow import _wsmask
+from speakflow._patches import wsmask as _wsmask
 
 ORIGINAL = _wsmask.WSPROTO_MASKER  # wsproto's own, whatever a server installed since
 

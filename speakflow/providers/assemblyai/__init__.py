@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from ...config import Settings
+from ...config import AssemblyAISettings
 from ...errors import ConfigError
-from ...languages import check_listed
+from ...languages import check_listed, setting_problem
 
 #: Universal Streaming: the English model, or the multilingual one (with
 #: language detection) for these languages; "auto" picks the multilingual one.
@@ -27,7 +27,7 @@ def check_language(code: str) -> None:
     check_listed(code, "AssemblyAI", LANGUAGES, auto=True)
 
 
-def check_settings(settings: Settings) -> None:
+def check_settings(settings: AssemblyAISettings) -> None:
     """Startup checks beyond "the key is set": the URL and the turn-detection options."""
     url = urlsplit(settings.ASSEMBLYAI_URL)
     if url.scheme not in ("ws", "wss") or not url.hostname:
@@ -45,3 +45,10 @@ def check_settings(settings: Settings) -> None:
             "ASSEMBLYAI_MAX_LEAD_S: must be at least 1 (one 1000 ms frame ahead of real time); "
             f"got {settings.ASSEMBLYAI_MAX_LEAD_S:g}"
         )
+
+
+def language_problem(settings: AssemblyAISettings) -> str | None:
+    """Why DEFAULT_LANGUAGE is not one the configured model takes, or None."""
+    if settings.ASSEMBLYAI_SPEECH_MODEL not in SPEECH_MODELS:
+        return None  # a model we have no list for: AssemblyAI judges
+    return setting_problem("DEFAULT_LANGUAGE", settings.DEFAULT_LANGUAGE, check_language)

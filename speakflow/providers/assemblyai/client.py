@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from ...config import Settings
+from ...config import AssemblyAISettings
 from .._ws import (
     CloseWatch,
     Connector,
@@ -70,7 +70,11 @@ class AssemblyAIBackend(WebSocketBackend):
     #: start_session.language against AssemblyAI's languages (issue 16)
     check_language = staticmethod(check_language)
 
-    def __init__(self, settings: Settings, connect: Connector = connect_websocket) -> None:
+    settings: AssemblyAISettings
+
+    def __init__(
+        self, settings: AssemblyAISettings, connect: Connector = connect_websocket
+    ) -> None:
         super().__init__(settings, connect)
         self.paced_s = 0.0
 

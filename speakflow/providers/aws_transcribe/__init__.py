@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from ...config import Settings
+from ...config import AwsTranscribeSettings
 from ...errors import ConfigError
-from ...languages import AUTO, UnsupportedLanguage, check_listed, primary, shown
+from ...languages import AUTO, UnsupportedLanguage, check_listed, primary, setting_problem, shown
 
 #: primary subtags of the languages AWS Transcribe streams (docs.aws.amazon.com
 #: "Supported languages", streaming column); the full code (es-US, en-GB) is
@@ -32,7 +32,7 @@ LANGUAGES = frozenset({
 VENDOR_IDLE_LIMIT_S = 15.0
 
 
-def endpoint(settings: Settings) -> str:
+def endpoint(settings: AwsTranscribeSettings) -> str:
     """AWS_TRANSCRIBE_ENDPOINT, else the region's ``wss://...:8443``."""
     return (
         settings.AWS_TRANSCRIBE_ENDPOINT
@@ -40,7 +40,7 @@ def endpoint(settings: Settings) -> str:
     )
 
 
-def check_settings(settings: Settings) -> None:
+def check_settings(settings: AwsTranscribeSettings) -> None:
     """What can be checked without resolving credentials (that is the backend's start)."""
     if not settings.AWS_REGION:
         raise ConfigError("AWS_REGION: required when SPEECH_PROVIDER=aws_transcribe")
@@ -119,3 +119,12 @@ def check_language(code: str) -> None:
                 f"AWS Transcribe needs the full code for language {shown(code)}, e.g. "
                 f"{primary(code)}-XX as AWS lists it"
             )
+
+
+def language_problem(settings: AwsTranscribeSettings) -> str | None:
+    """Why the language a stream would use by default is not one AWS takes, or None."""
+    own = settings.AWS_TRANSCRIBE_LANGUAGE
+    setting, value = (
+        ("AWS_TRANSCRIBE_LANGUAGE", own) if own else ("DEFAULT_LANGUAGE", settings.DEFAULT_LANGUAGE)
+    )
+    return setting_problem(setting, value, check_language)

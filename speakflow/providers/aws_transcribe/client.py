@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from ...config import Settings
+from ...config import AwsTranscribeSettings
 from ...errors import ConfigError, ProviderError, ProviderUnavailable
 from .._ws import (
     CloseWatch,
@@ -74,9 +74,11 @@ class AwsTranscribeBackend(WebSocketBackend):
     #: start_session.language against AWS's languages (issue 16)
     check_language = staticmethod(check_language)
 
+    settings: AwsTranscribeSettings
+
     def __init__(
         self,
-        settings: Settings,
+        settings: AwsTranscribeSettings,
         connect: Connector = connect_websocket,
         credentials: CredentialSource | None = None,
     ) -> None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from ...config import Settings
+from ...config import DeepgramSettings
 from ...errors import ConfigError
-from ...languages import check_listed
+from ...languages import check_listed, setting_problem
 
 #: primary subtags Deepgram's streaming models transcribe (nova-2 and nova-3,
 #: developers.deepgram.com "Models and Language Overview"); regions such as
@@ -31,7 +31,7 @@ def check_language(code: str) -> None:
     check_listed(code, "Deepgram", LANGUAGES, auto=True)
 
 
-def check_settings(settings: Settings) -> None:
+def check_settings(settings: DeepgramSettings) -> None:
     """Startup checks beyond "the key is set": the URL and the timing options."""
     url = urlsplit(settings.DEEPGRAM_URL)
     if url.scheme not in ("ws", "wss") or not url.hostname:
@@ -43,3 +43,12 @@ def check_settings(settings: Settings) -> None:
         raise ConfigError(
             f"DEEPGRAM_UTTERANCE_END_MS: Deepgram needs 0 (off) or at least 1000 (got {ue})"
         )
+
+
+def language_problem(settings: DeepgramSettings) -> str | None:
+    """Why the language a stream would use by default is not one Deepgram takes, or None."""
+    own = settings.DEEPGRAM_LANGUAGE
+    setting, value = (
+        ("DEEPGRAM_LANGUAGE", own) if own else ("DEFAULT_LANGUAGE", settings.DEFAULT_LANGUAGE)
+    )
+    return setting_problem(setting, value, check_language)

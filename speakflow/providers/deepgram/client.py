@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from ...config import DeepgramSettings
 from .._ws import (
     CloseWatch,
     WebSocketBackend,
@@ -53,6 +54,7 @@ class DeepgramBackend(WebSocketBackend):
     name = NAME
     #: start_session.language against Deepgram's languages (issue 16)
     check_language = staticmethod(check_language)
+    settings: DeepgramSettings  # its own section (providers.registry builds it with it)
 
     async def start(self) -> None:
         """Nothing to load; the key is checked by Deepgram on the first stream."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import trio
 
-from ...config import Settings
+from ...config import WhisperLocalSettings
 from ...errors import ProviderOverloaded, ProviderRejected
 from ...languages import UnsupportedLanguage, check_whisper, shown
 from ..base import (
@@ -107,7 +107,7 @@ _calibrations: dict[tuple[int, tuple[int]], float] = {}
 class WhisperLocalBackend:
     name = NAME
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: WhisperLocalSettings) -> None:
         check_settings(settings)
         self.settings = settings
         self.engine: WhisperEngine = shared_engine(

@@ -29,7 +29,7 @@ run_stream = partial(run_any_stream, burst=True)
 def settings_for(url: str, **overrides: Any):  # type: ignore[no-untyped-def]
     values = {"SPEECH_PROVIDER": "assemblyai", "ASSEMBLYAI_API_KEY": "test-key",
               "ASSEMBLYAI_URL": url}  # fmt: skip
-    return make_settings(**{**values, **overrides})
+    return make_settings(**{**values, **overrides}).assemblyai  # the backend's section
 
 
 async def test_one_session_times_on_the_source_timeline_and_a_clean_close() -> None:

@@ -6,10 +6,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from speakflow.config import load_settings
 from speakflow.errors import ConfigError, ProviderRejected, ProviderUnavailable
 from speakflow.providers.assemblyai import codec
 from speakflow.providers.base import AudioFrame, Word
+from speakflow.startup import load_settings
 
 BEGIN = '{"type":"Begin","id":"de5d9927-73a6-4be8-b52d-b4c07be37e6b","expires_at":1759796682}'
 PARTIAL_1 = (

@@ -11,7 +11,7 @@ import pytest
 import trio
 from botocore.eventstream import EventStreamBuffer as BotocoreBuffer
 
-from speakflow.config import Settings
+from speakflow.config import AwsTranscribeSettings
 from speakflow.emulation.aws_transcribe import AwsTranscribeEmulator
 from speakflow.emulation.faults import Faults
 from speakflow.emulation.server import EmulatorServer
@@ -65,8 +65,8 @@ def aws_settings(url: str, **overrides: Any) -> dict[str, Any]:
     }
 
 
-def settings_for(url: str, **overrides: Any) -> Settings:
-    return make_settings(**aws_settings(url, **overrides))
+def settings_for(url: str, **overrides: Any) -> AwsTranscribeSettings:
+    return make_settings(**aws_settings(url, **overrides)).aws_transcribe  # the backend's section
 
 
 def botocore_decode(frame: bytes) -> tuple[dict[str, Any], bytes]:

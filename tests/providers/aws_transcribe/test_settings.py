@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from speakflow.config import load_settings
 from speakflow.errors import ConfigError
 from speakflow.providers.aws_transcribe import endpoint
+from speakflow.startup import load_settings
 
 from .support import isolate_aws_chain
 

@@ -21,7 +21,7 @@ from ..support import FRAME, fail_soon, free_port, memory_connector, mute_port, 
 
 def settings_for(url: str, **overrides: Any):  # type: ignore[no-untyped-def]
     values = {"SPEECH_PROVIDER": "deepgram", "DEEPGRAM_API_KEY": "test-key", "DEEPGRAM_URL": url}
-    return make_settings(**{**values, **overrides})
+    return make_settings(**{**values, **overrides}).deepgram  # the backend's section
 
 
 async def test_one_connection_times_on_the_source_timeline_and_a_clean_close() -> None:

@@ -13,16 +13,16 @@ from ...conftest import make_settings, running_server
 
 
 def test_capacity_comes_from_the_setting_or_the_calibration() -> None:
-    fixed = WhisperLocalBackend(make_settings(WHISPER_MAX_STREAMS=3))
+    fixed = WhisperLocalBackend(make_settings(WHISPER_MAX_STREAMS=3).whisper_local)
     assert fixed.capacity == 3
-    auto = WhisperLocalBackend(make_settings(WHISPER_MAX_STREAMS=0))
+    auto = WhisperLocalBackend(make_settings(WHISPER_MAX_STREAMS=0).whisper_local)
     assert auto.capacity == 0  # not started: nothing measured yet
     auto.estimate.calibrated(0.05)  # 50 ms of model time per final in a busy batch
     assert auto.capacity == 40  # half the model for finals, one per 4 s per stream
 
 
 def test_full_backend_refuses_with_a_clear_message() -> None:
-    backend = WhisperLocalBackend(make_settings(WHISPER_MAX_STREAMS=2))
+    backend = WhisperLocalBackend(make_settings(WHISPER_MAX_STREAMS=2).whisper_local)
     backend.streams = 1
     backend.admit()
     backend.streams = 2
@@ -35,7 +35,7 @@ def test_full_backend_refuses_with_a_clear_message() -> None:
 def test_a_backend_behind_on_finals_refuses_even_below_capacity(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    backend = WhisperLocalBackend(make_settings(WHISPER_MAX_STREAMS=50))
+    backend = WhisperLocalBackend(make_settings(WHISPER_MAX_STREAMS=50).whisper_local)
     monkeypatch.setattr(backend.scheduler, "oldest_final_wait", lambda: 2.5)
     with pytest.raises(ProviderOverloaded, match=r"2\.5 s behind on final transcripts"):
         backend.admit()
@@ -67,7 +67,7 @@ async def test_the_client_hears_rate_limited_and_the_admitted_source_still_works
 
 
 def test_a_model_busy_with_finals_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
-    backend = WhisperLocalBackend(make_settings(WHISPER_MAX_STREAMS=50))
+    backend = WhisperLocalBackend(make_settings(WHISPER_MAX_STREAMS=50).whisper_local)
     backend.streams = 10
     monkeypatch.setattr(backend.scheduler, "load", lambda: (0.9, 0.7))
     with pytest.raises(ProviderOverloaded, match="70% of its time on finals"):
@@ -75,7 +75,7 @@ def test_a_model_busy_with_finals_refuses(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_the_estimate_follows_the_measured_cost_of_busy_batches() -> None:
-    backend = WhisperLocalBackend(make_settings(WHISPER_MAX_STREAMS=0))
+    backend = WhisperLocalBackend(make_settings(WHISPER_MAX_STREAMS=0).whisper_local)
     backend.estimate.calibrated(0.05)
     assert backend.capacity == 40
     for _ in range(8):  # the machine got slower under real load

@@ -23,7 +23,7 @@ class Clock:
 
 
 def backend_with(estimate: CostEstimate) -> WhisperLocalBackend:
-    backend = WhisperLocalBackend(make_settings(WHISPER_MAX_STREAMS=0))
+    backend = WhisperLocalBackend(make_settings(WHISPER_MAX_STREAMS=0).whisper_local)
     backend.estimate = estimate
     return backend
 

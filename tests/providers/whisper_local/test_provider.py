@@ -18,7 +18,7 @@ from ...conftest import make_settings
 
 @pytest.fixture
 async def backend() -> WhisperLocalBackend:
-    b = WhisperLocalBackend(make_settings())
+    b = WhisperLocalBackend(make_settings().whisper_local)
     await b.start()
     return b
 

@@ -1,6 +1,6 @@
 """What every patch of a third-party library shares: it applies to known versions or stops startup.
 
-``_hypercorn.py`` and ``_wsmask.py`` replace internals of Hypercorn and
+``hypercorn_fixes.py`` and ``wsmask.py`` replace internals of Hypercorn and
 wsproto that were read for specific releases. On another release those
 internals may have moved: a patch that then silently does nothing leaves the
 server open to what it fixed (one client ending the whole server, an
@@ -14,7 +14,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 class PatchError(ConfigError):

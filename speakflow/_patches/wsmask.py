@@ -11,11 +11,11 @@ CPU. This masker is a drop-in for the class (same constructor, same
 ``process`` that continues the key rotation across calls, same ``bytearray``
 result) and does the XOR as one vectorised numpy operation.
 
-Installed process-wide by :func:`install` (the server and the emulators call
-it at startup) only for the wsproto versions whose internals it was checked
-against: on another, startup stops with a one-line ``PatchError`` (see
-``_patches.py``). ``tests/unit/test_wsmask.py`` compares it byte for byte
-with wsproto's own masker.
+Installed process-wide by :func:`install` (the server through
+:func:`speakflow._patches.install_all`, and the emulators, call it at startup)
+only for the wsproto versions whose internals it was checked against: on
+another, startup stops with a one-line ``PatchError`` (see ``versions.py``).
+``tests/unit/test_wsmask.py`` compares it byte for byte with wsproto's own masker.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from wsproto import frame_protocol
 
-from ._patches import require_attrs, require_version
+from .versions import require_attrs, require_version
 
 #: wsproto's own masker, kept for the comparison test whatever is installed
 WSPROTO_MASKER = frame_protocol.XorMaskerSimple
@@ -63,7 +63,7 @@ def install() -> bool:
     """Use :class:`NumpyXorMasker` in wsproto (idempotent); ``PatchError`` if it cannot apply."""
     if frame_protocol.XorMaskerSimple is NumpyXorMasker:  # type: ignore[comparison-overlap]
         return True
-    found = require_version("wsproto", CHECKED_VERSIONS, "speakflow/_wsmask.py")
+    found = require_version("wsproto", CHECKED_VERSIONS, "speakflow/_patches/wsmask.py")
     require_attrs("wsproto", found, frame_protocol, "XorMaskerSimple")
     frame_protocol.XorMaskerSimple = NumpyXorMasker  # type: ignore[misc,assignment]
     return True

@@ -1,4 +1,4 @@
-"""Fixes for Hypercorn's trio worker, installed by ``cli.hypercorn_config`` before it serves.
+"""Fixes for Hypercorn's trio worker, installed at startup by ``_patches.install_all``.
 
 In Hypercorn's trio worker an exception inside one connection's task is not
 contained: Trio's ``serve_listeners`` lets it end the whole server. Any
@@ -51,13 +51,15 @@ from typing import Any
 
 import trio
 
-from ._patches import require_attrs, require_version
+from .versions import require_attrs, require_version
 
 log = logging.getLogger(__name__)
 
 #: the releases whose internals these patches were read against (the copies below are 0.18's;
 #: 0.17 was never run with them, so it is refused rather than assumed)
 PATCHED = {"hypercorn": ("0.18.",), "wsproto": ("1.2.", "1.3.")}
+#: this file, as a refusal names it
+SOURCE = "speakflow/_patches/hypercorn_fixes.py"
 #: seconds a connection closed with 1009 gets to answer our Close before it is dropped
 CLOSE_GRACE_S = 1.0
 #: what ``WS_DEFLATE`` defaults to where a Config was not made by ``cli.hypercorn_config``
@@ -74,7 +76,7 @@ def install_fixes() -> None:
 
     if getattr(tcp_server.TCPServer.run, MARK, False):
         return
-    found = require_version("hypercorn", PATCHED["hypercorn"], "speakflow/_hypercorn.py")
+    found = require_version("hypercorn", PATCHED["hypercorn"], SOURCE)
     require_attrs("hypercorn", found, ws_stream.WSStream, "_handle_events", "_accept")
     require_attrs("hypercorn", found, ws_stream.Handshake, "accept")
     require_attrs("hypercorn", found, ws_stream, "FrameTooLargeError")
@@ -105,7 +107,7 @@ def install_fixes() -> None:
             log.warning("connection dropped after an error inside Hypercorn", exc_info=True)
 
     async def _accept(self: Any, message: Any) -> None:
-        from ._deflate import BoundedDeflate
+        from .._deflate import BoundedDeflate
 
         # decided before the handshake answers, so no frame is ever read without it
         if getattr(self.config, "speakflow_ws_deflate", DEFAULT_DEFLATE):
@@ -202,7 +204,7 @@ def _make_handshake_accept() -> Any:
     from wsproto.handshake import server_extensions_handshake
     from wsproto.utilities import generate_accept_token
 
-    from ._deflate import BoundedDeflate
+    from .._deflate import BoundedDeflate
 
     def accept(
         self: Any, subprotocol: str | None, additional_headers: Any
