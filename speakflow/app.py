@@ -43,8 +43,9 @@ from .auth import (
     origin_allowed,
 )
 from .config import Settings
-from .docs import docs_html, openapi_document
+from .docs import docs_html
 from .errors import ConfigError
+from .openapi import openapi_document
 from .postprocess import build_processor
 from .providers.registry import PROVIDERS
 from .proxy import TrustedProxyMiddleware

@@ -11,8 +11,9 @@ our tests use them. What every vendor shares lives here:
 ``vendor``     base classes for a vendor and its accepted connection: the
                engine task, audio faults, the orderly end
 ``faults``     ``--fault`` parsing and per-connection bookkeeping
-``engines``    ``whisper`` (real text from the local model, batched across
-               connections) and ``echo``
+``engines``    what a vendor reads from an engine (hypotheses, onsets) and
+               ``echo``; ``whisper_engine``: real text from the local model,
+               batched across connections
 =============  ==============================================================
 
 The ``speakflow emulate <vendor>`` command is a tool:
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .engines import Engine
     from .server import Vendor
 
     #: a vendor's emulator class: (engine, idle_timeout=, credentials...) -> Vendor
@@ -37,6 +39,23 @@ if TYPE_CHECKING:
 
 #: ``--engine`` choices (``speakflow.emulation.engines``)
 ENGINES = ("whisper", "echo")
+
+
+def create_engine(name: str, **whisper_options: object) -> Engine:
+    """``whisper`` or ``echo`` by name (the emulators' ``--engine``).
+
+    The engine's module is imported only when chosen: ``echo`` runs without
+    loading the Whisper stack.
+    """
+    if name == "echo":
+        from .engines import EchoEngine
+
+        return EchoEngine()
+    if name == "whisper":
+        from .whisper_engine import LocalWhisperEngine
+
+        return LocalWhisperEngine(**whisper_options)  # type: ignore[arg-type]
+    raise ValueError(f"unknown engine {name!r}; valid: {', '.join(ENGINES)}")
 
 
 # One loader per vendor: the vendor's module is imported only when it is

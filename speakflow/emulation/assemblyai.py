@@ -38,6 +38,9 @@ Faults (``--fault``)
 Where the emulator knowingly differs: it transcribes ``pcm_s16le`` only;
 partial words are not immutable (the local model may revise a word it sent
 as final); word timings are spread over the utterance's speech.
+
+This module is the socket: the handshake's answers, the read loop, the limits
+and the turns. What the handshake validates is :mod:`.assemblyai_query`.
 """
 
 from __future__ import annotations
@@ -47,12 +50,13 @@ import logging
 import math
 import time
 import uuid
-from dataclasses import dataclass, replace
-from urllib.parse import parse_qsl, urlsplit
+from dataclasses import replace
+from urllib.parse import urlsplit
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
+from .assemblyai_query import MULTILINGUAL_MODELS, QueryError, StreamQuery, credentials, parse_query
 from .engines import AudioFormat, Engine, EngineEvent, Flushed, Hypothesis, StreamOptions
 from .server import ConnectionRecord, EmulatedConnection, close, cut
 from .vendor import EngineConnection, EngineVendor, dumps, message_type, plain_word
@@ -68,112 +72,7 @@ REALTIME_TOLERANCE_S = 2.0
 MIN_FRAME_MS, MAX_FRAME_MS = 50, 1000
 #: shortest end-of-turn silence the emulator's engine works with
 MIN_ENDPOINT_MS = 250
-MODELS = frozenset(
-    {"universal-streaming-english", "universal-streaming-multilingual", "u3-rt-pro",
-     "u3-pro", "whisper-rt"}
-)  # fmt: skip
-#: the models that are not English-only: Spanish comes back in Spanish
-MULTILINGUAL_MODELS = frozenset({"universal-streaming-multilingual", "whisper-rt"})
-ENCODINGS = frozenset({"pcm_s16le", "pcm_mulaw"})
 _TEXT_TYPES = ("Terminate", "ForceEndpoint", "KeepAlive", "UpdateConfiguration")
-
-
-class QueryError(ValueError):
-    """A query the emulator answers with Error + close 3006."""
-
-
-@dataclass(frozen=True, slots=True)
-class StreamQuery:
-    speech_model: str
-    sample_rate: int = 16000
-    encoding: str = "pcm_s16le"
-    format_turns: bool = False
-    end_of_turn_confidence_threshold: float = 0.4
-    min_turn_silence: int = 400
-    max_turn_silence: int = 1280
-    inactivity_timeout: int | None = None
-    language_detection: bool = False
-    keyterms_prompt: tuple[str, ...] = ()
-
-
-def parse_query(query: str) -> StreamQuery:
-    """The ``/v3/ws`` query as the emulator validates it."""
-    q = dict(parse_qsl(query, keep_blank_values=True))
-
-    def boolean(name: str, default: bool = False) -> bool:
-        value = q.get(name)
-        if value is None:
-            return default
-        if value.lower() not in ("true", "false"):
-            raise QueryError(f"Invalid value for '{name}': expected true or false")
-        return value.lower() == "true"
-
-    def number(name: str, default: float, low: float, high: float, kind: type = int) -> float:
-        if name not in q:
-            return default
-        try:
-            value = kind(q[name])
-        except ValueError:
-            raise QueryError(f"Invalid value for '{name}': {q[name]!r}") from None
-        if not low <= value <= high:
-            raise QueryError(f"Invalid value for '{name}': must be between {low:g} and {high:g}")
-        return float(value)
-
-    model = q.get("speech_model", "")
-    if not model:
-        raise QueryError("Invalid Configuration: 'speech_model' is required")
-    if model not in MODELS:
-        raise QueryError(f"Invalid Configuration: unknown speech_model {model!r}")
-    encoding = q.get("encoding", "pcm_s16le")
-    if encoding not in ENCODINGS:
-        raise QueryError(f"Invalid value for 'encoding': {encoding!r}")
-    if encoding != "pcm_s16le":
-        raise QueryError(f"this emulator transcribes encoding=pcm_s16le only (got {encoding!r})")
-    if "sample_rate" not in q:
-        raise QueryError("Invalid Configuration: 'sample_rate' is required for PCM audio")
-    min_silence = q.get("min_turn_silence", q.get("min_end_of_turn_silence_when_confident"))
-    if min_silence is not None:
-        q["min_turn_silence"] = min_silence
-    inactivity = q.get("inactivity_timeout")
-    keyterms: tuple[str, ...] = ()
-    if "keyterms_prompt" in q:
-        try:
-            terms = json.loads(q["keyterms_prompt"])
-        except ValueError:
-            terms = None
-        if not isinstance(terms, list) or not all(isinstance(t, str) for t in terms):
-            raise QueryError("Invalid value for 'keyterms_prompt': expected a JSON list of strings")
-        keyterms = tuple(terms)
-    return StreamQuery(
-        speech_model=model,
-        sample_rate=int(number("sample_rate", 16000, 8000, 48000)),
-        encoding=encoding,
-        format_turns=boolean("format_turns"),
-        end_of_turn_confidence_threshold=number(
-            "end_of_turn_confidence_threshold", 0.4, 0.0, 1.0, float
-        ),
-        min_turn_silence=int(number("min_turn_silence", 400, 0, 60_000)),
-        max_turn_silence=int(number("max_turn_silence", 1280, 0, 60_000)),
-        inactivity_timeout=(
-            None if inactivity is None else int(number("inactivity_timeout", 0, 5, 3600))
-        ),
-        language_detection=boolean("language_detection"),
-        keyterms_prompt=keyterms,
-    )
-
-
-def credentials(request: WebSocketRequest) -> tuple[str | None, str]:
-    """(key, how it came): the Authorization header, else ``?token=``."""
-    for name, value in request.headers:
-        if name.lower() == b"authorization":
-            key = value.decode("latin-1").strip()
-            if key.lower().startswith("bearer "):
-                key = key[7:].strip()
-            return key or None, "header"
-    token = dict(parse_qsl(urlsplit(request.path).query)).get("token")
-    if token:
-        return token, "token"
-    return None, ""
 
 
 class AssemblyAIEmulator(EngineVendor):

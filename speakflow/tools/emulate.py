@@ -109,7 +109,7 @@ def register(sub: Any) -> None:
 
 def build_engine(name: str) -> Engine:
     """The engine by name; ``whisper`` reads WHISPER_* like the server does."""
-    from ..emulation.engines import create_engine
+    from ..emulation import create_engine
 
     if name != "whisper":
         return create_engine(name)

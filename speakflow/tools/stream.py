@@ -14,90 +14,56 @@ place (on stderr when stdout is redirected). ``--json`` prints every server
 message as one JSON object per line, then a ``{"type": "summary"}`` object. The summary gives, per
 source, the finals and their languages, the time to the first partial and the latency of each
 final, measured from sending the chunk that holds the end of its text.
+
+This module is the connection (handshake, pacing, receiving, pings, resume);
+the options and what each source sent and got back are :mod:`.stream_state`.
 """
 
 from __future__ import annotations
 
 import getpass
 import json
-import math
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import trio
 import trio.lowlevel
 from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, WebSocketConnection
 
-from ..audio import SAMPLE_RATE
 from ..wav import load_wav
 from .display import LABELS, Display, summary_text
+from .stream_state import (
+    CHUNK_BYTES,
+    CHUNK_MS,
+    DEFAULT_URL,
+    PING_INTERVAL,
+    PONG_TIMEOUT,
+    SourceStats,
+    StreamOptions,
+    source_summary,
+    split_chunks,
+    start_message,
+    take_transcript,
+)
 from .ws import ConnectError, open_ws
 
-CHUNK_MS = 500
-CHUNK_BYTES = SAMPLE_RATE * 2 * CHUNK_MS // 1000
-PING_INTERVAL = 20.0
-PONG_TIMEOUT = 10.0
-DEFAULT_URL = "ws://127.0.0.1:8000/v1/stt/stream"
+__all__ = [
+    "CHUNK_BYTES",
+    "DEFAULT_URL",
+    "SourceStats",
+    "StreamClient",
+    "StreamFailed",
+    "StreamOptions",
+    "default_user_id",
+    "run_stream",
+    "split_chunks",
+]
 
 
 class StreamFailed(Exception):
     """The run cannot go on (refused connection, closed socket, server error at start)."""
-
-
-@dataclass
-class StreamOptions:
-    mic: Path
-    system: Path | None = None
-    url: str = DEFAULT_URL
-    user_id: str = ""
-    speed: float = 1.0
-    json: bool = False
-    session_id: str = ""
-    language: str | None = None
-    #: start_session.provider (honoured when the server allows overrides)
-    provider: str | None = None
-    token: str | None = None
-    deflate: bool = True
-    start_timeout: float = 30.0
-    stop_timeout: float = 60.0
-    #: when the connection drops mid-session, reconnect and resume up to this many
-    #: times, replaying the chunks no ``ack`` covered yet (cluster servers send acks)
-    reconnect: int = 0
-
-
-@dataclass
-class SourceStats:
-    name: str
-    chunks: list[bytes]
-    sent_at: list[float] = field(default_factory=list)
-    finals: list[dict[str, Any]] = field(default_factory=list)
-    latencies: list[float] = field(default_factory=list)
-    first_partial_s: float | None = None
-    partial: str = ""
-    #: resume replay: timestamp -> chunk index of chunks no ``ack`` covers yet
-    unacked: dict[int, int] = field(default_factory=dict)
-    #: finals at or before this end_time are repeats (sent again after a resume)
-    last_final_end: float = -1.0
-    repeats: int = 0
-
-    @property
-    def audio_s(self) -> float:
-        return sum(len(c) for c in self.chunks) / (2 * SAMPLE_RATE)
-
-    def latency_of(self, end_time: float, received: float) -> float | None:
-        """Seconds from sending the chunk holding ``end_time`` to ``received``."""
-        if not self.sent_at:
-            return None
-        k = max(0, math.ceil(end_time * 1000 / CHUNK_MS) - 1)
-        return received - self.sent_at[min(k, len(self.sent_at) - 1)]
-
-
-def split_chunks(pcm: bytes, size: int = CHUNK_BYTES) -> list[bytes]:
-    return [pcm[i : i + size] for i in range(0, len(pcm), size)]
 
 
 # ---------------------------------------------------------------- the client
@@ -195,23 +161,8 @@ class StreamClient:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._receiver, ws)
             nursery.start_soon(self._pinger, ws)
-            await ws.send_message(
-                json.dumps(
-                    {
-                        "type": "start_session",
-                        "session_id": self.session_id,
-                        "user_id": self.opts.user_id,
-                        "sources": list(self.sources),
-                        "audio_config": {
-                            "sample_rate": SAMPLE_RATE,
-                            "channels": 1,
-                            "encoding": "pcm16le",
-                        },
-                        **({"language": self.opts.language} if self.opts.language else {}),
-                        **({"provider": self.opts.provider} if self.opts.provider else {}),
-                    }
-                )
-            )
+            start = start_message(self.opts, self.session_id, list(self.sources))
+            await ws.send_message(json.dumps(start))
             with trio.move_on_after(self.opts.start_timeout) as scope:
                 await self.started.wait()
             if scope.cancelled_caught:
@@ -309,22 +260,8 @@ class StreamClient:
                 f"speakflow stream: transcript for unknown source {msg.get('source')}"
             )
             return
-        if msg.get("is_final"):
-            end = float(msg.get("end_time", 0.0))
-            if end <= src.last_final_end:  # sent again after a resume: had it
-                src.repeats += 1
-                return
-            src.last_final_end = end
-            src.finals.append(msg)
-            src.partial = ""
-            latency = src.latency_of(float(msg.get("end_time", 0.0)), now)
-            if latency is not None:
-                src.latencies.append(latency)
+        if take_transcript(src, msg, now) == "final":
             self.display.final(src.name, msg)
-        else:
-            if src.first_partial_s is None and src.sent_at:
-                src.first_partial_s = now - src.sent_at[0]
-            src.partial = str(msg.get("text", ""))
         self._show_status()
 
     def _show_status(self) -> None:
@@ -363,14 +300,7 @@ class StreamClient:
         if failure:
             out["failure"] = failure
         for s in self.sources.values():
-            out["sources"][s.name] = {
-                "chunks_sent": len(s.sent_at),
-                "finals": len(s.finals),
-                "words": sum(len(str(f.get("text", "")).split()) for f in s.finals),
-                "languages": sorted({str(f["language"]) for f in s.finals if f.get("language")}),
-                "first_partial_s": _r(s.first_partial_s),
-                "final_latency_s": [round(x, 3) for x in s.latencies],
-            }
+            out["sources"][s.name] = source_summary(s)
         return out
 
     def print_summary(self, summary: dict[str, Any]) -> None:
@@ -386,10 +316,6 @@ def _leaf(group: BaseExceptionGroup[Any]) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
-
-
-def _r(x: float | None) -> float | None:
-    return None if x is None else round(x, 3)
 
 
 def _closed_reason(closed: ConnectionClosed) -> str:

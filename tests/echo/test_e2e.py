@@ -17,9 +17,9 @@ import pytest
 import trio
 
 from speakflow.emulation.deepgram import DeepgramEmulator
-from speakflow.emulation.engines import LocalWhisperEngine
 from speakflow.emulation.faults import Faults
 from speakflow.emulation.server import EmulatorServer
+from speakflow.emulation.whisper_engine import LocalWhisperEngine
 
 from ..client import read_wav
 from ..conftest import running_server

@@ -16,9 +16,10 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from speakflow.emulation.assemblyai import AssemblyAIEmulator
 from speakflow.emulation.deepgram import DeepgramEmulator
-from speakflow.emulation.engines import EchoEngine, Engine, LocalWhisperEngine
+from speakflow.emulation.engines import EchoEngine, Engine
 from speakflow.emulation.faults import Faults
 from speakflow.emulation.server import EmulatorServer, Vendor
+from speakflow.emulation.whisper_engine import LocalWhisperEngine
 
 from ..conftest import TEST_DEFAULTS
 

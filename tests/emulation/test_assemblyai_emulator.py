@@ -9,7 +9,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
-from speakflow.emulation.assemblyai import QueryError, parse_query
+from speakflow.emulation.assemblyai_query import QueryError, parse_query
 
 from .support import running_assemblyai
 

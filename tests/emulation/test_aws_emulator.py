@@ -16,8 +16,9 @@ from trio_websocket import (
 )
 
 from speakflow.cli import build_parser
-from speakflow.emulation.aws_transcribe import IDLE_MESSAGE, parse_query
-from speakflow.emulation.aws_transcribe import QueryError as AwsQueryError
+from speakflow.emulation.aws_transcribe import IDLE_MESSAGE
+from speakflow.emulation.aws_transcribe_query import QueryError as AwsQueryError
+from speakflow.emulation.aws_transcribe_query import parse_query
 from speakflow.emulation.engines import EchoEngine
 from speakflow.emulation.server import EmulatorServer
 from speakflow.providers.aws_transcribe import codec, signing

@@ -10,7 +10,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
-from speakflow.emulation.deepgram import parse_query, parse_wav_header
+from speakflow.emulation.deepgram_query import parse_query, parse_wav_header
 
 from .support import LINEAR16, loads, running_deepgram, token
 

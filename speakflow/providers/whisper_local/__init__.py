@@ -1,6 +1,9 @@
 """``whisper_local``: faster-whisper in the server process (the default provider).
 
-``engine`` (model, VAD, decode paths), ``models`` (WHISPER_MODEL resolution),
+``engine`` (the model, the decode policy and its measurements), with the model
+call in ``batch_decode``, the window choice in ``windows``, loop and
+hallucination checks in ``text_guards``, Silero in ``vad``, the job and answer
+types in ``decode_types``; ``models`` (WHISPER_MODEL resolution),
 ``policy`` (pure streaming policy), ``scheduler`` (batching across streams),
 ``provider`` (backend + per-stream worker). Its benchmark, ``speakflow bench-whisper``,
 is a tool: :mod:`speakflow.tools.bench_whisper`.

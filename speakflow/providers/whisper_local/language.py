@@ -18,7 +18,7 @@ whole meeting in the wrong language. So the guess is a vote:
   :data:`SWITCH_PROB` or more is decoded in that language, and so is its
   utterance's final (someone answers in English). Partials are decoded alone,
   so their detection is the utterance's own; finals are decoded after the
-  previous final (``engine.CONTEXT_GAP``), which would sway it.
+  previous final (``windows.CONTEXT_GAP``), which would sway it.
 
 One vote per stream, i.e. per source of a session: the microphone and the
 remote participants need not speak the same language. Measured (base, real

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import pytest
 import trio
 
-from speakflow.emulation.engines import LocalWhisperEngine
+from speakflow.emulation.whisper_engine import LocalWhisperEngine
 from speakflow.providers.whisper_local.engine import Decoded, DecodeJob
 from speakflow.providers.whisper_local.scheduler import BatchScheduler
 from speakflow.wer import wer
