@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from speakflow.hosting import running_app
 from speakflow.config import Settings
+from speakflow.hosting import running_app
 from speakflow.shared_state.embedded import EmbeddedValkey
 from speakflow.startup import load_settings  # read, then every startup check
 

@@ -190,8 +190,8 @@ def score(scenario: Scenario, mode: str, msgs: list[dict[str, Any]], cpu_ms: flo
 async def bench_mode(
     mode: str, scenarios: list[Scenario], speed: float, env: dict[str, str]
 ) -> list[Run]:
-    from ..hosting import running_app
     from ..config import load_settings
+    from ..hosting import running_app
 
     settings = load_settings(environ={**env, "ECHO_CANCELLATION": mode}, env_file=None)
     runs: list[Run] = []

@@ -132,8 +132,8 @@ async def compare(
 
 
 async def _with_local_server(args: argparse.Namespace) -> list[ProviderResult]:
-    from ..hosting import running_app
     from ..config import load_settings
+    from ..hosting import running_app
 
     env = dict(os.environ)
     env["ALLOW_PROVIDER_OVERRIDE"] = "true"

@@ -161,7 +161,8 @@ async def _run(server: EmulatorServer, host: str, port: int, note: str) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve, host, port)
         # It stands in for a vendor under load tests: its collector pauses and
-        # masking cost would be charged to the relay (see _patches/gc_tuning.py, _patches/wsmask.py).
+        # masking cost would be charged to the relay (see _patches/gc_tuning.py and
+        # _patches/wsmask.py).
         tune_for_latency()
         _wsmask.install()
         faults = server.faults.describe()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from speakflow.hosting import hypercorn_config
 from speakflow.errors import ConfigError
+from speakflow.hosting import hypercorn_config
 
 from ..conftest import REPO, make_settings
 from .support import _SETTINGS, DEPLOY, free_port

@@ -32,15 +32,6 @@ PACKAGE = "speakflow"
 KNOWN_CYCLES_TO_BREAK: list[tuple[str, ...]] = [
     # the load generator imports the store's bench comparison, which imports the generator
     ("speakflow.tools.bench", "speakflow.tools.bench_store"),
-    # the emulators' engine table in the package __init__, imported back by the engines
-    (
-        "speakflow.emulation",
-        "speakflow.emulation.assemblyai",
-        "speakflow.emulation.aws_transcribe",
-        "speakflow.emulation.deepgram",
-        "speakflow.emulation.engines",
-        "speakflow.emulation.vendor",
-    ),
     # the session calls the store's hooks; the recorder and tail import session types back
     # (those back edges are under TYPE_CHECKING only: no cycle at run time, one for a reader)
     (

@@ -24,15 +24,10 @@ SIZE_MARKER = "Size:"
 BEING_SPLIT = frozenset(
     {
         "speakflow/session.py",
-        "speakflow/resilience.py",
         "speakflow/cluster.py",
-        "speakflow/config.py",
         "speakflow/providers/assemblyai/codec.py",
         "speakflow/providers/aws_transcribe/codec.py",
         "speakflow/providers/whisper_local/provider.py",
-        "speakflow/providers/whisper_local/scheduler.py",
-        "speakflow/store/recorder.py",
-        "speakflow/shared_state/redis_store.py",
         "speakflow/tools/bench.py",
     }
 )

@@ -23,10 +23,10 @@ def offline_texts(
     ``language`` as the streams get it: the session's, else the server's
     DEFAULT_LANGUAGE (so "auto" detects per file, as the streams detect per session).
     """
-    from ...startup import load_settings  # read, then the startup checks
     from ...providers.whisper_local.engine import shared_engine
     from ...providers.whisper_local.models import resolve_model
     from ...providers.whisper_local.provider import usable_text
+    from ...startup import load_settings  # read, then the startup checks
 
     settings = load_settings(environ={**os.environ, **env}, env_file=None)
     engine = shared_engine(
