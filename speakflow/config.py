@@ -2,9 +2,10 @@
 
 The configuration floor: this module imports nothing of ours but the
 exception module, so every component can import it without a cycle.
-Longer than 400 lines for a reason: it is the whole environment contract
-(every name, type and default) in one file, next to the sections that hand
-each component its own part of it.
+
+Size: over 400 lines because it is the whole environment contract (every
+name, type and default) in one file, next to the sections that hand each
+component its own part of it.
 
 * :class:`Settings` is the flat contract: one field per environment variable.
 * Its sections (:class:`ServerSettings`, :class:`SpeechSettings`,

@@ -24,6 +24,7 @@ SIZE_MARKER = "Size:"
 BEING_SPLIT = frozenset(
     {
         "speakflow/session.py",
+        "speakflow/resilience.py",
         "speakflow/cluster.py",
         "speakflow/providers/assemblyai/codec.py",
         "speakflow/providers/aws_transcribe/codec.py",
