@@ -182,8 +182,7 @@ class ReplayBuffer:
         return self.samples / SAMPLE_RATE
 
 
-class _Stalled(Exception):
-    pass
+from .errors import StreamStalled as _Stalled  # noqa: E402  (the package's tree)
 
 
 class Fed(enum.Enum):

@@ -33,6 +33,8 @@ from tenacity import (
     wait_exponential,
 )
 
+from ..errors import DeliveryFailed
+
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-SpeakFlow-Signature"
@@ -62,10 +64,6 @@ def verify(
         return False
     expected = sign(secret, timestamp, body)
     return hmac.compare_digest(expected, header)
-
-
-class DeliveryFailed(Exception):
-    pass
 
 
 #: builds the body of one delivery (reads the record); None: nothing to send
