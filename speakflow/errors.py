@@ -238,16 +238,17 @@ class DeliveryFailed(SpeakflowError):
 E = TypeVar("E", bound=BaseException)
 
 
-def leaves(exc: BaseException) -> list[BaseException]:
+def leaves(exc: BaseException, *, cancelled: bool = True) -> list[BaseException]:
     """Every exception inside ``exc`` that is not a group, depth first, in order.
 
-    ``exc`` itself (in a list) when it is not a group.
+    ``exc`` itself (in a list) when it is not a group. ``cancelled=False``
+    leaves out the ``trio.Cancelled`` of siblings that a real failure ended.
     """
     if not isinstance(exc, BaseExceptionGroup):
-        return [exc]
+        return [exc] if cancelled or not isinstance(exc, trio.Cancelled) else []
     out: list[BaseException] = []
     for inner in exc.exceptions:
-        out.extend(leaves(inner))
+        out.extend(leaves(inner, cancelled=cancelled))
     return out
 
 
@@ -260,7 +261,7 @@ def first_real(
     and a sender tripping over the same closed socket), the first leaf of
     that type wins over an earlier leaf of another.
     """
-    real = [e for e in leaves(exc) if not isinstance(e, trio.Cancelled)]
+    real = leaves(exc, cancelled=False)
     if prefer is not None:
         for e in real:
             if isinstance(e, prefer):

@@ -539,8 +539,8 @@ class _AliveHooks(StreamHooks):
 
 
 def _first(group: BaseExceptionGroup[ProviderError]) -> ProviderError:
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
+    from .errors import first_real  # the package's one way into exception groups
+
+    exc = first_real(group)
     assert isinstance(exc, ProviderError)
     return exc

@@ -1497,13 +1497,9 @@ def _clock_stepped(source: SourceStream, last: int, ts: int) -> None:
 
 
 def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            out.extend(_leaves(exc))
-        else:
-            out.append(exc)
-    return out
+    from .errors import leaves  # the package's one way into exception groups
+
+    return leaves(group)
 
 
 def _transcript(

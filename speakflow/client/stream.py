@@ -34,6 +34,8 @@ import trio
 import trio.lowlevel
 from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, WebSocketConnection
 
+from speakflow.errors import first_real
+
 from .wav import TARGET_RATE, load_wav
 from .ws import ConnectError, open_ws
 
@@ -493,9 +495,8 @@ class StreamClient:
 
 
 def _leaf(group: BaseExceptionGroup[Any]) -> BaseException:
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
+    exc = first_real(group)  # speakflow.errors: the package's one way into groups
+    assert exc is not None  # except* hands over a group of real errors
     return exc
 
 
