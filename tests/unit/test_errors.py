@@ -8,6 +8,7 @@ import socket
 
 import pytest
 import trio
+import trio.lowlevel
 
 from speakflow import errors
 from speakflow.errors import ConfigError, ErrorCode, ProviderError, ProviderUnavailable
@@ -85,7 +86,7 @@ async def real_cancelled() -> trio.Cancelled:
     with trio.CancelScope() as scope:
         scope.cancel()
         try:
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
         except trio.Cancelled as exc:
             return exc
     raise AssertionError("not cancelled")
