@@ -44,6 +44,7 @@ import trio
 
 from .errors import ProviderError, ProviderOverloaded, ProviderRejected, ProviderUnavailable
 from .observability.logs import event, provider_var
+from .observability.statistics import ResilienceStatistics
 from .providers.base import (
     SAMPLE_RATE,
     AudioFrame,
@@ -238,14 +239,14 @@ class ResilientStream:
         self._finished = False  # run() returned: nothing takes audio any more
         self._hooks: StreamHooks = StreamHooks()
 
-    def statistics(self) -> dict[str, object]:
-        return {
-            "provider": self.current,
-            "reconnects": self.reconnects,
-            "failovers": self.failovers,
-            "buffered_s": round(self.buffer.seconds, 3),
-            "dropped_s": round(self.buffer.dropped_seconds, 3),
-        }
+    def statistics(self) -> ResilienceStatistics:
+        return ResilienceStatistics(
+            provider=self.current,
+            reconnects=self.reconnects,
+            failovers=self.failovers,
+            buffered_s=round(self.buffer.seconds, 3),
+            dropped_s=round(self.buffer.dropped_seconds, 3),
+        )
 
     # ------------------------------------------------------------------ audio in
 

@@ -141,10 +141,6 @@ class WebSocketBackend:
         self.streams_open = 0
         self.connections = 0
 
-    def counters(self) -> dict[str, object]:
-        """The counters for the backend's ``status()``."""
-        return {"streams_open": self.streams_open, "connections": self.connections}
-
 
 @asynccontextmanager
 async def vendor_connection(

@@ -16,6 +16,7 @@ from typing import Protocol
 import trio
 
 from ..languages import check_tag
+from ..observability.statistics import Statistics
 
 SAMPLE_RATE = 16000
 BYTES_PER_SAMPLE = 2
@@ -138,10 +139,11 @@ class ProviderBackend(Protocol):
 
     def create(self) -> SpeechProvider: ...
 
-    def status(self) -> dict[str, object]: ...
+    def statistics(self) -> Statistics:
+        """Its figures (``observability.statistics``): /v1/health's ``provider_status``,
+        and the gauges it declares (local Whisper's queue) on /metrics."""
+        ...
 
-    # A backend may also define ``metrics() -> dict[str, float]``: gauges read at
-    # scrape time, named like "speakflow_whisper_queue_depth".
     # A backend may also define ``check_language(code: str) -> None``, raising
     # :class:`UnsupportedLanguage` for a start_session language it cannot
     # transcribe; see :func:`check_language`.

@@ -34,6 +34,7 @@ from tenacity import (
 )
 
 from ..errors import DeliveryFailed
+from ..observability.statistics import WebhookStatistics
 
 log = logging.getLogger(__name__)
 
@@ -173,10 +174,7 @@ class WebhookSender:
             log.warning("webhook attempt failed: HTTP %d", response.status_code)
             raise DeliveryFailed(f"HTTP {response.status_code}")
 
-    def gauges(self) -> dict[str, list[tuple[dict[str, str], float]]]:
-        return {
-            "speakflow_webhook_delivered_total": [({}, float(self.delivered))],
-            "speakflow_webhook_failed_total": [({}, float(self.failed))],
-            "speakflow_webhook_retries_total": [({}, float(self.retries))],
-            "speakflow_webhook_dropped_total": [({}, float(self.dropped))],
-        }
+    def statistics(self) -> WebhookStatistics:
+        return WebhookStatistics(
+            delivered=self.delivered, failed=self.failed, retries=self.retries, dropped=self.dropped
+        )

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from ...observability.statistics import ConnectionStatistics, DeepgramStatistics
 from .._ws import (
     CLOSE_TIMEOUT,
     WebSocketBackend,
@@ -60,13 +61,15 @@ class DeepgramBackend(WebSocketBackend):
     def create(self) -> SpeechProvider:
         return DeepgramStream(self)
 
-    def status(self) -> dict[str, object]:
+    def statistics(self) -> DeepgramStatistics:
         parts = urlsplit(self.settings.DEEPGRAM_URL)
-        return {
-            "url": f"{parts.scheme}://{parts.netloc}{parts.path}",
-            "model": self.settings.DEEPGRAM_MODEL,
-            **self.counters(),
-        }
+        return DeepgramStatistics(
+            url=f"{parts.scheme}://{parts.netloc}{parts.path}",
+            model=self.settings.DEEPGRAM_MODEL,
+            connections=ConnectionStatistics(
+                streams_open=self.streams_open, connections=self.connections
+            ),
+        )
 
     def language_for(self, config: StreamConfig) -> str:
         """start_session.language, else DEEPGRAM_LANGUAGE, else DEFAULT_LANGUAGE."""
