@@ -157,3 +157,33 @@ def test_nested_statistics_are_flattened_with_their_prefix() -> None:
     status = as_status(stats)
     assert status["scheduler_calls"] == 0 and "scheduler" not in status
     assert "real_time_factor" not in status  # a /metrics-only figure
+
+
+async def test_health_reads_the_statistics() -> None:
+    """/v1/health's body, keys in order, from a running server (Deepgram: nothing to load)."""
+    import httpx
+    import trio
+
+    from ..conftest import running_server
+
+    with trio.fail_after(30):
+        async with (
+            running_server(SPEECH_PROVIDER="deepgram", DEEPGRAM_API_KEY="k") as server,
+            httpx.AsyncClient(base_url=server.http) as http,
+        ):
+            health = (await http.get("/v1/health")).json()
+    assert list(health) == [
+        "status",
+        "active_sessions",
+        "resumable_sessions",
+        "active_streams",
+        "connections",
+        "provider",
+        "provider_ready",
+        "provider_status",
+        "uptime_s",
+        "version",
+        "instance_id",
+    ]
+    assert health["provider_ready"] is True and health["active_sessions"] == 0
+    assert list(health["provider_status"]) == STATUS_KEYS["deepgram"]
