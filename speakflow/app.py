@@ -10,7 +10,6 @@ and then close with 1008 so the client can read the code. Who may connect
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -45,6 +44,7 @@ from .auth import (
 from .config import Settings
 from .docs import docs_html
 from .errors import ConfigError
+from .observability.statistics import as_status
 from .openapi import openapi_document
 from .postprocess import build_processor
 from .providers.registry import PROVIDERS
@@ -132,22 +132,23 @@ def create_app(settings: Settings) -> Starlette:
         async with running_recorder(state):  # store: writer, sweeps; flushed on shutdown
             yield
 
-    state.metrics.add_state_collector(state.gauges)
+    state.metrics.add_statistics(state.statistics)
 
     async def health(request: Request) -> JSONResponse:
         state.purge_expired()
-        backend = state.backends.get(settings.SPEECH_PROVIDER)
+        stats = state.statistics()
+        provider = stats.providers.get(settings.SPEECH_PROVIDER)
         body = {
             "status": "ok",
-            "active_sessions": state.attached_sessions,
-            "resumable_sessions": len(state.sessions) - state.attached_sessions,
-            "active_streams": len(state.streams),
-            "connections": state.connections,
+            "active_sessions": stats.attached_sessions,
+            "resumable_sessions": stats.sessions - stats.attached_sessions,
+            "active_streams": stats.streams,
+            "connections": stats.connections,
             "provider": settings.SPEECH_PROVIDER,
             # started (model loaded / keys present and checked at startup)
-            "provider_ready": backend is not None,
-            "provider_status": backend.status() if backend is not None else {},
-            "uptime_s": round(time.time() - state.started_at, 1),
+            "provider_ready": provider is not None,
+            "provider_status": as_status(provider) if provider is not None else {},
+            "uptime_s": round(stats.uptime_s, 1),
             "version": __version__,
             "instance_id": instance_id,  # scale-out (docs/scaling.md)
         }

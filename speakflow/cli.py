@@ -15,6 +15,7 @@ from typing import Any
 
 import trio
 
+from . import errors
 from ._patches.gc_tuning import tune_for_latency
 from .config import Settings
 from .errors import ConfigError
@@ -157,17 +158,11 @@ def check_binds(config: Any, knobs: tuple[str, str]) -> None:
         sock.close()
 
 
-def _bind_os_error(err: BaseException | None, depth: int = 0) -> OSError | None:
-    if err is None or depth > 10:
-        return None
-    if isinstance(err, socket.gaierror) or (isinstance(err, OSError) and err.errno in _BIND_ERRNOS):
-        return err
-    if isinstance(err, BaseExceptionGroup):
-        for inner in err.exceptions:
-            found = _bind_os_error(inner, depth + 1)
-            if found is not None:
-                return found
-    return _bind_os_error(err.__cause__ or err.__context__, depth + 1)
+def _bind_os_error(err: BaseException | None) -> OSError | None:
+    """The bind failure inside ``err``, in task groups or its causes (Hypercorn's)."""
+    return errors.find(
+        err, OSError, lambda e: isinstance(e, socket.gaierror) or e.errno in _BIND_ERRNOS
+    )
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -207,19 +202,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_error(err: BaseException | None, depth: int = 0) -> ConfigError | None:
+def _config_error(err: BaseException | None) -> ConfigError | None:
     """The ConfigError inside ``err``: Hypercorn reports a failed lifespan start-up as
     its own error raised while handling ours, inside task groups."""
-    if err is None or depth > 10:
-        return None
-    if isinstance(err, ConfigError):
-        return err
-    if isinstance(err, BaseExceptionGroup):
-        for inner in err.exceptions:
-            found = _config_error(inner, depth + 1)
-            if found is not None:
-                return found
-    return _config_error(err.__cause__ or err.__context__, depth + 1)
+    return errors.find(err, ConfigError)
 
 
 def _port(text: str) -> int:

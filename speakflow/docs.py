@@ -49,7 +49,7 @@ _EXAMPLES = {
     "session_ended": {"type": "session_ended", "session_id": "550e8400-..."},
     "error": {
         "type": "error",
-        "code": "unknown_session",
+        "code": p.ErrorCode.UNKNOWN_SESSION,
         "message": "session 'x' is not the active session of this connection",
         "session_id": "x",
     },

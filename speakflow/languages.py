@@ -21,7 +21,8 @@ import re
 from collections.abc import Callable, Collection
 from pathlib import Path
 
-from .errors import ClientError
+from .errors import ErrorCode
+from .errors import UnsupportedLanguage as UnsupportedLanguage
 
 #: longer than this is not a language tag: tags in use are 2-11 characters, and
 #: RFC 5646 asks an implementation to take 35
@@ -41,17 +42,6 @@ _WHISPER_CODES = (
     "th tk tl tr tt uk ur uz vi yi yo zh yue"
 )
 WHISPER_LANGUAGES = frozenset(_WHISPER_CODES.split())
-
-
-class UnsupportedLanguage(ClientError):
-    """A language the session's provider cannot transcribe.
-
-    ``code`` is ``unsupported_language``, or ``invalid_message`` for a value
-    that is not a language tag at all.
-    """
-
-    def __init__(self, message: str, *, code: str = "unsupported_language") -> None:
-        super().__init__(code, message)
 
 
 def shown(value: str) -> str:
@@ -75,7 +65,7 @@ def check_tag(code: str) -> None:
         raise UnsupportedLanguage(
             f"language {shown(code)} is not a language tag (expected a code like "
             '"en", "es" or "es-419", at most 35 characters)',
-            code="invalid_message",
+            code=ErrorCode.INVALID_MESSAGE,
         )
 
 
@@ -143,7 +133,7 @@ def setting_problem(setting: str, value: str, check: Callable[[str], None]) -> s
         check_tag(value.strip())
         check(value.strip())
     except UnsupportedLanguage as err:
-        if err.code == "invalid_message":
+        if err.code == ErrorCode.INVALID_MESSAGE:
             return (
                 f"{setting}: {value[:40]!r} is not a language code; use an ISO 639-1 code "
                 "such as en or es, or auto to detect it"

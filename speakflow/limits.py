@@ -28,6 +28,7 @@ checks and Trio deadlines, not arithmetic.
 
 from __future__ import annotations
 
+from .observability.statistics import RealTimeStatistics
 from .providers.base import BYTES_PER_SAMPLE, SAMPLE_RATE
 
 BYTES_PER_SECOND = SAMPLE_RATE * BYTES_PER_SAMPLE
@@ -86,5 +87,7 @@ class RealTimeMeter:
             "chunks are refused until it slows to real time"
         )
 
-    def statistics(self) -> dict[str, float]:
-        return {"lead_s": self.lead, "admitted_s": self.admitted_s, "refused": self.refused}
+    def statistics(self) -> RealTimeStatistics:
+        return RealTimeStatistics(
+            lead_s=self.lead, admitted_s=self.admitted_s, refused=self.refused
+        )

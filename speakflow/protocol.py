@@ -8,10 +8,13 @@ it returns, so every rule of the contract can be unit-tested without sockets.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import msgspec
+
+# re-exported: the wire's codes and the violation every rule below raises
+from .errors import ErrorCode as ErrorCode
+from .errors import ProtocolViolation as ProtocolViolation
 
 SOURCES = ("microphone", "system")
 #: Client strings in error messages and logs are cut to this many characters
@@ -23,26 +26,6 @@ MAX_ID_CHARS = 128
 def clip(text: str, limit: int = MAX_ECHO_CHARS) -> str:
     """``text``, or its first ``limit`` characters marked as cut."""
     return text if len(text) <= limit else f"{text[:limit]}...(+{len(text) - limit} chars)"
-
-
-class ErrorCode(StrEnum):
-    """Codes of the ``error`` message. The docs page is generated from these."""
-
-    INVALID_MESSAGE = "invalid_message"
-    UNEXPECTED_BINARY = "unexpected_binary"
-    MISSING_AUDIO = "missing_audio"
-    SIZE_MISMATCH = "size_mismatch"
-    INVALID_AUDIO = "invalid_audio"
-    UNKNOWN_SESSION = "unknown_session"
-    SESSION_ACTIVE = "session_active"
-    USER_MISMATCH = "user_mismatch"
-    UNKNOWN_SOURCE = "unknown_source"
-    UNSUPPORTED_AUDIO_CONFIG = "unsupported_audio_config"
-    UNSUPPORTED_LANGUAGE = "unsupported_language"
-    PROVIDER_UNAVAILABLE = "provider_unavailable"
-    PROVIDER_ERROR = "provider_error"
-    RATE_LIMITED = "rate_limited"
-    INTERNAL_ERROR = "internal_error"
 
 
 ERROR_DESCRIPTIONS: dict[ErrorCode, str] = {
@@ -168,16 +151,6 @@ def encode(msg: ServerMessage | ClientMessage) -> str:
 def decode_server(data: str | bytes) -> ServerMessage:
     """Decode a server message (used by the reference client and tests)."""
     return _server_decoder.decode(data)
-
-
-class ProtocolViolation(Exception):
-    """A frame broke the contract; becomes an ``error`` message, never a close."""
-
-    def __init__(self, code: ErrorCode, message: str, session_id: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.session_id = session_id
 
 
 def decode_client(data: str | bytes) -> ClientMessage:

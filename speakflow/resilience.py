@@ -42,9 +42,11 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 
 from .errors import ProviderError, ProviderOverloaded, ProviderRejected, ProviderUnavailable
+from .errors import StreamStalled as _Stalled
 from .failover import Failover, Next
 from .failover import RetryPolicy as RetryPolicy  # session.py builds one
 from .observability.logs import event, provider_var
+from .observability.statistics import ResilienceStatistics
 from .providers.base import (
     SAMPLE_RATE,
     AudioFrame,
@@ -57,10 +59,6 @@ from .providers.base import (
 from .replay import ReplayBuffer, is_loud, is_repeat, replay_start
 
 log = logging.getLogger(__name__)
-
-
-class _Stalled(Exception):
-    pass
 
 
 class Fed(enum.Enum):
@@ -127,14 +125,14 @@ class ResilientStream:
     def failovers(self) -> int:
         return self.failover.failovers
 
-    def statistics(self) -> dict[str, object]:
-        return {
-            "provider": self.current,
-            "reconnects": self.reconnects,
-            "failovers": self.failovers,
-            "buffered_s": round(self.buffer.seconds, 3),
-            "dropped_s": round(self.buffer.dropped_seconds, 3),
-        }
+    def statistics(self) -> ResilienceStatistics:
+        return ResilienceStatistics(
+            provider=self.current,
+            reconnects=self.reconnects,
+            failovers=self.failovers,
+            buffered_s=round(self.buffer.seconds, 3),
+            dropped_s=round(self.buffer.dropped_seconds, 3),
+        )
 
     # ------------------------------------------------------------------ audio in
 
@@ -389,8 +387,8 @@ class _AliveHooks(StreamHooks):
 
 
 def _first(group: BaseExceptionGroup[ProviderError]) -> ProviderError:
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
+    from .errors import first_real  # the package's one way into exception groups
+
+    exc = first_real(group)
     assert isinstance(exc, ProviderError)
     return exc

@@ -55,6 +55,7 @@ from .languages import UnsupportedLanguage
 from .limits import BYTES_PER_SECOND, MIN_CHUNK_S, RealTimeMeter
 from .observability.logs import event, provider_var, session_id_var, source_var, user_id_var
 from .observability.metrics import Metrics, MetricsHooks, SourceMeters
+from .observability.statistics import ServerStatistics
 from .postprocess import TranscriptProcessor
 from .postprocess.level import LevelMeter
 from .postprocess.pipeline import FinalsPipeline
@@ -247,15 +248,8 @@ class ServerState:
             del self.sessions[session.id]
         event(log, "session.takeover", "session resumed on another instance; handed off")
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "active_sessions": len(self.sessions),
-            "active_streams": len(self.streams),
-            "connections": self.connections,
-        }
-
-    def gauges(self) -> dict[str, list[tuple[dict[str, str], float]]]:
-        """State read at scrape time for /metrics (nothing to update on the hot path)."""
+    def statistics(self) -> ServerStatistics:
+        """Read when asked (/v1/health, a /metrics scrape): nothing to update per chunk."""
         streams: dict[str, float] = {}
         depth: dict[str, float] = {}
         total = 0.0
@@ -265,20 +259,17 @@ class ServerState:
                 used = float(src.stream.queued() if src.stream is not None else 0)
                 total += used
                 depth[name] = max(depth.get(name, 0.0), used)
-        out: dict[str, list[tuple[dict[str, str], float]]] = {
-            "speakflow_connections": [({}, float(self.connections))],
-            "speakflow_sessions": [({}, float(len(self.sessions)))],
-            "speakflow_streams": [({"provider": k}, v) for k, v in streams.items()],
-            "speakflow_channel_depth_chunks": [({"source": k}, v) for k, v in depth.items()],
-            "speakflow_channel_depth_total_chunks": [({}, total)],
-            "speakflow_uptime_seconds": [({}, time.time() - self.started_at)],
-        }
-        for name, backend in self.backends.items():
-            # Optional: a backend with gauges of its own (local Whisper's queue) has metrics().
-            read = getattr(backend, "metrics", None)
-            for key, value in (read() if read is not None else {}).items():
-                out.setdefault(key, []).append(({"provider": name}, float(value)))
-        return out
+        return ServerStatistics(
+            connections=self.connections,
+            sessions=len(self.sessions),
+            attached_sessions=self.attached_sessions,
+            streams=len(self.streams),
+            streams_by_provider=streams,
+            channel_depth=depth,
+            channel_depth_total=total,
+            uptime_s=time.time() - self.started_at,
+            providers={name: backend.statistics() for name, backend in self.backends.items()},
+        )
 
 
 class SourceStream:
@@ -1497,13 +1488,9 @@ def _clock_stepped(source: SourceStream, last: int, ts: int) -> None:
 
 
 def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            out.extend(_leaves(exc))
-        else:
-            out.append(exc)
-    return out
+    from .errors import leaves  # the package's one way into exception groups
+
+    return leaves(group)
 
 
 def _transcript(

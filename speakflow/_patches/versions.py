@@ -14,11 +14,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from ..errors import ConfigError
-
-
-class PatchError(ConfigError):
-    """A patch cannot apply to the installed library: the server must not start."""
+from ..errors import PatchError as PatchError  # defined with the tree; its old home
 
 
 def installed_version(package: str) -> str:

@@ -32,6 +32,7 @@ import trio
 from .. import protocol as p
 from ..observability.logs import event
 from ..observability.metrics import Metrics
+from ..observability.statistics import EchoStatistics, as_status
 from ..providers.base import AudioFrame
 from ._align import Aligner, Release
 from ._apm import Canceller
@@ -210,13 +211,21 @@ class EchoGate:
         erle = self.stats.erle_db
         if self._metrics is not None and erle is not None:
             self._metrics.echo_erle_db.observe(erle)
-        event(log, "echo.summary", "echo cancellation", logging.INFO, **self.statistics())
+        summary = as_status(self.statistics())
+        event(log, "echo.summary", "echo cancellation", logging.INFO, **summary)
 
-    def statistics(self) -> dict[str, float | int | bool | None]:
-        return {
-            **self.stats.summary(),
-            "max_hold_ms": round(self.max_wait_s * 1000),
-            "cpu_ms": round(self.cpu_s * 1000, 1),
-            "stalls": self.aligner.stalls,
-            "finals_marked_echo": self.guard.marked,
-        }
+    def statistics(self) -> EchoStatistics:
+        stats = self.stats
+        erle = stats.erle_db
+        return EchoStatistics(  # rounded as EchoStats.summary() rounds them
+            on_speakers=stats.on_speakers,
+            erle_db=None if erle is None else round(erle, 1),
+            suppressing_share=round(stats.suppressing_share, 3),
+            processed_s=round(stats.processed_s, 2),
+            passthrough_s=round(stats.passthrough_s, 2),
+            far_active_s=round(stats.far_active_s, 2),
+            max_hold_ms=round(self.max_wait_s * 1000),
+            cpu_ms=round(self.cpu_s * 1000, 1),
+            stalls=self.aligner.stalls,
+            finals_marked_echo=self.guard.marked,
+        )

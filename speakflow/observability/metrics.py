@@ -5,7 +5,8 @@ several apps in one process, and each must report only its own traffic.
 Labels stay low-cardinality: provider, source, kind, code; never session ids.
 
 Hot-path cost is kept to a few counter increments per chunk; gauges of state
-(channel depth, scheduler queue) are read at scrape time by a collector.
+(channel depth, scheduler queue) are read at scrape time from the components'
+typed ``statistics()`` (``observability/statistics.py`` declares each gauge).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..providers.base import StreamHooks
+from .statistics import Statistics, gauges
 
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0)
 CONNECT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -140,37 +142,24 @@ class Metrics:
             registry=r,
         )
 
-    def add_state_collector(
-        self, read: Callable[[], dict[str, list[tuple[dict[str, str], float]]]]
-    ) -> None:
-        """Expose gauges computed at scrape time: ``read`` returns name -> [(labels, value)]."""
-        self.registry.register(_StateCollector(read))
+    def add_statistics(self, read: Callable[[], Statistics]) -> None:
+        """Expose the gauges ``read()``'s statistics declare, read at each scrape."""
+        self.registry.register(_StatisticsCollector(read))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
-_STATE_HELP = {
-    "speakflow_connections": "Open client WebSockets",
-    "speakflow_sessions": "Active sessions",
-    "speakflow_streams": "Active provider streams",
-    "speakflow_channel_depth_chunks": "Audio chunks waiting for a provider, per source (max)",
-    "speakflow_channel_depth_total_chunks": "Audio chunks waiting for providers, all sources",
-    "speakflow_whisper_queue_depth": "Local Whisper calls waiting for the model",
-    "speakflow_whisper_busy": "1 while the local Whisper model computes",
-    "speakflow_whisper_real_time_factor": "Model compute seconds per second of audio received",
-    "speakflow_uptime_seconds": "Seconds since the app started",
-}
+class _StatisticsCollector(Collector):
+    """The gauges of a component's typed statistics (``statistics.gauge`` fields)."""
 
-
-class _StateCollector(Collector):
-    def __init__(self, read: Callable[[], dict[str, list[tuple[dict[str, str], float]]]]) -> None:
+    def __init__(self, read: Callable[[], Statistics]) -> None:
         self._read = read
 
     def collect(self) -> Iterator[Any]:
-        for name, samples in self._read().items():
+        for name, (text, samples) in gauges(self._read()).items():
             labels = sorted({k for lbl, _ in samples for k in lbl})
-            family = GaugeMetricFamily(name, _STATE_HELP.get(name, name), labels=labels)
+            family = GaugeMetricFamily(name, text, labels=labels)
             for lbl, value in samples:
                 family.add_metric([lbl.get(k, "") for k in labels], value)
             yield family

@@ -41,6 +41,7 @@ from trio_websocket import (
     connect_websocket_url,
 )
 
+from .. import errors
 from ..config import ProviderSection
 from ..errors import ProviderError, ProviderUnavailable
 from ._closing import CloseSequence, Closing
@@ -144,10 +145,6 @@ class WebSocketBackend:
         #: streams inside :func:`vendor_connection` now; connections it opened so far
         self.streams_open = 0
         self.connections = 0
-
-    def counters(self) -> dict[str, object]:
-        """The counters for the backend's ``status()``."""
-        return {"streams_open": self.streams_open, "connections": self.connections}
 
 
 @asynccontextmanager
@@ -305,19 +302,11 @@ def single_error(
     ``prefer``: when several tasks failed together (the reader's typed error
     and a sender tripping over the same closed socket), one of that type wins.
     """
-    real = group.subgroup(lambda e: not isinstance(e, trio.Cancelled | BaseExceptionGroup))
-    if real is None:
+    one = errors.first_real(group, prefer)  # of several preferred, any will do
+    if one is None:
         return group
-    leaves = _leaves(real)
-    if prefer is not None:
-        typed = [e for e in leaves if isinstance(e, prefer)]
-        if typed:
-            return typed[-1]  # any will do: siblings come in no meaningful order
-    return leaves[0] if len(leaves) == 1 else group
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return out
+    if (prefer is not None and isinstance(one, prefer)) or len(
+        errors.leaves(group, cancelled=False)
+    ) == 1:
+        return one
+    return group

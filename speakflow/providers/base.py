@@ -18,6 +18,7 @@ import trio
 from ..audio import BYTES_PER_SAMPLE as BYTES_PER_SAMPLE
 from ..audio import SAMPLE_RATE as SAMPLE_RATE
 from ..languages import check_tag
+from ..observability.statistics import Statistics
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,10 +138,11 @@ class ProviderBackend(Protocol):
 
     def create(self) -> SpeechProvider: ...
 
-    def status(self) -> dict[str, object]: ...
+    def statistics(self) -> Statistics:
+        """Its figures (``observability.statistics``): /v1/health's ``provider_status``,
+        and the gauges it declares (local Whisper's queue) on /metrics."""
+        ...
 
-    # A backend may also define ``metrics() -> dict[str, float]``: gauges read at
-    # scrape time, named like "speakflow_whisper_queue_depth".
     # A backend may also define ``check_language(code: str) -> None``, raising
     # :class:`UnsupportedLanguage` for a start_session language it cannot
     # transcribe; see :func:`check_language`.

@@ -36,13 +36,9 @@ from typing import Literal, Protocol
 
 import msgspec
 
-
-class SharedStateUnavailable(Exception):
-    """The shared store did not answer in time or at all: fall back to this instance."""
-
-
-class StaleOwner(Exception):
-    """A write with an epoch older than the session's: another instance owns it now."""
+# defined with the package's tree (speakflow.errors); re-exported from their old home
+from ..errors import SharedStateUnavailable as SharedStateUnavailable
+from ..errors import StaleOwner as StaleOwner
 
 
 class SourceTimeline(msgspec.Struct, kw_only=True):

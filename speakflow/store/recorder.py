@@ -27,6 +27,7 @@ import trio
 
 from .. import protocol as p
 from ..errors import ConfigError
+from ..observability.statistics import RecorderStatistics
 from ..providers.base import SAMPLE_RATE
 from .config import describe, store_url
 from .db import Database, Op
@@ -276,18 +277,13 @@ class Recorder:
                 extra={"event": "store.lost", "fields": {"queued": self.writer.queued}},
             )
 
-    def gauges(self) -> dict[str, list[tuple[dict[str, str], float]]]:
-        out: dict[str, list[tuple[dict[str, str], float]]] = {
-            "speakflow_implicit_resumes_total": [({}, float(self.implicit_resumes))],
-            "speakflow_store_sessions_ended_total": [
-                ({"reason": k}, float(v)) for k, v in self.ended.items()
-            ],
-        }
-        if self.writer is not None:
-            out.update(self.writer.gauges())
-        if self.webhook is not None:
-            out.update(self.webhook.gauges())
-        return out
+    def statistics(self) -> RecorderStatistics:
+        return RecorderStatistics(
+            implicit_resumes=self.implicit_resumes,
+            ended=dict(self.ended),
+            writer=self.writer.statistics() if self.writer is not None else None,
+            webhook=self.webhook.statistics() if self.webhook is not None else None,
+        )
 
 
 def _sources(session: Session) -> dict[str, dict[str, Any]]:
@@ -322,7 +318,7 @@ async def running_recorder(state: ServerState) -> AsyncIterator[Recorder]:
                 settings.TRANSCRIPT_WEBHOOK_URL, settings.TRANSCRIPT_WEBHOOK_SECRET
             )
     state.recorder = recorder
-    state.metrics.add_state_collector(recorder.gauges)
+    state.metrics.add_statistics(recorder.statistics)
     try:
         async with trio.open_nursery() as nursery:
             recorder.nursery = nursery

@@ -33,6 +33,9 @@ from tenacity import (
     wait_exponential,
 )
 
+from ..errors import DeliveryFailed
+from ..observability.statistics import WebhookStatistics
+
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-SpeakFlow-Signature"
@@ -62,10 +65,6 @@ def verify(
         return False
     expected = sign(secret, timestamp, body)
     return hmac.compare_digest(expected, header)
-
-
-class DeliveryFailed(Exception):
-    pass
 
 
 #: builds the body of one delivery (reads the record); None: nothing to send
@@ -175,10 +174,7 @@ class WebhookSender:
             log.warning("webhook attempt failed: HTTP %d", response.status_code)
             raise DeliveryFailed(f"HTTP {response.status_code}")
 
-    def gauges(self) -> dict[str, list[tuple[dict[str, str], float]]]:
-        return {
-            "speakflow_webhook_delivered_total": [({}, float(self.delivered))],
-            "speakflow_webhook_failed_total": [({}, float(self.failed))],
-            "speakflow_webhook_retries_total": [({}, float(self.retries))],
-            "speakflow_webhook_dropped_total": [({}, float(self.dropped))],
-        }
+    def statistics(self) -> WebhookStatistics:
+        return WebhookStatistics(
+            delivered=self.delivered, failed=self.failed, retries=self.retries, dropped=self.dropped
+        )

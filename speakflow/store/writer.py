@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any
 
 import trio
 
+from ..observability.statistics import WriterStatistics
 from .db import Database, Op, is_transient
 
 log = logging.getLogger(__name__)
@@ -180,15 +180,12 @@ class Writer:
                 raise
             return self.db.write_each(batch)
 
-    def gauges(self) -> dict[str, list[tuple[dict[str, str], float]]]:
-        def one(v: Any) -> list[tuple[dict[str, str], float]]:
-            return [({}, float(v))]
-
-        return {
-            "speakflow_store_queued_records": one(self.queued),
-            "speakflow_store_written_records_total": one(self.written),
-            "speakflow_store_dropped_records_total": one(self.dropped),
-            "speakflow_store_refused_records_total": one(self.refused),
-            "speakflow_store_write_failures_total": one(self.failures),
-            "speakflow_store_unavailable": one(1 if self.failing else 0),
-        }
+    def statistics(self) -> WriterStatistics:
+        return WriterStatistics(
+            queued=self.queued,
+            written=self.written,
+            dropped=self.dropped,
+            refused=self.refused,
+            failures=self.failures,
+            unavailable=1 if self.failing else 0,
+        )

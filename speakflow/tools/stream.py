@@ -32,6 +32,7 @@ import trio
 import trio.lowlevel
 from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, WebSocketConnection
 
+from ..errors import first_real
 from ..wav import load_wav
 from .display import LABELS, Display, summary_text
 from .stream_state import (
@@ -312,9 +313,8 @@ class StreamClient:
 
 
 def _leaf(group: BaseExceptionGroup[Any]) -> BaseException:
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
+    exc = first_real(group)  # speakflow.errors: the package's one way into groups
+    assert exc is not None  # except* hands over a group of real errors
     return exc
 
 

@@ -23,6 +23,8 @@ from trio_websocket import WebSocketConnection, connect_websocket
 from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError
 
+from speakflow.errors import first_real
+
 
 class ConnectError(Exception):
     """The server could not be reached or refused the WebSocket handshake."""
@@ -105,9 +107,7 @@ async def open_ws(
 
 def _os_reason(err: OSError) -> str:
     """trio wraps per-address failures: dig out the first one's reason (e.g. refused)."""
-    cause: BaseException | None = err.__cause__
-    while isinstance(cause, BaseExceptionGroup):
-        cause = cause.exceptions[0]
+    cause = first_real(err.__cause__) if err.__cause__ is not None else None
     if isinstance(cause, OSError) and cause.strerror:
         return cause.strerror
     return err.strerror or str(err)

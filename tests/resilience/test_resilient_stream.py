@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from speakflow.errors import ProviderRejected, ProviderUnavailable
+from speakflow.observability.statistics import ConnectionStatistics
 from speakflow.providers.base import AudioFrame, StreamConfig, TranscriptEvent
 from speakflow.replay import ReplayBuffer
 from speakflow.resilience import Fed, ResilientStream, RetryPolicy
@@ -52,8 +53,8 @@ class ScriptedBackend:
     async def start(self) -> None:
         pass
 
-    def status(self) -> dict[str, object]:
-        return {}
+    def statistics(self) -> ConnectionStatistics:
+        return ConnectionStatistics(streams_open=0, connections=len(self.connections))
 
     def create(self) -> ScriptedProvider:
         return ScriptedProvider(self)

@@ -42,6 +42,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from ...config import AssemblyAISettings
+from ...observability.statistics import AssemblyAIStatistics, ConnectionStatistics
 from .._ws import (
     CloseWatch,
     Connector,
@@ -84,14 +85,16 @@ class AssemblyAIBackend(WebSocketBackend):
     def create(self) -> SpeechProvider:
         return AssemblyAIStream(self)
 
-    def status(self) -> dict[str, object]:
+    def statistics(self) -> AssemblyAIStatistics:
         parts = urlsplit(self.settings.ASSEMBLYAI_URL)
-        return {
-            "url": f"{parts.scheme}://{parts.netloc}{parts.path}",
-            "speech_model": self.settings.ASSEMBLYAI_SPEECH_MODEL,
-            **self.counters(),
-            "paced_s": round(self.paced_s, 3),
-        }
+        return AssemblyAIStatistics(
+            url=f"{parts.scheme}://{parts.netloc}{parts.path}",
+            speech_model=self.settings.ASSEMBLYAI_SPEECH_MODEL,
+            connections=ConnectionStatistics(
+                streams_open=self.streams_open, connections=self.connections
+            ),
+            paced_s=round(self.paced_s, 3),
+        )
 
     def language_for(self, config: StreamConfig) -> str:
         return config.language or self.settings.DEFAULT_LANGUAGE

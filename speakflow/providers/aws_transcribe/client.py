@@ -42,6 +42,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from ...config import AwsTranscribeSettings
 from ...errors import ConfigError, ProviderError, ProviderUnavailable
+from ...observability.statistics import AwsTranscribeStatistics, ConnectionStatistics
 from .._ws import (
     CloseWatch,
     Connector,
@@ -149,15 +150,17 @@ class AwsTranscribeBackend(WebSocketBackend):
     def create(self) -> SpeechProvider:
         return AwsTranscribeStream(self)
 
-    def status(self) -> dict[str, object]:
+    def statistics(self) -> AwsTranscribeStatistics:
         parts = urlsplit(self.endpoint)
-        return {
-            "endpoint": f"{parts.scheme}://{parts.netloc}",
-            "region": self.settings.AWS_REGION,
-            "credentials": self.credentials_method or None,
-            **self.counters(),
-            "keepalives": self.keepalives,
-        }
+        return AwsTranscribeStatistics(
+            endpoint=f"{parts.scheme}://{parts.netloc}",
+            region=self.settings.AWS_REGION,
+            credentials=self.credentials_method or None,
+            connections=ConnectionStatistics(
+                streams_open=self.streams_open, connections=self.connections
+            ),
+            keepalives=self.keepalives,
+        )
 
     def language_for(self, config: StreamConfig) -> str:
         """start_session.language, else AWS_TRANSCRIBE_LANGUAGE, else DEFAULT_LANGUAGE,

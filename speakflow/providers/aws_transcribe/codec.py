@@ -44,6 +44,7 @@ from amazon_transcribe.eventstream import (
     ParserError,
 )
 
+from ...errors import FrameError as FrameError  # re-exported: the shell and emulator catch it
 from ...errors import ProviderError, ProviderRejected, ProviderUnavailable
 from ...timeline import TimeMap as TimeMap  # re-exported: the mappers take one
 from .._closing import CloseSequence
@@ -154,10 +155,6 @@ def short_language(code: str) -> str:
 
 
 # ---------------------------------------------------------------------- frames
-
-
-class FrameError(ValueError):
-    """A binary message that is not one well-formed event-stream message."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
+from ...errors import SignatureError as SignatureError  # re-exported: the emulator catches it
 from .codec import SERVICE
 
 if TYPE_CHECKING:
@@ -111,16 +112,6 @@ def resolve_credentials(region: str | None = None) -> Any:
 
 
 # ---------------------------------------------------------------------- verifying (spec)
-
-
-class SignatureError(Exception):
-    """A presigned request AWS would refuse; ``kind`` is AWS's exception name."""
-
-    def __init__(self, kind: str, message: str, status: int = 403) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.status = status
 
 
 @dataclass(frozen=True, slots=True)

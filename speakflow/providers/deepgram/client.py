@@ -31,6 +31,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from ...config import DeepgramSettings
+from ...observability.statistics import ConnectionStatistics, DeepgramStatistics
 from .._ws import (
     CloseWatch,
     WebSocketBackend,
@@ -62,13 +63,15 @@ class DeepgramBackend(WebSocketBackend):
     def create(self) -> SpeechProvider:
         return DeepgramStream(self)
 
-    def status(self) -> dict[str, object]:
+    def statistics(self) -> DeepgramStatistics:
         parts = urlsplit(self.settings.DEEPGRAM_URL)
-        return {
-            "url": f"{parts.scheme}://{parts.netloc}{parts.path}",
-            "model": self.settings.DEEPGRAM_MODEL,
-            **self.counters(),
-        }
+        return DeepgramStatistics(
+            url=f"{parts.scheme}://{parts.netloc}{parts.path}",
+            model=self.settings.DEEPGRAM_MODEL,
+            connections=ConnectionStatistics(
+                streams_open=self.streams_open, connections=self.connections
+            ),
+        )
 
     def language_for(self, config: StreamConfig) -> str:
         """start_session.language, else DEEPGRAM_LANGUAGE, else DEFAULT_LANGUAGE."""

@@ -26,6 +26,8 @@ import statistics
 from collections import deque
 from collections.abc import Callable
 
+from ...observability.statistics import CostEstimateStatistics
+
 #: seconds of busy-batch samples kept
 WINDOW_S = 120.0
 #: live samples needed before they count (fewer: the calibration alone)
@@ -87,15 +89,14 @@ class CostEstimate:
             return base
         return min(max(live, base / self.band), base * self.band)
 
-    def snapshot(self) -> dict[str, object]:
+    def statistics(self) -> CostEstimateStatistics:
         """For /v1/health: what the estimate is made of."""
-        live = self.live()
-        return {
-            "calibration_ms": _ms(self.calibration),
-            "calibration_runs": len(self._runs),
-            "live_ms": _ms(live),
-            "live_samples": len(self._samples),
-        }
+        return CostEstimateStatistics(
+            calibration_ms=_ms(self.calibration),
+            calibration_runs=len(self._runs),
+            live_ms=_ms(self.live()),
+            live_samples=len(self._samples),
+        )
 
 
 def _ms(seconds: float | None) -> float | None:

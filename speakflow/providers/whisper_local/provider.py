@@ -29,6 +29,7 @@ import trio
 from ...config import WhisperLocalSettings
 from ...errors import ProviderOverloaded, ProviderRejected
 from ...languages import UnsupportedLanguage, check_whisper, shown
+from ...observability.statistics import WhisperStatistics
 from ..base import (
     SAMPLE_RATE,
     AudioFrame,
@@ -298,57 +299,50 @@ class WhisperLocalBackend:
     def create(self) -> SpeechProvider:
         return WhisperLocalStream(self)
 
-    def metrics(self) -> dict[str, float]:
-        stats = self.scheduler.statistics()
+    def statistics(self) -> WhisperStatistics:
         sched = self.scheduler
-        rtf = sched.busy_seconds / self.audio_seconds if self.audio_seconds else 0.0
-        load, final_load = sched.load()
-        return {
-            "speakflow_whisper_queue_depth": stats["waiting"],
-            "speakflow_whisper_busy": stats["busy"],
-            "speakflow_whisper_real_time_factor": rtf,
-            "speakflow_whisper_streams": self.streams,
-            "speakflow_whisper_capacity_streams": self.capacity,
-            "speakflow_whisper_load": load,
-            "speakflow_whisper_final_load": final_load,
-            "speakflow_whisper_oldest_final_wait_seconds": sched.oldest_final_wait(),
-            "speakflow_whisper_busy_seconds_total": sched.busy_seconds,
-            "speakflow_whisper_audio_seconds_total": self.audio_seconds,
-            "speakflow_whisper_batches_total": sched.batches,
-            "speakflow_whisper_decodes_total": sched.items,
-            "speakflow_whisper_final_decodes_total": sched.finals,
-            "speakflow_whisper_partials_dropped_total": sched.dropped_partials,
-            "speakflow_whisper_fallback_decodes_total": self.engine.fallbacks,
-            "speakflow_whisper_fallbacks_skipped_total": self.engine.fallbacks_skipped,
-            "speakflow_whisper_final_cost_seconds": self.final_cost or 0.0,
-            "speakflow_whisper_recalibrations_total": self.recalibrations,
-            "speakflow_whisper_loops_cut_total": self.engine.loops_cut,
-            "speakflow_whisper_full_window_seconds": self.engine.full_window_cost or 0.0,
-            "speakflow_whisper_streams_refused_total": self.refused,
-            "speakflow_whisper_backlog_seconds": sum(backlog(q) for q in self.queues) / SAMPLE_RATE,
-            "speakflow_whisper_backlog_peak_seconds": self.backlog_peak / SAMPLE_RATE,
-            "speakflow_whisper_isolated_batch_failures_total": sched.isolated_failures,
-            "speakflow_whisper_failed_decodes_total": sched.failed_items,
-        }
-
-    def status(self) -> dict[str, object]:
+        engine = self.engine
         cost = self.final_cost
-        return {
-            "model": self.settings.WHISPER_MODEL or "base",
-            "model_loaded": self.engine.loaded,
-            "device": self.engine.device,
-            "compute_type": self.engine.compute_type,
-            "streams": self.streams,
-            "capacity_streams": self.capacity,
-            "final_cost_ms": round(cost * 1000, 1) if cost is not None else None,
-            **{f"final_cost_{k}": v for k, v in self.estimate.snapshot().items()},
-            "full_window_ms": (
-                round(self.engine.full_window_cost * 1000, 1)
-                if self.engine.full_window_cost is not None
+        load, final_load = sched.load()
+        return WhisperStatistics(
+            model=self.settings.WHISPER_MODEL or "base",
+            model_loaded=engine.loaded,
+            device=engine.device,
+            compute_type=engine.compute_type,
+            streams=self.streams,
+            capacity_streams=self.capacity,
+            final_cost_ms=round(cost * 1000, 1) if cost is not None else None,
+            final_cost=self.estimate.statistics(),
+            full_window_ms=(
+                round(engine.full_window_cost * 1000, 1)
+                if engine.full_window_cost is not None
                 else None
             ),
-            **{f"scheduler_{k}": v for k, v in self.scheduler.statistics().items()},
-        }
+            scheduler=sched.statistics(),
+            real_time_factor=(
+                sched.busy_seconds / self.audio_seconds if self.audio_seconds else 0.0
+            ),
+            load=load,
+            final_load=final_load,
+            oldest_final_wait_seconds=sched.oldest_final_wait(),
+            busy_seconds_total=sched.busy_seconds,
+            audio_seconds_total=self.audio_seconds,
+            batches_total=sched.batches,
+            decodes_total=sched.items,
+            final_decodes_total=sched.finals,
+            partials_dropped_total=sched.dropped_partials,
+            fallback_decodes_total=engine.fallbacks,
+            fallbacks_skipped_total=engine.fallbacks_skipped,
+            final_cost_seconds=cost or 0.0,
+            recalibrations_total=self.recalibrations,
+            loops_cut_total=engine.loops_cut,
+            full_window_seconds=engine.full_window_cost or 0.0,
+            streams_refused_total=self.refused,
+            backlog_seconds=sum(backlog(q) for q in self.queues) / SAMPLE_RATE,
+            backlog_peak_seconds=self.backlog_peak / SAMPLE_RATE,
+            isolated_batch_failures_total=sched.isolated_failures,
+            failed_decodes_total=sched.failed_items,
+        )
 
 
 def backlog(jobs: StreamQueue[Utterance]) -> int:

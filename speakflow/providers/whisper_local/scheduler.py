@@ -46,6 +46,8 @@ from typing import Generic, TypeVar
 
 import trio
 
+from ...observability.statistics import SchedulerStatistics
+
 P = TypeVar("P")
 R = TypeVar("R")
 T = TypeVar("T")
@@ -197,12 +199,10 @@ class BatchScheduler(Generic[P, R]):
                 finals += span * n_final / n
         return busy / self.load_window, finals / self.load_window
 
-    def statistics(self) -> dict[str, int]:
-        return {
-            "busy": int(self._inflight > 0),
-            "waiting": len(self._pending),
-            "calls": self.batches,
-        }
+    def statistics(self) -> SchedulerStatistics:
+        return SchedulerStatistics(
+            busy=int(self._inflight > 0), waiting=len(self._pending), calls=self.batches
+        )
 
     @property
     def waiting(self) -> int:

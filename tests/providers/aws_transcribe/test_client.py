@@ -129,7 +129,7 @@ async def test_credentials_from_boto3s_chain_sign_the_url(
             settings = settings_for(endpoint(aws), AWS_ACCESS_KEY_ID="", AWS_SECRET_ACCESS_KEY="")
             backend = AwsTranscribeBackend(settings)
             await backend.start()
-            assert backend.status()["credentials"] == "shared-credentials-file"
+            assert backend.statistics().credentials == "shared-credentials-file"
             events = await run_stream(backend, [AudioFrame(FRAME, 0)])
     assert [e.text for e in events] == [FRAME[:8].hex()]
     [record] = aws.log.records

@@ -14,6 +14,7 @@ import pytest
 import trio
 import trio.testing
 
+from speakflow.observability.statistics import SchedulerStatistics
 from speakflow.providers.whisper_local.scheduler import BatchScheduler, StreamQueue
 
 
@@ -71,7 +72,7 @@ async def test_concurrent_requests_share_one_batch_and_calls_never_overlap() -> 
     assert model.busy == [False, True]  # alone on an idle model; then a batch
     assert results == {"a": "A", "b": "B", "c": "C"}
     assert model.max_running == 1
-    assert sched.statistics() == {"busy": 0, "waiting": 0, "calls": 2}
+    assert sched.statistics() == SchedulerStatistics(busy=0, waiting=0, calls=2)
 
 
 async def test_finals_go_before_partials_and_batches_respect_max_batch() -> None:
@@ -185,7 +186,7 @@ async def test_a_cancelled_waiter_leaves_the_queue_and_the_lead_is_handed_on() -
             model.gate.set()
     assert results == {"kept": "KEPT"}
     assert all("cancelled" not in b for b in model.batches)
-    assert sched.statistics()["busy"] == 0 and sched.waiting == 0
+    assert sched.statistics().busy == 0 and sched.waiting == 0
 
 
 async def test_the_leader_cancelled_while_waiting_hands_the_lead_on() -> None:

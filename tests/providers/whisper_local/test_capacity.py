@@ -68,7 +68,7 @@ def test_it_decays_back_to_the_calibration_when_the_model_is_idle() -> None:
     assert estimate.value == 0.15
     clock.now += WINDOW_S / 2 + 1  # nothing busy since: the samples are forgotten
     assert estimate.value == 0.044
-    assert estimate.snapshot()["live_samples"] == 0
+    assert estimate.statistics().live_samples == 0
 
 
 def test_few_samples_do_not_count_and_the_calibration_is_the_median_of_its_runs() -> None:

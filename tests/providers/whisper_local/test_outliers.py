@@ -81,7 +81,7 @@ async def test_spanish_and_noise_next_to_an_english_session(audio_dir, manifest)
                     first_reply = await late.recv()
                     assert first_reply["type"] == "session_started", (
                         first_reply,
-                        backend.status(),
+                        backend.statistics(),
                     )
                     async with trio.open_nursery() as n2:  # until late's session_ended
                         n2.start_soon(collect, late, late_msgs)
