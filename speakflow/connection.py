@@ -1,4 +1,4 @@
-"""One client WebSocket: reader, writer, idle watchdog, and its control task.
+"""One client WebSocket: the socket's lifetime, its writer, and the session it holds.
 
 ::
 
@@ -6,48 +6,33 @@
     └── connection nursery
         ├── _writer: the only task that sends on the socket
         ├── _idle_watchdog (IDLE_TIMEOUT_S)
-        ├── _reader: frames -> FrameReader -> dispatch   (runs in the body)
-        ├── _control: while a start_session is carried out (it may wait for a
-        │   previous run's flush), it and everything after it, in order
+        ├── Inbox.read: frames -> FrameReader -> dispatch   (runs in the body;
+        │   speakflow.inbox, with its control task for start_session)
         └── Session.run (speakflow.session) of the session it holds: at most one,
             active or stopping (flushing its finals)
 
-The connection owns no session tree: it hands ``start_session`` to
-:mod:`speakflow.admission`, each chunk to its session (``Session.audio``),
-and runs the session it holds in its nursery; it is the session's
-:class:`~speakflow.session.Outbox` while attached.
-
-The reader never waits on session work: Hypercorn answers a client's pings
-only while the app drains its small receive queue, and a desktop whose pong
-times out reconnects. A closed socket (the client left, Hypercorn closed it,
-a send failed) is a detach: the session stays resumable with its finals.
-
-Audio is routed only through the session bound to *this* connection: a
-session id in a message is checked against it, never looked up globally,
-so audio cannot reach another user.
-
-This module is over 400 lines and ``Connection`` over 250: the reader, the
-control task's backlog and the detach paths share the connection's state
-(its held session, its send queue, its closing flag) and read best together.
+The connection owns no session tree: it runs the session it holds in its
+nursery (:meth:`Connection.take`) and is that session's
+:class:`~speakflow.session.Outbox` while attached. A closed socket (the client
+left, Hypercorn closed it, a send failed) is a detach: the session stays
+resumable with its finals. Another connection resuming the session, a
+cluster takeover, a drain or a rolling restart reach it through the registry
+(:meth:`Connection.give_up`, :meth:`Connection.shutdown`, :meth:`Connection.hand_off`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import uuid
-from collections import deque
 
 import trio
 from starlette.websockets import WebSocket
 
 from . import protocol as p
-from .admission import start_session
-from .limits import BYTES_PER_SECOND, MIN_CHUNK_S
+from .inbox import Inbox
 from .observability.logs import event, session_id_var, user_id_var
 from .registry import Registry
 from .session import EndReason, Session
-from .store import hooks as store  # transcript record (speakflow.store)
 
 log = logging.getLogger(__name__)
 
@@ -62,44 +47,32 @@ class Connection:
         self.settings = registry.settings
         self.frames = p.FrameReader(self.settings.MAX_CHUNK_BYTES)
         #: the session whose run this connection carries out (active or stopping)
-        self._held: Session | None = None
+        self.held: Session | None = None
         self._out_send, self._out_recv = trio.open_memory_channel[str](
             self.settings.OUTBOUND_QUEUE_MESSAGES
         )
-        self._nursery: trio.Nursery | None = None
+        #: the connection's nursery: the writer, the control task, the held session's run
+        self.nursery: trio.Nursery | None = None
         self._writer_done = trio.Event()
         #: IDLE_TIMEOUT_S: time of the last client message, and the close to send on expiry.
         self.last_rx = trio.current_time()
         self.close_with: tuple[int, str] | None = None
         #: cancelled to end the connection: the reader stops, the session detaches
         self._reader_scope = trio.CancelScope()
-        #: the client is gone (reader ended): a start still waiting is not carried out
-        self._closing = False
-        #: start_session runs in the control task, so the reader never waits on
-        #: session work (Hypercorn answers pings only while the app reads). What
-        #: the client sends meanwhile waits here, in order, and is bounded.
-        self._backlog: deque[Deferred] = deque()
-        self._backlog_bytes = 0
-        self._backlog_max = max(
-            int(2 * self.settings.AUDIO_QUEUE_S * BYTES_PER_SECOND),
-            4 * self.settings.MAX_CHUNK_BYTES,
-        )
-        self._backlog_overflowed = False
-        #: set while the control task runs (None: the reader acts on messages itself)
-        self._control_done: trio.Event | None = None
+        self.inbox = Inbox(self)
 
     # ------------------------------------------------------------------ the session it holds
 
     @property
     def active(self) -> Session | None:
         """The session audio and ``stop_session`` go to (none once its run ends)."""
-        held = self._held
+        held = self.held
         return held if held is not None and not held.stop_requested.is_set() else None
 
     @property
     def stopping(self) -> Session | None:
         """A session stopped on this connection, still flushing its finals."""
-        held = self._held
+        held = self.held
         if held is None or held.ending is not EndReason.STOP or held.finished.is_set():
             return None
         return held if held.stop_requested.is_set() else None
@@ -115,9 +88,9 @@ class Connection:
     async def take(self, session: Session) -> None:
         """Attach ``session`` here and start its run in this connection's nursery."""
         session.attach(self)
-        assert self._nursery is not None
-        await self._nursery.start(self._hold, session)
-        self._held = session
+        assert self.nursery is not None
+        await self.nursery.start(self._hold, session)
+        self.held = session
 
     async def _hold(
         self, session: Session, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -125,8 +98,8 @@ class Connection:
         try:
             await session.run(self, task_status=task_status)
         finally:
-            if self._held is session:
-                self._held = None
+            if self.held is session:
+                self.held = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -138,13 +111,13 @@ class Connection:
         event(log, "connection.open", "client connected")
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                self.nursery = nursery
                 nursery.start_soon(self._writer)
                 if self.settings.IDLE_TIMEOUT_S:
                     nursery.start_soon(self._idle_watchdog)
                 try:
                     with self._reader_scope:
-                        await self._reader()
+                        await self.inbox.read()
                 finally:
                     await self._detach_all()
                     nursery.cancel_scope.cancel()
@@ -164,12 +137,11 @@ class Connection:
         A start or resume the control task is carrying out completes first (it
         is bounded too), so the session it attaches is detached like any other.
         """
-        self._closing = True
+        self.inbox.closing = True
         budget = 2 * (self.settings.PROVIDER_RESPONSE_TIMEOUT + 1)
         with trio.move_on_after(budget) as scope:
             scope.shield = True
-            if self._control_done is not None:
-                await self._control_done.wait()
+            await self.inbox.settled()
             session = self.active
             if session is not None:
                 self._keep_unsent(session)
@@ -290,7 +262,7 @@ class Connection:
         """Stop the active session (finals flushed), send what is queued, close 1001."""
         session = self.active
         if session is not None:
-            await self._stop(p.StopSession(session.id))
+            self.stop(session)
         await self.wait_stopped()
         self._out_send.close()  # the writer sends what is queued, then ends
         await self._writer_done.wait()
@@ -310,229 +282,8 @@ class Connection:
             p.Error(code=code, message=message, session_id=session_id, trace_id=trace_id)
         )
 
-    # ------------------------------------------------------------------ reader
-
-    async def _reader(self) -> None:
-        frames = self.frames
-        while True:
-            message = await self.ws.receive()
-            self.last_rx = trio.current_time()
-            kind = message["type"]
-            if kind == "websocket.disconnect":
-                return
-            if kind != "websocket.receive":
-                continue
-            data = message.get("bytes")
-            if data is not None:
-                item = frames.binary(data)
-                if item is None:
-                    continue
-                if self._control_done is not None:  # behind a start: keep the order
-                    await self._defer(item)
-                elif isinstance(item, p.ProtocolViolation):
-                    await self.send_error(item.code, item.message, item.session_id)
-                else:
-                    await self._audio(item)
-                continue
-            text = message.get("text")
-            if text is None:
-                continue
-            for out in frames.text(text):
-                if self._control_done is not None or isinstance(out, p.StartSession):
-                    await self._defer(out)
-                elif isinstance(out, p.ProtocolViolation):
-                    await self.send_error(out.code, out.message, out.session_id)
-                else:
-                    await self._dispatch(out)
-
-    # ------------------------------------------------------------------ control task
-
-    async def _defer(self, item: Deferred | p.AudioChunk) -> None:
-        """Hand ``item`` to the control task (started if idle), after what it holds.
-
-        A start_session may wait for a previous run's flush (up to
-        PROVIDER_RESPONSE_TIMEOUT), a stopping session or a backend starting;
-        the desktop meanwhile sends its queued chunks at once. They wait here,
-        bounded by twice AUDIO_QUEUE_S of audio (a chunk counts at least
-        MIN_CHUNK_S): past that, chunks are dropped with one ``rate_limited``.
-        """
-        if isinstance(item, p.AudioChunk):
-            try:  # the session checks come in turn; a bad source name is known now
-                p.check_source(item.source, item.session_id)
-            except p.ProtocolViolation as err:
-                self.frames.discard_audio()
-                item = err
-            else:
-                self.frames.expect_audio(item)  # pair its binary frame
-                return
-        if isinstance(item, p.AudioIn):
-            cost = _deferred_cost(item)
-            if self._backlog_bytes + cost > self._backlog_max:
-                if not self._backlog_overflowed:
-                    self._backlog_overflowed = True
-                    await self.send_error(
-                        p.ErrorCode.RATE_LIMITED,
-                        "audio arrived faster than the session could start; chunks were dropped",
-                        item.meta.session_id,
-                    )
-                return
-            self._backlog_bytes += cost
-        self._backlog.append(item)
-        if self._control_done is None:
-            self._control_done = trio.Event()
-            assert self._nursery is not None
-            self._nursery.start_soon(self._control, self._control_done)
-
-    async def _control(self, done: trio.Event) -> None:
-        """Carry out deferred messages in order until none is left, then step back:
-        the reader acts on messages itself again (audio without a task hop)."""
-        backlog = self._backlog
-        try:
-            while backlog:
-                item = backlog.popleft()
-                if isinstance(item, p.AudioIn):
-                    self._backlog_bytes -= _deferred_cost(item)
-                    meta = item.meta
-                    refusal = self._meta_refusal(meta)
-                    ours = self.active is not None and self.active.id == meta.session_id
-                    if refusal is not None and not ours:
-                        try:
-                            if await store.tail_admit(self, meta):
-                                refusal = None  # store: the desktop's lost tail, taken over
-                        except p.ProtocolViolation as err:
-                            refusal = err  # its source name
-                    if refusal is None:
-                        await self._audio(item)
-                    elif ours or store.first_refusal(self, meta.session_id):
-                        await self.send_error(refusal.code, refusal.message, refusal.session_id)
-                elif isinstance(item, p.ProtocolViolation):
-                    await self.send_error(item.code, item.message, item.session_id)
-                elif not (self._closing and isinstance(item, p.StartSession)):
-                    await self._dispatch(item)
-        finally:
-            backlog.clear()  # only left over when cancelled: the connection is ending
-            self._backlog_bytes = 0
-            self._backlog_overflowed = False
-            self._control_done = None
-            done.set()
-
-    async def _dispatch(self, msg: p.ClientMessage) -> None:
-        try:
-            if isinstance(msg, p.AudioChunk):
-                await self._audio_meta(msg)
-            elif isinstance(msg, p.StartSession):
-                await start_session(self, msg)
-            else:
-                await self._stop(msg)
-        except p.ProtocolViolation as err:
-            await self.send_error(err.code, err.message, err.session_id)
-        except Exception:
-            trace_id = uuid.uuid4().hex[:16]
-            log.exception(
-                "internal error handling %s (trace_id=%s)",
-                type(msg).__name__,
-                trace_id,
-                extra={"event": "internal_error", "fields": {"trace_id": trace_id}},
-            )
-            await self.send_error(
-                p.ErrorCode.INTERNAL_ERROR,
-                f"internal server error (trace id {trace_id})",
-                getattr(msg, "session_id", None),
-                trace_id,
-            )
-
-    # ------------------------------------------------------------------ audio (hot path)
-
-    def _not_active(self, sid: str) -> p.ProtocolViolation:
-        """The error for a chunk or stop naming a session this connection doesn't hold:
-        ``user_mismatch`` when another user owns that id, else ``unknown_session``."""
-        other = self.registry.sessions.get(sid)
-        if other is not None and other.user_id != self.user_id:
-            return p.ProtocolViolation(
-                p.ErrorCode.USER_MISMATCH, "this session belongs to another user", sid
-            )
-        return p.ProtocolViolation(
-            p.ErrorCode.UNKNOWN_SESSION,
-            f"session {sid[:64]!r} is not the active session of this connection",
-            sid,
-        )
-
-    def _meta_refusal(self, meta: p.AudioChunk) -> p.ProtocolViolation | None:
-        """Why a chunk's metadata is refused (not this connection's session, a bad source)."""
-        session = self.active
-        if session is None or meta.session_id != session.id:
-            return self._not_active(meta.session_id)
-        if meta.source not in session.sources:
-            try:
-                p.check_source(meta.source, meta.session_id)
-            except p.ProtocolViolation as err:
-                return err
-        return None
-
-    async def _audio_meta(self, meta: p.AudioChunk) -> None:
-        refusal = self._meta_refusal(meta)
-        if refusal is None or store.tail_session(self, meta.session_id) is not None:
-            self.frames.expect_audio(meta)
-            return
-        active = self.active
-        if active is not None and meta.session_id == active.id:
-            self.frames.discard_audio()  # this session's chunk, refused (its source)
-            raise refusal
-        if self._may_be_tail(meta.session_id):
-            try:
-                p.check_source(meta.source, meta.session_id)
-            except p.ProtocolViolation:
-                self.frames.discard_audio()
-                raise
-            self.frames.expect_audio(meta)  # its audio goes to the control task (_audio)
-            return
-        self.frames.discard_audio()
-        if store.first_refusal(self, meta.session_id):  # one error per session id
-            raise refusal
-
-    def _may_be_tail(self, sid: str) -> bool:
-        """store: a chunk of this user's session record, not this connection's: maybe
-        the desktop's lost tail of a session it stopped offline."""
-        other = self.registry.sessions.get(sid)
-        return other is not None and other.user_id == self.user_id and other is not self.stopping
-
-    async def _audio(self, chunk: p.AudioIn) -> None:
-        session = self.active
-        meta = chunk.meta
-        if session is None or meta.session_id != session.id:
-            session = store.tail_session(self, meta.session_id)  # store: lost tail
-            if (
-                session is None
-                and self._control_done is None
-                and self._may_be_tail(meta.session_id)
-            ):
-                # Taking the record over may wait for a flush: the control task's
-                # work (store.tail_admit there), never the reader's.
-                await self._defer(chunk)
-                return
-        if session is None:
-            # The session stopped between metadata and audio.
-            await self.send_error(
-                p.ErrorCode.UNKNOWN_SESSION, "session is no longer active", meta.session_id
-            )
-            return
-        await session.audio(chunk, self)
-
-    async def _stop(self, msg: p.StopSession) -> None:
-        session = self.active
-        if session is None or session.id != msg.session_id:
-            raise self._not_active(msg.session_id)
+    def stop(self, session: Session) -> None:
+        """Stop the active session: its run flushes, then sends ``session_ended``."""
         session.end_run(EndReason.STOP)
         event(log, "session.stop", "stop requested")
         session_id_var.set(None)
-
-
-#: what waits for the control task: messages, protocol errors, complete chunks
-Deferred = p.ClientMessage | p.ProtocolViolation | p.AudioIn
-#: a deferred chunk counts at least this much against the backlog bound, so a
-#: flood of 2-byte chunks is bounded in number as well as in bytes
-_MIN_DEFERRED_BYTES = int(MIN_CHUNK_S * BYTES_PER_SECOND)
-
-
-def _deferred_cost(chunk: p.AudioIn) -> int:
-    return max(len(chunk.pcm), _MIN_DEFERRED_BYTES)

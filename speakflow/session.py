@@ -51,7 +51,6 @@ from .observability.logs import event, provider_var, session_id_var
 from .observability.metrics import SourceMeters
 from .postprocess.level import LevelMeter
 from .providers.base import AudioFrame, ProviderBackend
-from .resilience import ResilientStream, RetryPolicy
 from .source import SourceStream
 from .store import hooks as store  # transcript record (speakflow.store)
 
@@ -207,43 +206,13 @@ class Session:
         if self.reporter is not None:
             await self.reporter.send_error(code, message, self.id, trace_id)
 
-    # ------------------------------------------------------------------ audio in (hot path)
-
-    async def audio(self, chunk: p.AudioIn, outbox: Outbox) -> None:
-        """One chunk of this session, from the connection that read it."""
-        meta = chunk.meta
-        source = self.sources.get(meta.source)
-        if source is None:
-            source = self.add_source(meta.source)
-        if source.replayed(meta.timestamp):
-            return
-        rate = source.rate
-        if rate is not None and not rate.admit(len(chunk.pcm), trio.current_time()):
-            if rate.first_refusal:  # once per episode; refused audio never reaches the session
-                await outbox.send_error(
-                    p.ErrorCode.RATE_LIMITED, rate.message(source.name), self.id
-                )
-            return
-        offset = source.advance(chunk.pcm, meta.timestamp)
-        # echo hook: a microphone chunk of a cancelling session is fed later, cleaned
-        # (speakflow.echo); a system chunk is copied there as reference and goes on.
-        gate = self.echo
-        if gate is not None and gate.take(source.name, chunk.pcm, offset, meta.timestamp):
-            return
-        await self._feed(source, AudioFrame(chunk.pcm, offset), outbox)
-
-    async def _feed(self, source: SourceStream, frame: AudioFrame, outbox: Outbox) -> None:
-        lost = source.feed(frame, self.provider, self.registry.settings.AUDIO_QUEUE_S)
-        if lost is not None:
-            await outbox.send_error(p.ErrorCode.PROVIDER_UNAVAILABLE, lost, self.id)
+    # ------------------------------------------------------------------ sources
 
     async def _feed_cleaned(self, frame: AudioFrame) -> None:
         """echo hook: the cleaned microphone audio from the session's echo task."""
         source = self.sources.get("microphone")
         if source is not None and source.stream is not None and self.reporter is not None:
-            await self._feed(source, frame, self.reporter)
-
-    # ------------------------------------------------------------------ sources
+            await source.feed(frame, self, self.reporter)
 
     def add_source(self, name: str) -> SourceStream:
         source = self.new_source(name)
@@ -262,27 +231,9 @@ class Session:
         return source
 
     def start_source(self, source: SourceStream) -> None:
-        """A new stream for ``source`` in this run; it takes audio from now on, before
-        its task first runs (frames wait in its buffer until the vendor connects)."""
+        """A new stream for ``source`` in this run (speakflow.source)."""
         assert self.nursery is not None
-        s = self.registry.settings
-        chain = [self.provider, *(x for x in s.fallback_providers if x != self.provider)]
-        source.stream = ResilientStream(
-            chain,
-            self.registry.backend,
-            policy=RetryPolicy(
-                initial_s=s.RETRY_INITIAL_S,
-                max_s=s.RETRY_MAX_S,
-                attempts=s.RETRY_ATTEMPTS,
-                healthy_s=s.RETRY_HEALTHY_S,
-                primary_retry_s=s.PRIMARY_RETRY_S,
-            ),
-            response_timeout=s.PROVIDER_RESPONSE_TIMEOUT,
-            replay_seconds=s.REPLAY_BUFFER_S,
-            queue_seconds=s.AUDIO_QUEUE_S,
-            last_final_end=source.last_final_end,
-        )
-        self.nursery.start_soon(source.run, self, source.stream)
+        source.start(self, self.nursery)
 
     def restart_sources(self, names: list[str] | None = None) -> None:
         """A resumed run: every known source on a fresh stream, plus ``names`` new ones."""

@@ -35,12 +35,12 @@ from .observability.metrics import MetricsHooks, SourceMeters
 from .postprocess.level import LevelMeter
 from .postprocess.pipeline import FinalsPipeline
 from .providers.base import AudioFrame, StreamConfig, TranscriptEvent
-from .resilience import Fed, ResilientStream
+from .resilience import Fed, ResilientStream, RetryPolicy
 from .store import hooks as store  # transcript record (speakflow.store)
 from .timeline import SourceTimeline
 
 if TYPE_CHECKING:
-    from .session import Session
+    from .session import Outbox, Session
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +134,34 @@ class SourceStream:
             self.level.feed(pcm, offset)
         return offset
 
-    def feed(self, frame: AudioFrame, provider: str, queue_s: float) -> str | None:
-        """Hand a frame to this run's provider stream; a message for the client
-        (``provider_unavailable``) when audio is being lost, else None."""
+    async def take(self, chunk: p.AudioIn, session: Session, outbox: Outbox) -> None:
+        """One chunk of this source, from the connection that read it (``outbox``:
+        where a refusal is reported). Replays, rate, timeline, echo, then the provider."""
+        meta, pcm = chunk.meta, chunk.pcm
+        if self.replayed(meta.timestamp):
+            return
+        rate = self.rate
+        if rate is not None and not rate.admit(len(pcm), trio.current_time()):
+            if rate.first_refusal:  # once per episode; refused audio never reaches the session
+                await outbox.send_error(
+                    p.ErrorCode.RATE_LIMITED, rate.message(self.name), session.id
+                )
+            return
+        offset = self.advance(pcm, meta.timestamp)
+        # echo hook: a microphone chunk of a cancelling session is fed later, cleaned
+        # (speakflow.echo); a system chunk is copied there as reference and goes on.
+        gate = session.echo
+        if gate is not None and gate.take(self.name, pcm, offset, meta.timestamp):
+            return
+        await self.feed(AudioFrame(pcm, offset), session, outbox)
+
+    async def feed(self, frame: AudioFrame, session: Session, outbox: Outbox) -> None:
+        """Hand a frame to this run's provider stream; tell the client when audio is lost."""
+        lost = self._fed(frame, session.provider, session.registry.settings.AUDIO_QUEUE_S)
+        if lost is not None:
+            await outbox.send_error(p.ErrorCode.PROVIDER_UNAVAILABLE, lost, session.id)
+
+    def _fed(self, frame: AudioFrame, provider: str, queue_s: float) -> str | None:
         stream = self.stream
         assert stream is not None  # set with the source, replaced on resume
         fed = stream.feed(frame)
@@ -166,6 +191,28 @@ class SourceStream:
 
     # ------------------------------------------------------------------ the provider task
 
+    def start(self, session: Session, nursery: trio.Nursery) -> None:
+        """A new stream for this run; it takes audio from now on, before its task
+        first runs (frames wait in its buffer until the vendor connects)."""
+        s = session.registry.settings
+        chain = [session.provider, *(x for x in s.fallback_providers if x != session.provider)]
+        self.stream = ResilientStream(
+            chain,
+            session.registry.backend,
+            policy=RetryPolicy(
+                initial_s=s.RETRY_INITIAL_S,
+                max_s=s.RETRY_MAX_S,
+                attempts=s.RETRY_ATTEMPTS,
+                healthy_s=s.RETRY_HEALTHY_S,
+                primary_retry_s=s.PRIMARY_RETRY_S,
+            ),
+            response_timeout=s.PROVIDER_RESPONSE_TIMEOUT,
+            replay_seconds=s.REPLAY_BUFFER_S,
+            queue_seconds=s.AUDIO_QUEUE_S,
+            last_final_end=self.last_final_end,
+        )
+        nursery.start_soon(self.run, session, self.stream)
+
     async def run(self, session: Session, stream: ResilientStream) -> None:
         """This source's subtree for one run: the provider stream and the finals
         pipeline in a nursery of their own. Returns when the provider has flushed
@@ -187,19 +234,17 @@ class SourceStream:
         )
         async with trio.open_nursery() as nursery:
             # Finals through the processor, in order; partials straight out.
-            post = FinalsPipeline.start(
-                registry.processor,
-                nursery,
-                store.deliverer(registry, session),  # store: finals recorded as delivered
-                self.level,
-            )
+            deliver = store.deliverer(registry, session)  # store: finals recorded as delivered
+            post = FinalsPipeline.start(registry.processor, nursery, deliver, self.level)
+            # Without a processor the pipeline only passes on: one hop less per transcript.
+            send = post.send if registry.processor is not None else deliver
 
             async def emit(ev: TranscriptEvent, provider: str) -> None:
                 meters.transcript(ev.is_final, ev.start, ev.end)
                 msg = transcript(sid, name, provider, timeline, ev)
                 if ev.is_final and session.echo is not None:  # echo hook: flags a repeated
                     session.echo.mark(msg)  # remote sentence (speakflow.echo)
-                await post.send(msg)
+                await send(msg)
 
             try:
                 await stream.run(emit, config, session.report)
