@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 class Connection:
-    """One client WebSocket: reader, writer, and the session it currently holds."""
+    """One client WebSocket: its lifetime, its writer, and the session it holds."""
 
     def __init__(self, ws: WebSocket, user_id: str, registry: Registry) -> None:
         self.ws = ws

@@ -39,7 +39,7 @@ from .resilience import ResilientStream
 
 if TYPE_CHECKING:
     from .connection import Connection
-    from .session import Session
+    from .session import Outbox, Session
     from .store.recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ class Registry:
                 p.ErrorCode.RATE_LIMITED, "server is shutting down; reconnect and retry", sid
             )
 
-    async def hand_over(self, session: Session, to: object) -> None:
+    async def hand_over(self, session: Session, to: Outbox) -> None:
         """Resume: ``session`` moves to the connection ``to``. A stale connection
         still holding it gives it up (the newest connection is the client's real
         one); the previous run's flush completes first. Raises ``session_active``
