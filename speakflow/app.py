@@ -42,6 +42,7 @@ from .auth import (
     origin_allowed,
 )
 from .config import Settings
+from .connection import Connection
 from .docs import docs_html
 from .errors import ConfigError
 from .observability.statistics import as_status
@@ -49,7 +50,7 @@ from .openapi import openapi_document
 from .postprocess import build_processor
 from .providers.registry import PROVIDERS
 from .proxy import TrustedProxyMiddleware
-from .session import Connection, ServerState
+from .registry import Registry
 from .startup import check_settings
 from .store.api import routes as session_routes  # transcript record (speakflow.store)
 from .store.recorder import running_recorder
@@ -78,7 +79,7 @@ def browser_user_id(query: Mapping[str, str], subprotocols: Sequence[str]) -> st
     return None
 
 
-async def start_provider(state: ServerState) -> None:
+async def start_provider(state: Registry) -> None:
     """Start SPEECH_PROVIDER (load the model, resolve credentials); idempotent.
 
     Raises ConfigError for what only shows once it is loaded: a model
@@ -102,7 +103,7 @@ async def start_provider(state: ServerState) -> None:
     log.info("provider %s ready", name)
 
 
-def open_cluster(settings: Settings, instance_id: str, state: ServerState) -> Cluster:
+def open_cluster(settings: Settings, instance_id: str, state: Registry) -> Cluster:
     """The store at REDIS_URL behind this instance's registry; its failures counted."""
     from .cluster import Cluster
     from .shared_state import shared_state_from_settings
@@ -116,7 +117,7 @@ def open_cluster(settings: Settings, instance_id: str, state: ServerState) -> Cl
 def create_app(settings: Settings) -> Starlette:
     install_all()  # third-party patches, version-checked (speakflow._patches)
     check_settings(settings)  # every component's startup check (speakflow.startup)
-    state = ServerState(settings, processor=build_processor(settings))
+    state = Registry(settings, processor=build_processor(settings))
     from .shared_state import make_instance_id  # scale-out: this process's id in a cluster
 
     instance_id = make_instance_id(settings.INSTANCE_ID)

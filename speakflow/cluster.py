@@ -1,6 +1,6 @@
 """The session registry's side of a cluster (issue 18): what it writes to the shared store.
 
-Only with ``REDIS_URL``: without it ``ServerState.cluster`` is None and the
+Only with ``REDIS_URL``: without it ``Registry.cluster`` is None and the
 registry runs exactly as a single process always did. The store's rules
 (epochs, the journal, handoff) are in :mod:`.shared_state.base`; this module
 decides *when* the registry calls it:
@@ -51,7 +51,8 @@ from .shared_state import (
 
 if TYPE_CHECKING:
     from .config import Settings
-    from .session import Session, SourceStream
+    from .session import Session
+    from .source import SourceStream
 
 __all__ = [
     "Ack",
@@ -249,9 +250,9 @@ class Cluster:
             if session.stop_requested.is_set() or session.lost or session.taken_over:
                 return
             for ack in await self._checkpoint(session):
-                conn = session.conn
-                if conn is not None:
-                    await conn.send_raw(encode_ack(ack))
+                outbox = session.outbox
+                if outbox is not None:
+                    await outbox.send_raw(encode_ack(ack))
         finally:
             session.checkpoint_due = False
 

@@ -22,7 +22,8 @@ admitted into an empty bucket, so a chunk longer than ``max_lead_s`` is never
 refused forever.
 
 The connection limits that need state (sessions per user and in total, idle
-connections, session duration) live in ``session.py``; they are settings
+connections, session duration) live in ``registry.py``, ``connection.py`` and
+``session.py``; they are settings
 checks and Trio deadlines, not arithmetic.
 """
 

@@ -103,7 +103,7 @@ def _families(stats: Statistics, labels: dict[str, str]) -> Iterator[tuple[str, 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerStatistics:
-    """The registry's figures (``ServerState.statistics()``), and each provider's."""
+    """The registry's figures (``Registry.statistics()``), and each provider's."""
 
     connections: int = field(metadata=gauge("speakflow_connections", "Open client WebSockets"))
     #: sessions held, attached to a connection or waiting for a resume

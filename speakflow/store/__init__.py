@@ -5,11 +5,11 @@
 ``db``       blocking queries, run in worker threads
 ``writer``   the bounded write queue between the event loop and the database
 ``recorder`` session lifecycle -> records; sweeps, retention; the lifespan part
-``hooks``    the one-line calls session.py makes
+``hooks``    the one-line calls the session modules make
 ``tail``     the desktop's lost tail (audio of a detached session, no start_session)
 ``export``   merged transcript in json, md, srt, vtt, txt
 ``webhook``  TRANSCRIPT_WEBHOOK_URL: signed POST when a session ends
 ``api``      the /v1/sessions routes
 
-Importing this package stays cheap: ``session.py`` imports ``hooks`` only.
+Importing this package stays cheap: the session modules import ``hooks`` only.
 """

@@ -22,7 +22,7 @@ from ..auth import Authenticator, Refusal
 from .export import FORMATS, session_json
 
 if TYPE_CHECKING:
-    from ..session import ServerState
+    from ..registry import Registry
     from .recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status)
 
 
-def routes(state: ServerState, authenticator: Authenticator) -> list[Route]:
+def routes(state: Registry, authenticator: Authenticator) -> list[Route]:
     Handler = Callable[[Request, str, "Recorder"], Awaitable[Response]]
 
     def guarded(handler: Handler) -> Callable[[Request], Awaitable[Response]]:

@@ -15,25 +15,26 @@ from .tail import first_refusal
 from .tail import session_for as tail_session
 
 if TYPE_CHECKING:
-    from ..session import ServerState, Session
+    from ..registry import Registry
+    from ..session import Session
 
 __all__ = ["deliverer", "first_refusal", "run_ended", "started", "tail_admit", "tail_session"]
 
 
-def started(state: ServerState, session: Session) -> None:
+def started(state: Registry, session: Session) -> None:
     """A new session (not a resume): its record starts."""
     if state.recorder is not None:
         state.recorder.session_started(session)
 
 
-def deliverer(state: ServerState, session: Session) -> Callable[[p.ServerMessage], Awaitable[None]]:
+def deliverer(state: Registry, session: Session) -> Callable[[p.ServerMessage], Awaitable[None]]:
     """Where a source's transcripts go: the record (finals), then ``session.deliver``."""
     if state.recorder is None:
         return session.deliver
     return state.recorder.tap(session)
 
 
-def run_ended(state: ServerState, session: Session) -> None:
+def run_ended(state: Registry, session: Session) -> None:
     """A run ended (stop or detach): the record ends or notes its progress."""
     if state.recorder is not None:
         state.recorder.run_ended(session)

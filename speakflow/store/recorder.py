@@ -37,7 +37,8 @@ from .writer import Writer
 
 if TYPE_CHECKING:
     from ..config import Settings
-    from ..session import ServerState, Session
+    from ..registry import Registry
+    from ..session import Session
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class Recorder:
     """One per app. ``db`` is None with TRANSCRIPT_STORE=off: hooks then cost nothing."""
 
     settings: Settings
-    state: ServerState
+    state: Registry
     db: Database | None = None
     writer: Writer | None = None
     webhook: WebhookSender | None = None
@@ -195,7 +196,7 @@ class Recorder:
         """``live`` or ``resumable`` for a record whose session the server holds."""
         for session, rec in self.records.items():
             if rec.id == record_id:
-                return "resumable" if session.conn is None else "live"
+                return "live" if session.attached else "resumable"
         return None
 
     # ------------------------------------------------------------------ reads (HTTP API)
@@ -297,7 +298,7 @@ def _sources(session: Session) -> dict[str, dict[str, Any]]:
 
 
 @asynccontextmanager
-async def running_recorder(state: ServerState) -> AsyncIterator[Recorder]:
+async def running_recorder(state: Registry) -> AsyncIterator[Recorder]:
     """The app lifespan's part: open the store, run its tasks, flush on the way out."""
     settings = state.settings
     recorder = Recorder(settings, state)

@@ -33,7 +33,8 @@ from .. import protocol as p
 from ..observability.logs import event
 
 if TYPE_CHECKING:
-    from ..session import Connection, Session
+    from ..connection import Connection
+    from ..session import Session
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +111,14 @@ async def _take(conn: Connection, sid: str) -> Session | None:
     its window, or still held by a stale connection of the same user (the server may
     not have noticed yet that the desktop's old socket died), which gives it up as on
     an explicit resume. A session being stopped is never taken."""
-    state = conn.state
+    state = conn.registry
     session = state.sessions.get(sid)
     if session is None or session.user_id != conn.user_id or state.draining:
         return None
-    if session.ending == "stop" and session.stop_requested.is_set():
+    if session.stopping:
         return None  # stopping: its late chunks are refused (protocol.md)
-    holder = session.conn
-    if holder is conn or (holder is not None and holder.active is not session):
+    holder = session.outbox
+    if holder is conn or (holder is not None and not holder.holds(session)):
         return None
     detached = session.detached_at
     if detached is not None and trio.current_time() - detached > conn.settings.RESUME_WINDOW_S:
@@ -128,7 +129,7 @@ async def _take(conn: Connection, sid: str) -> Session | None:
         await session.finished.wait()  # the previous run's flush
     if (
         state.sessions.get(sid) is not session
-        or session.conn is not None
+        or session.attached
         or session.detached_at is None
         or not session.finished.is_set()
     ):
@@ -137,20 +138,16 @@ async def _take(conn: Connection, sid: str) -> Session | None:
 
 
 async def _resume(conn: Connection, session: Session) -> _Tail | None:
-    recorder = conn.state.recorder
+    recorder = conn.registry.recorder
     if recorder is None or recorder.nursery is None:
         return None
-    session.new_run()
-    session.ending = "detach"  # however this run ends, the record stays resumable
-    session.detached_at = None
+    session.new_unattached_run()  # however this run ends, the record stays resumable
     session.resumes += 1
     recorder.implicit_resumes += 1
     tail = _Tail(session, trio.current_time())
     _of(conn).tails[session.id] = tail
     await recorder.nursery.start(_run, conn, session)
-    for source in session.sources.values():
-        source.overflowing = source.failed = False
-        conn._start_source(session, source)
+    session.restart_sources()
     recorder.nursery.start_soon(_watch, conn, tail)
     event(
         log,
@@ -175,7 +172,7 @@ async def _run(
         task_status.started()
 
     try:
-        await conn._run_session(session, task_status=_Status(ready))
+        await session.run(conn, task_status=_Status(ready))
     except Exception:
         # the connection may be gone (its errors can't be sent): the record stays
         log.warning("lost-tail run of session %s ended with an error", session.id, exc_info=True)

@@ -13,7 +13,7 @@ from speakflow.observability.statistics import (
     gauges,
 )
 from speakflow.providers.registry import PROVIDERS
-from speakflow.session import ServerState
+from speakflow.registry import Registry
 from speakflow.store.recorder import Recorder
 from speakflow.store.webhook import WebhookSender
 
@@ -102,7 +102,7 @@ def test_provider_status_keeps_its_keys() -> None:
 
 def test_server_gauges_label_each_providers_own() -> None:
     s = settings()
-    state = ServerState(s)
+    state = Registry(s)
     state.backends["whisper_local"] = PROVIDERS["whisper_local"].backend(s)
     state.backends["deepgram"] = PROVIDERS["deepgram"].backend(s)  # declares no gauges
     state.connections = 3
@@ -124,7 +124,7 @@ def test_server_gauges_label_each_providers_own() -> None:
 
 def test_metrics_render_the_recorders_statistics() -> None:
     s = settings()
-    state = ServerState(s)
+    state = Registry(s)
     recorder = Recorder(s, state)
     recorder.webhook = WebhookSender("http://127.0.0.1:9/hook", "secret")
     recorder.webhook.retries = 4

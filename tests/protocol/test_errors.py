@@ -264,12 +264,12 @@ async def test_unsupported_language_for_language_the_model_cannot_do(server) -> 
 
 
 async def test_internal_error_carries_trace_id(server, monkeypatch) -> None:
-    from speakflow import session as session_mod
+    from speakflow import admission
 
-    def boom(self, msg):  # a bug in provider selection
+    def boom(registry, msg):  # a bug in provider selection
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(session_mod.Connection, "_choose_provider", boom)
+    monkeypatch.setattr(admission, "choose_provider", boom)
     with trio.fail_after(20):
         async with server.client() as c:
             await c.start("s")

@@ -197,8 +197,7 @@ async def test_deflate_bombs_beside_a_streaming_session(echo_server, audio_dir) 
     # unbounded: 67 MB per 64 KiB read, times eight connections
     assert rss["peak"] < 64 * MB, f"RSS grew {rss['peak'] / MB:.0f} MiB"
     with trio.fail_after(5):  # the bombers' connections are gone, not lingering
-        while echo_server.state.connections:  # noqa: ASYNC110 (the server's state, polled)
-            await trio.sleep(0.05)
+        await echo_server.state.wait_until(lambda: not echo_server.state.connections)
 
 
 async def test_an_overflowed_connection_that_never_answers_the_close_is_dropped(server) -> None:

@@ -363,13 +363,15 @@ def test_fuzzed_frames_never_hurt_the_server_or_an_honest_session(
                 # every fuzzed connection is gone, and its session with it (a detached
                 # record may wait for a resume, but nothing of it runs)
                 with trio.fail_after(10):
-                    while True:
-                        sessions = srv.state.sessions.values()
-                        if not srv.state.connections and all(
-                            s.conn is None and s.finished.is_set() for s in sessions
-                        ):
-                            break
-                        await trio.sleep(0.05)
+                    await srv.state.wait_until(
+                        lambda: (
+                            not srv.state.connections
+                            and all(
+                                not s.attached and s.finished.is_set()
+                                for s in srv.state.sessions.values()
+                            )
+                        )
+                    )
                 assert not srv.state.streams
             except BaseException as err:
                 honest.failure = err

@@ -279,7 +279,7 @@ async def test_idle_connection_is_closed_1001() -> None:
                 info = closed[0]
                 assert info.reason.code == 1001
                 assert "idle" in (info.reason.reason or "")
-                assert srv.state.sessions["s"].conn is None  # detached, kept for a resume
+                assert not srv.state.sessions["s"].attached  # detached, kept for a resume
                 await clean_session(busy, "after")
 
 

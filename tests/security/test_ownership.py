@@ -145,11 +145,12 @@ async def test_resume_of_another_users_detached_session() -> None:
                 await alice.expect("session_started")
                 await alice.chunk("owned", "microphone", PCM)
                 await barrier(alice)
-            while True:  # the record stays for RESUME_WINDOW_S, detached
+
+            def detached() -> bool:  # the record stays for RESUME_WINDOW_S, detached
                 session = srv.state.sessions.get("owned")
-                if session is not None and session.conn is None and session.finished.is_set():
-                    break
-                await trio.sleep(0.02)
+                return session is not None and not session.attached and session.finished.is_set()
+
+            await srv.state.wait_until(detached)
             before = samples(srv, "owned")
             assert before == {"microphone": 8000}
             async with srv.client("bob") as bob:

@@ -11,8 +11,9 @@ from ..client import assert_ended_last, read_wav
 PCM_SILENCE = b"\x00\x00" * 8000
 
 
-async def wait_until(predicate) -> None:
-    """Poll server state that has no event to wait on (the test has its own fail_after)."""
+async def poll_until(predicate) -> None:
+    """Poll a stream's own state (its vendor connection), which the registry does not
+    announce; the registry's state is awaited with ``state.wait_until``."""
     while not predicate():  # noqa: ASYNC110
         await trio.sleep(0.02)
 
@@ -25,7 +26,7 @@ async def test_concurrent_sessions_have_separate_provider_instances(server) -> N
             await b.start("sb", sources=["microphone"], user="bob")
             await a.expect("session_started")
             await b.expect("session_started")
-            await wait_until(
+            await poll_until(
                 lambda: (
                     len(state.streams) == 3
                     and all(s.provider is not None for s in state.streams.values())
@@ -41,7 +42,7 @@ async def test_concurrent_sessions_have_separate_provider_instances(server) -> N
             for c, sid in ((a, "sa"), (b, "sb")):
                 await c.stop(sid)
                 await c.until("session_ended")
-    await wait_until(lambda: not state.streams and not state.sessions)
+    await state.wait_until(lambda: not state.streams and not state.sessions)
 
 
 async def test_two_sessions_get_only_their_own_text(server, audio_dir, manifest) -> None:
@@ -98,11 +99,11 @@ async def test_disconnect_ends_provider_streams(server, audio_dir) -> None:
             await c.expect("session_started")
             await c.stream("s", "microphone", pcm[: 32000 * 3])
             await c.stream("s", "system", PCM_SILENCE)
-            await wait_until(lambda: len(state.streams) == 2)
+            await state.wait_until(lambda: len(state.streams) == 2)
         # the client is gone, mid-utterance, without stop_session: every provider
         # stream ends; only the session record stays, for a resume
-        await wait_until(lambda: not state.streams and not state.connections)
-        assert [s.conn for s in state.sessions.values()] == [None]
+        await state.wait_until(lambda: not state.streams and not state.connections)
+        assert [s.attached for s in state.sessions.values()] == [False]
 
 
 async def test_source_joins_on_first_chunk(server) -> None:
@@ -111,9 +112,11 @@ async def test_source_joins_on_first_chunk(server) -> None:
         async with server.client() as c:
             await c.start("s", sources=["microphone"])
             await c.expect("session_started")
-            await wait_until(lambda: set(state.streams) == {("s", "microphone")})
+            await state.wait_until(lambda: set(state.streams) == {("s", "microphone")})
             await c.chunk("s", "system", PCM_SILENCE)
-            await wait_until(lambda: set(state.streams) == {("s", "microphone"), ("s", "system")})
+            await state.wait_until(
+                lambda: set(state.streams) == {("s", "microphone"), ("s", "system")}
+            )
             await c.stop("s")
             msgs = await c.until("session_ended")
             assert not [m for m in msgs if m["type"] == "error"]

