@@ -7,13 +7,21 @@ decides *when* the registry calls it:
 
 * start_session: :meth:`Cluster.open` admits (cluster-wide limits) or resumes
   (any instance of the same user), waiting for a live previous owner's handoff.
-* every final: :meth:`Cluster.journal` appends it before it is sent, then saves
+* every final: :meth:`Cluster.journal` appends it before it is sent (marked
+  written when a client is attached: see "Finals" below), then saves
   a *checkpoint*: per source, the timeline up to the last chunk the finals
   cover. After a crash the next owner continues from that checkpoint, and the
   client, told by ``ack`` up to which of its timestamps audio is covered,
   replays the rest. One or two store calls per final, none per chunk.
 * detach / stop / takeover: :meth:`detach` (full timelines), :meth:`end`,
   :meth:`handoff`.
+
+Finals are never repeated (protocol.md). The store keeps, per source, the
+end_time of the newest final written to a client socket; the finals that were
+queued when a socket went are marked unsent at the detach. A resume sends the
+journaled finals after what the client says it has (``finals_through`` on
+``start_session``), or, when it does not say (SpeakFlow Desktop), after what
+was written to it. docs/scaling.md, "Finals on resume", has the rule.
 
 Store trouble (:class:`SharedStateUnavailable`) never reaches a client: the
 registry carries on with this instance's memory (the store logs once per
@@ -29,7 +37,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -71,8 +79,9 @@ MARKS_MAX = 20_000
 #: at most one checkpoint (and so one ack per source) a second per session: finals
 #: may come per chunk (the echo engine), and each checkpoint is a store call
 CHECKPOINT_EVERY_S = 1.0
-#: a final sent this long ago counts as delivered (see :func:`delivered`)
-DELIVERY_LAG_S = 1.0
+#: a final written this long ago leaves the journal (see :func:`delivered`): a client
+#: that says what it has on resume gets what it lacks if it resumes within this
+JOURNAL_KEEP_S = 30.0
 
 
 class Ack(msgspec.Struct, tag="ack", tag_field="type", frozen=True):
@@ -202,9 +211,12 @@ class Cluster:
         if epoch is None or session.lost:
             return False, []
         sid = session.id
-        final = Final(msg.source, round((msg.end_time or 0.0) * 1000), p.encode(msg).encode())
+        final = Final(msg.source, end_ms(msg), p.encode(msg).encode())
+        written = session.conn is not None  # written next (unless the socket goes first)
         try:
-            seq = await self.store.journal_append(sid, epoch, final, delivered=delivered(session))
+            seq = await self.store.journal_append(
+                sid, epoch, final, delivered=delivered(session), written=written
+            )
         except StaleOwner:
             self._lost(session)
             return False, []
@@ -255,24 +267,35 @@ class Cluster:
         finally:
             session.checkpoint_due = False
 
-    async def pending(self, session: Session) -> list[str]:
-        """Journaled finals the client may not have had, in order; plus finals this
-        instance kept in memory while the store was away."""
+    async def pending(
+        self, session: Session, finals_through: Mapping[p.SourceName, float] | None = None
+    ) -> list[str]:
+        """On resume, the finals to send, in order: journaled ones after what the client
+        says it has (``finals_through``: per source, the end_time of its last final),
+        or after what was written to it; plus finals this instance kept in memory
+        while the store was away. Each goes out once: the store marks them written."""
         assert session.epoch is not None
-        finals = await self.store.journal_pending(session.id)
+        have: dict[str, int] | None = None
+        if finals_through is not None:
+            have = {str(s): ms(t) for s, t in finals_through.items()}
+        try:
+            finals = await self.store.journal_take(session.id, session.epoch, have)
+        except StaleOwner:
+            self._lost(session)
+            finals = []
         seen = {(f.source, f.end_ms) for f in finals}
         out = [f.payload.decode() for f in finals]
-        for text in session.undelivered:  # not journaled (store trouble): in memory only
+        for text in session.undelivered:  # never written: in memory (and maybe journaled)
             msg = p.decode_server(text)
             if isinstance(msg, p.Transcript):
-                key = (msg.source, round((msg.end_time or 0.0) * 1000))
-                if key not in seen:
+                key = (msg.source, end_ms(msg))
+                if key not in seen and (have is None or key[1] > have.get(msg.source, -1)):
+                    seen.add(key)
                     out.append(text)
         session.undelivered.clear()
         if finals:
-            upto = max(f.seq for f in finals)
-            session.last_seq = upto
-            sent(session)  # trimmed by a later append, once DELIVERY_LAG_S has passed
+            session.last_seq = max(session.last_seq, max(f.seq for f in finals))
+            sent(session)  # trimmed by a later append, once JOURNAL_KEEP_S has passed
         return out
 
     # ---- lifecycle ---------------------------------------------------------------
@@ -284,6 +307,9 @@ class Cluster:
         if epoch is None or session.lost:
             return
         try:
+            firsts = unsent(session)
+            if firsts:  # queued when the socket went: the resume sends them
+                await self.store.journal_unsent(session.id, epoch, firsts)
             if not session.taken_over:
                 try:
                     await self.store.detach(session.id, epoch, self.record(session), time.time())
@@ -371,16 +397,35 @@ def sent(session: Session) -> None:
 
 
 def delivered(session: Session) -> int:
-    """The journal seq up to which finals count as delivered: sent at least
-    DELIVERY_LAG_S ago. A send to a socket that is closing is dropped without a
-    word (by Hypercorn, or in the kernel), so the finals of the last moments stay
-    journaled and are sent again on resume; a client drops a repeat by its
-    ``end_time`` (docs.py, "Acknowledgements")."""
-    horizon = trio.current_time() - DELIVERY_LAG_S
+    """The journal seq up to which finals may leave the journal: written at least
+    JOURNAL_KEEP_S ago. Until then a client that resumes and says what it has
+    (``finals_through``) gets any it lacks, e.g. the last ones written into a
+    socket that was already dead; the store never trims one not yet written."""
+    horizon = trio.current_time() - JOURNAL_KEEP_S
     log_ = session.sent_log
     while log_ and log_[0][0] <= horizon:
         session.sent_seq = log_.popleft()[1]
     return session.sent_seq
+
+
+def unsent(session: Session) -> dict[str, int]:
+    """Per source, the end_ms of the oldest final kept in memory for the next attach
+    (never written: queued when the socket went, or made with no client attached)."""
+    firsts: dict[str, int] = {}
+    for text in session.undelivered:
+        msg = p.decode_server(text)
+        if isinstance(msg, p.Transcript) and msg.source not in firsts:
+            firsts[msg.source] = end_ms(msg)
+    return firsts
+
+
+def end_ms(msg: p.Transcript) -> int:
+    """A final's key in the journal (with its source): its end_time in ms."""
+    return ms(msg.end_time or 0.0)
+
+
+def ms(seconds: float) -> int:
+    return round(seconds * 1000)
 
 
 def new_marks() -> deque[tuple[int, int]]:

@@ -408,7 +408,7 @@ class Session:
                 sent(self)
             for ack in acks:
                 await conn.send_raw(encode_ack(ack))
-        elif not journaled:  # the store was away: kept in memory, as without a cluster
+        else:  # not written: the next attach sends it (journaled or not: store away)
             self.undelivered.append(p.encode(msg))
 
 
@@ -530,6 +530,7 @@ class Connection:
         stale connection (1000: a client must not reconnect and take it back)."""
         if self.active is session:
             self.active = None
+            self._keep_unsent(session)  # queued, never written here: for the new connection
             await self._detach(session)
         self.close_with = (1000, "session resumed on another connection")
         self._hang_up()
@@ -1096,7 +1097,7 @@ class Connection:
         if resumed:
             session.resumes += 1
             try:
-                pending = await cluster.pending(session)
+                pending = await cluster.pending(session, msg.finals_through)
             except SharedStateUnavailable:
                 pending = list(session.undelivered)
                 session.undelivered.clear()
