@@ -447,6 +447,9 @@ class Connection:
         self._backlog_overflowed = False
         #: set while the control task runs (None: the reader acts on messages itself)
         self._control_done: trio.Event | None = None
+        #: the run of a session this connection hands to a newer one (give_up): it is
+        #: in our nursery and flushes before the nursery may be cancelled
+        self._giving_up: trio.Event | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -494,6 +497,8 @@ class Connection:
                 await self._detach(session)
             if self.stopping is not None:
                 await self.stopping.finished.wait()
+            if self._giving_up is not None:
+                await self._giving_up.wait()
 
     def _keep_unsent(self, session: Session, failed: str | None = None) -> None:
         """Finals of ``session`` still queued for the writer go back into its record,
@@ -505,7 +510,10 @@ class Connection:
             while True:
                 pending.append(self._out_recv.receive_nowait())
         for text in pending:
-            msg = p.decode_server(text)
+            try:
+                msg = p.decode_server(text)
+            except ValueError:  # an extension message (cluster ack): for this socket only
+                continue
             if isinstance(msg, p.Transcript) and msg.is_final and msg.session_id == session.id:
                 session.undelivered.append(text)
 
@@ -531,6 +539,7 @@ class Connection:
         if self.active is session:
             self.active = None
             self._keep_unsent(session)  # queued, never written here: for the new connection
+            self._giving_up = session.finished
             await self._detach(session)
         self.close_with = (1000, "session resumed on another connection")
         self._hang_up()

@@ -81,7 +81,8 @@ class SourceStats:
     partial: str = ""
     #: resume replay: timestamp -> chunk index of chunks no ``ack`` covers yet
     unacked: dict[int, int] = field(default_factory=dict)
-    #: finals at or before this end_time are repeats (sent again after a resume)
+    #: end_time of the last final (finals_through on resume); one at or before it would
+    #: be a repeat, which the server never sends (counted, to show such a bug)
     last_final_end: float = -1.0
     repeats: int = 0
 
@@ -291,6 +292,7 @@ class StreamClient:
                         },
                         **({"language": self.opts.language} if self.opts.language else {}),
                         **({"provider": self.opts.provider} if self.opts.provider else {}),
+                        **self._finals_through(),
                     }
                 )
             )
@@ -310,6 +312,14 @@ class StreamClient:
             if scope.cancelled_caught:
                 raise StreamFailed(f"no session_ended within {self.opts.stop_timeout:g} s of stop")
             nursery.cancel_scope.cancel()
+
+    def _finals_through(self) -> dict[str, Any]:
+        """On resume: per source, the end_time of the last final received, so the server
+        sends exactly the ones after it (a source with none: left out, none had)."""
+        if not self.resumes:
+            return {}
+        have = {n: s.last_final_end for n, s in self.sources.items() if s.last_final_end >= 0}
+        return {"finals_through": have}
 
     async def _send_audio(self, ws: WebSocketConnection) -> None:
         speed = self.opts.speed

@@ -172,12 +172,20 @@ class SharedState(Protocol):
         ...
 
     async def journal_append(
-        self, session_id: str, epoch: int, final: Final, delivered: int = 0, written: bool = False
+        self,
+        session_id: str,
+        epoch: int,
+        final: Final,
+        delivered: int = 0,
+        written: bool = False,
+        checkpoint: SessionRecord | None = None,
     ) -> int:
         """Journal a final before sending it; returns its seq (the existing one if
         ``(source, end_ms)`` is journaled already). ``delivered``: entries up to that
         seq were written a while ago, trim them in the same call. ``written``: it is
-        written to the attached client next (the source's mark rises to it)."""
+        written to the attached client next (the source's mark rises to it).
+        ``checkpoint``: the record as this final leaves it, saved in the same call
+        (by the owner; a previous owner handing off does not save it)."""
         ...
 
     async def journal_unsent(self, session_id: str, epoch: int, firsts: Mapping[str, int]) -> None:

@@ -208,9 +208,17 @@ class MemoryState:
     # ---- journal ---------------------------------------------------------------
 
     async def journal_append(
-        self, session_id: str, epoch: int, final: Final, delivered: int = 0, written: bool = False
+        self,
+        session_id: str,
+        epoch: int,
+        final: Final,
+        delivered: int = 0,
+        written: bool = False,
+        checkpoint: SessionRecord | None = None,
     ) -> int:
         entry = self._writable(session_id, epoch)
+        if checkpoint is not None and entry.epoch == epoch:
+            entry.record = _encode(checkpoint)
         if delivered and entry.epoch == epoch:
             self._trim(entry, delivered)
         if written:

@@ -215,7 +215,13 @@ class RedisState:
     # ---- journal ---------------------------------------------------------------
 
     async def journal_append(
-        self, session_id: str, epoch: int, final: Final, delivered: int = 0, written: bool = False
+        self,
+        session_id: str,
+        epoch: int,
+        final: Final,
+        delivered: int = 0,
+        written: bool = False,
+        checkpoint: SessionRecord | None = None,
     ) -> int:
         result = await self._script(
             "APPEND",
@@ -226,6 +232,7 @@ class RedisState:
             final.payload,
             delivered,
             int(written),
+            b"" if checkpoint is None else _encode(checkpoint),
         )
         if result == b"stale":
             raise StaleOwner(session_id)

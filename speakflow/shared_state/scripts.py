@@ -222,12 +222,14 @@ local current = h[1] == epoch
 if not current and (h[2] == '0' or h[2] ~= epoch) then return 'stale' end
 """
 
-#: ARGV: P sid epoch source end_ms payload delivered written(0/1) -> seq | 'stale'
+#: ARGV: P sid epoch source end_ms payload delivered written(0/1) checkpoint
+#: -> seq | 'stale'
 APPEND = (
     _WRITABLE
     + _TRIM
     + r"""
 local src, e = ARGV[4], tonumber(ARGV[5])
+if current and ARGV[9] ~= '' then redis.call('HSET', key, 'rec', ARGV[9]) end
 if ARGV[8] == '1' and e > mark(src) then redis.call('HSET', key, 'w:' .. src, e) end
 local delivered = tonumber(ARGV[7])
 if current and delivered > 0 then trim(delivered) end

@@ -335,3 +335,21 @@ async def test_heartbeat_loop_tells_the_old_owner_within_two_seconds(stores: Fac
     ((notice, at),) = told
     assert notice == Takeover("s1", old.epoch)
     assert at - resumed_at < 2.0
+
+
+async def test_a_checkpoint_rides_with_the_append_of_its_final(stores: Factory) -> None:
+    """What a crash keeps is the record saved with the last final journaled; a previous
+    owner's flush during a handoff journals its finals but saves no checkpoint."""
+    a, b = stores("a"), stores("b")
+    await alive(a, b)
+    with trio.fail_after(5):
+        s = await a.open_session(record("s1"), LIMITS, time.time())
+        final = Final("microphone", 1000, b"one")
+        await a.journal_append("s1", s.epoch, final, checkpoint=record("s1", samples=16000))
+        new = await b.open_session(record("s1"), LIMITS, time.time())
+        assert new.record is not None and new.record.sources["microphone"].samples == 16000
+        late = Final("microphone", 2000, b"two")
+        await a.journal_append("s1", s.epoch, late, checkpoint=record("s1", samples=1))
+        await a.handoff("s1", s.epoch, record("s1", samples=32000))
+        rec = await b.wait_handoff("s1", new.epoch, patience_s=5)
+    assert rec.sources["microphone"].samples == 32000
