@@ -45,7 +45,7 @@ import numpy as np
 import trio
 
 from .._gc import tune_for_latency
-from . import procs
+from . import bench_cluster, procs
 from .rawws import OP_PING, ChunkTemplate, HandshakeFailed, RawWebSocket, frame_header, text_frame
 from .wav import TARGET_RATE, WavError, load_wav
 
@@ -79,6 +79,9 @@ class BenchOptions:
     keep_logs: bool = False
     #: store: one round with TRANSCRIPT_STORE=off, one with SQLite (speakflow.store.benchcmp)
     compare_store: bool = False
+    #: scale-out (speakflow.client.bench_cluster): `serve --workers N`; deployments compared
+    workers: int = 1
+    compare_workers: tuple[int, ...] = ()
 
     def ramp_s(self, n: int) -> float:
         return self.ramp if self.ramp is not None else max(1.0, n / 100)
@@ -395,7 +398,8 @@ async def start_stack(opts: BenchOptions) -> Stack:
             "server",
             procs.python_module_argv(
                 "serve", "--host", host, "--port", str(srv_port), "--env-file", os.devnull
-            ),
+            )
+            + bench_cluster.serve_args(opts),
             server_env,
             log_dir / "server.log",
         )
@@ -420,7 +424,7 @@ class _Sampler:
     series: list[tuple[float, int]] = field(default_factory=list)  # (time, server RSS)
 
     def server(self) -> procs.ProcSample | None:
-        return procs.sample_proc(self.server_pid) if self.server_pid else None
+        return bench_cluster.sample_server(self.server_pid) if self.server_pid else None
 
     def emulator(self) -> procs.ProcSample | None:
         return procs.sample_proc(self.emulator_pid) if self.emulator_pid else None
@@ -561,6 +565,9 @@ async def run_round(
     )
     out["server"] = _server_report(
         n, base, idle, streaming, final, cpu_a, cpu_b, sampler, growth_ref_at
+    )
+    out["server"]["cpu_pct_by_role"] = bench_cluster.parts_percent(
+        cpu_a.get("server"), cpu_b.get("server")
     )
     out["emulator"] = {
         "cpu_pct": _r1(procs.cpu_percent(cpu_a.get("emulator"), cpu_b.get("emulator")))
@@ -703,6 +710,8 @@ async def bench(opts: BenchOptions) -> dict[str, Any]:
         from ..store.benchcmp import compare_store
 
         return {"audio": audio_desc, **await compare_store(opts, tracks)}
+    if opts.compare_workers:  # scale-out: one deployment after the other
+        return {"audio": audio_desc, **await bench_cluster.compare(opts, tracks)}
     stack = await start_stack(opts)
     if stack.server_pid is not None:
         print(
@@ -786,6 +795,8 @@ def format_report(r: dict[str, Any]) -> str:
         from ..store.benchcmp import format_comparison
 
         return format_comparison(r)
+    if "compare_workers" in r:
+        return bench_cluster.format_comparison(r)
     if "capacity" in r:
         lines = [
             f"capacity: {r['capacity']} sessions held p99 <= {r['bound_ms']:g} ms with no "
@@ -831,6 +842,7 @@ def format_report(r: dict[str, Any]) -> str:
             f"peak {srv['peak_rss_mb']} MB",
             f"server growth   {srv['rss_growth_pct']}% RSS from 10% of the run (or the warm-up) "
             "to its end",
+            *bench_cluster.report_lines(r),
         ]
     else:
         lines.append("server          not measured (external server: pass --server-pid)")
@@ -873,5 +885,5 @@ def run_bench(opts: BenchOptions) -> int:
     else:
         print(format_report(report), flush=True)
     if opts.find_capacity:
-        return 0 if report["capacity"] > 0 else 1
+        return 0 if (report["capacity"] or 0) > 0 else 1
     return 0 if report["correct"] else 1
