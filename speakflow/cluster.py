@@ -36,6 +36,7 @@ import contextlib
 import logging
 import math
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
@@ -114,6 +115,9 @@ class Cluster:
         #: how long a resume waits for the previous owner's handoff (its flush)
         self.patience_s = s.PROVIDER_RESPONSE_TIMEOUT + 2.0
         self._started = False
+        #: one append at a time per session: each carries the whole checkpoint (every
+        #: source), so one built before another's coverage moved must not land after it
+        self._appending: weakref.WeakKeyDictionary[Session, trio.Lock] = weakref.WeakKeyDictionary()
 
     # ---- start / resume ----------------------------------------------------------
 
@@ -218,6 +222,10 @@ class Cluster:
         """Journal a final before it is sent, with the checkpoint it makes (in the same
         store call): whether it was journaled, and the acks to send after it for the
         audio it covers (never for a final not journaled)."""
+        async with self._appending.setdefault(session, trio.Lock()):
+            return await self._journal(session, msg)
+
+    async def _journal(self, session: Session, msg: p.Transcript) -> tuple[bool, list[Ack]]:
         epoch = session.epoch
         if epoch is None or session.lost:
             return False, []
@@ -272,19 +280,22 @@ class Cluster:
             self._lost(session)
             finals = []
         seen = {(f.source, f.end_ms) for f in finals}
-        out = [f.payload.decode() for f in finals]
+        out = [(f.end_ms, f.payload.decode()) for f in finals]
         for text in session.undelivered:  # never written: in memory (and maybe journaled)
             msg = p.decode_server(text)
             if isinstance(msg, p.Transcript):
                 key = (msg.source, end_ms(msg))
                 if key not in seen and (have is None or key[1] > have.get(msg.source, -1)):
                     seen.add(key)
-                    out.append(text)
+                    out.append((key[1], text))
         session.undelivered.clear()
+        # in time order: a final kept in memory (queued when the socket went, while the
+        # store's mark could not be lowered) goes before the journal's later ones
+        out.sort(key=lambda item: item[0])
         if finals:
             session.last_seq = max(session.last_seq, max(f.seq for f in finals))
             sent(session)  # trimmed by a later append, once JOURNAL_KEEP_S has passed
-        return out
+        return [text for _, text in out]
 
     # ---- lifecycle ---------------------------------------------------------------
 

@@ -144,7 +144,7 @@ async def test_clean_detach_on_a_resume_on_b_finals_while_away_arrive_once(
             await client.send_new(5)
             await client.stop()
             nursery.cancel_scope.cancel()
-    assert increasing(client)
+    assert increasing(client), " ".join(f"{f['_conn']}:{f['end_time']}" for f in client.finals)
     if desktop:  # those A wrote as the client closed its end may have been dropped by it
         assert lost_only_at_the_break(client) or client.texts() == client.expected()
     else:
