@@ -295,7 +295,7 @@ async def _start_clustered(conn: Connection, msg: p.StartSession, echo_mode: ech
     if resumed:
         session.resumes += 1
         try:
-            pending = await cluster.pending(session)
+            pending = await cluster.pending(session, msg.finals_through)
         except SharedStateUnavailable:
             pending = list(session.undelivered)
             session.undelivered.clear()

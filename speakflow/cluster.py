@@ -7,13 +7,21 @@ decides *when* the registry calls it:
 
 * start_session: :meth:`Cluster.open` admits (cluster-wide limits) or resumes
   (any instance of the same user), waiting for a live previous owner's handoff.
-* every final: :meth:`Cluster.journal` appends it before it is sent, then saves
-  a *checkpoint*: per source, the timeline up to the last chunk the finals
-  cover. After a crash the next owner continues from that checkpoint, and the
-  client, told by ``ack`` up to which of its timestamps audio is covered,
-  replays the rest. One or two store calls per final, none per chunk.
+* every final: :meth:`Cluster.journal` appends it before it is sent (marked
+  written when a client is attached: see below) and, in the same store call,
+  saves a *checkpoint*: per source, the timeline up to the last chunk the
+  finals cover. After a crash the next owner continues from that checkpoint,
+  and the client, told by ``ack`` up to which of its timestamps audio is
+  covered, replays the rest. One store call per final, none per chunk.
 * detach / stop / takeover: :meth:`detach` (full timelines), :meth:`end`,
   :meth:`handoff`.
+
+Finals are never repeated (protocol.md). The store keeps, per source, the
+end_time of the newest final written to a client socket; the finals that were
+queued when a socket went are marked unsent at the detach. A resume sends the
+journaled finals after what the client says it has (``finals_through`` on
+``start_session``), or, when it does not say (SpeakFlow Desktop), after what
+was written to it. docs/scaling.md, "Finals on resume", has the rule.
 
 Store trouble (:class:`SharedStateUnavailable`) never reaches a client: the
 registry carries on with this instance's memory (the store logs once per
@@ -28,8 +36,9 @@ import contextlib
 import logging
 import math
 import time
+import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -69,11 +78,9 @@ log = logging.getLogger(__name__)
 #: chunk marks kept per source for acks (a source with no final for this many
 #: chunks acks from the oldest kept one on)
 MARKS_MAX = 20_000
-#: at most one checkpoint (and so one ack per source) a second per session: finals
-#: may come per chunk (the echo engine), and each checkpoint is a store call
-CHECKPOINT_EVERY_S = 1.0
-#: a final sent this long ago counts as delivered (see :func:`delivered`)
-DELIVERY_LAG_S = 1.0
+#: a final written this long ago leaves the journal (see :func:`delivered`): a client
+#: that says what it has on resume gets what it lacks if it resumes within this
+JOURNAL_KEEP_S = 30.0
 
 
 class Ack(msgspec.Struct, tag="ack", tag_field="type", frozen=True):
@@ -109,6 +116,9 @@ class Cluster:
         #: how long a resume waits for the previous owner's handoff (its flush)
         self.patience_s = s.PROVIDER_RESPONSE_TIMEOUT + 2.0
         self._started = False
+        #: one append at a time per session: each carries the whole checkpoint (every
+        #: source), so one built before another's coverage moved must not land after it
+        self._appending: weakref.WeakKeyDictionary[Session, trio.Lock] = weakref.WeakKeyDictionary()
 
     # ---- start / resume ----------------------------------------------------------
 
@@ -124,11 +134,21 @@ class Cluster:
         return await self.store.open_session(record, self.limits, time.time())
 
     async def record_after(self, opened: Opened, sid: str) -> SessionRecord:
-        """The record to continue from: after the previous live owner's handoff if it owes one."""
+        """The record to continue from: after the previous live owner's handoff if it
+        owes one. After a crash its timelines are the checkpoint saved with the last
+        final journaled; each source's last final end is raised to the newest
+        journaled final's all the same (a handoff's flush saves no checkpoint), so a
+        final made again from the client's replay is never sent."""
         assert opened.record is not None
-        if not opened.handoff_pending:
-            return opened.record
-        return await self.store.wait_handoff(sid, opened.epoch, self.patience_s)
+        record = opened.record
+        if opened.handoff_pending:
+            record = await self.store.wait_handoff(sid, opened.epoch, self.patience_s)
+        with contextlib.suppress(SharedStateUnavailable):
+            for final in await self.store.journal_pending(sid):
+                timeline = record.sources.get(final.source)
+                if timeline is not None:
+                    timeline.last_final_end = max(timeline.last_final_end, final.end_ms / 1000)
+        return record
 
     @staticmethod
     def restore(session: Session, source: SourceStream, timeline: SourceTimeline) -> None:
@@ -168,11 +188,14 @@ class Cluster:
         }
         return self._record(session, sources)
 
-    def checkpoint(self, session: Session) -> SessionRecord:
-        """What survives a crash: per source, up to the last chunk finals cover."""
+    def checkpoint(
+        self, session: Session, moved: Mapping[str, tuple[int, int | None, float]] | None = None
+    ) -> SessionRecord:
+        """What survives a crash: per source, up to the last chunk finals cover
+        (``moved``: a source's coverage once the final being journaled is)."""
         sources = {}
         for name, src in session.sources.items():
-            samples, ts, end = src.acked
+            samples, ts, end = (moved or {}).get(name, src.acked)
             sources[name] = SourceTimeline(
                 samples=samples,
                 first_ts=src.timeline.first_timestamp,
@@ -197,84 +220,83 @@ class Cluster:
     # ---- finals ------------------------------------------------------------------
 
     async def journal(self, session: Session, msg: p.Transcript) -> tuple[bool, list[Ack]]:
-        """Journal a final before it is sent: whether it was, and the acks to send after
-        it if audio is now safely covered (never for a final not journaled)."""
+        """Journal a final before it is sent, with the checkpoint it makes (in the same
+        store call): whether it was journaled, and the acks to send after it for the
+        audio it covers (never for a final not journaled)."""
+        async with self._appending.setdefault(session, trio.Lock()):
+            return await self._journal(session, msg)
+
+    async def _journal(self, session: Session, msg: p.Transcript) -> tuple[bool, list[Ack]]:
         epoch = session.epoch
         if epoch is None or session.lost:
             return False, []
         sid = session.id
-        final = Final(msg.source, round((msg.end_time or 0.0) * 1000), p.encode(msg).encode())
+        final = Final(msg.source, end_ms(msg), p.encode(msg).encode())
+        written = session.attached  # written next (unless the socket goes first)
+        source = session.sources.get(msg.source)
+        moved = None
+        if source is not None and not session.taken_over:
+            moved = _coverage(source, msg.end_time or 0.0)
+        checkpoint = None
+        if source is not None and moved is not None:
+            checkpoint = self.checkpoint(session, {source.name: moved[1]})
         try:
-            seq = await self.store.journal_append(sid, epoch, final, delivered=delivered(session))
+            seq = await self.store.journal_append(
+                sid,
+                epoch,
+                final,
+                delivered=delivered(session),
+                written=written,
+                checkpoint=checkpoint,
+            )
         except StaleOwner:
             self._lost(session)
             return False, []
         except SharedStateUnavailable:
             return False, []
         session.last_seq = max(session.last_seq, seq)
-        source = session.sources.get(msg.source)
-        if source is None or session.taken_over:
+        if source is None or moved is None:
             return True, []
-        if _covered(source, msg.end_time or 0.0) is None:
+        _advance(source, *moved)
+        covered = source.acked[1]
+        if covered is None or session.acks_sent.get(source.name) == covered:
             return True, []
-        if trio.current_time() - session.checkpoint_at >= CHECKPOINT_EVERY_S:
-            return True, await self._checkpoint(session)
-        if not session.checkpoint_due and session.nursery is not None:
-            session.checkpoint_due = True  # acked with a checkpoint a little later
-            session.nursery.start_soon(self._checkpoint_later, session)
-        return True, []
+        session.acks_sent[source.name] = covered
+        return True, [Ack(sid, source.name, covered)]
 
-    async def _checkpoint(self, session: Session) -> list[Ack]:
-        """Save what finals cover; an ack for each source whose coverage moved."""
+    async def pending(
+        self, session: Session, finals_through: Mapping[p.SourceName, float] | None = None
+    ) -> list[str]:
+        """On resume, the finals to send, in order: journaled ones after what the client
+        says it has (``finals_through``: per source, the end_time of its last final),
+        or after what was written to it; plus finals this instance kept in memory
+        while the store was away. Each goes out once: the store marks them written."""
         assert session.epoch is not None
-        session.checkpoint_at = trio.current_time()
+        have: dict[str, int] | None = None
+        if finals_through is not None:
+            have = {str(s): ms(t) for s, t in finals_through.items()}
         try:
-            await self.store.save(session.id, session.epoch, self.checkpoint(session))
-        except (StaleOwner, SharedStateUnavailable):
-            # StaleOwner: resumed elsewhere, this flush is the handoff's (appends pass)
-            return []
-        acks = []
-        for name, src in session.sources.items():
-            covered = src.acked[1]
-            if covered is not None and session.acks_sent.get(name) != covered:
-                session.acks_sent[name] = covered
-                acks.append(Ack(session.id, name, covered))
-        return acks
-
-    async def _checkpoint_later(self, session: Session) -> None:
-        """The checkpoint skipped to keep to one a second, once the second is over;
-        not needed if the run ends first (a detach saves everything, a stop ends)."""
-        try:
-            with trio.move_on_at(session.checkpoint_at + CHECKPOINT_EVERY_S):
-                await session.stop_requested.wait()
-            if session.stop_requested.is_set() or session.lost or session.taken_over:
-                return
-            for ack in await self._checkpoint(session):
-                outbox = session.outbox
-                if outbox is not None:
-                    await outbox.send_raw(encode_ack(ack))
-        finally:
-            session.checkpoint_due = False
-
-    async def pending(self, session: Session) -> list[str]:
-        """Journaled finals the client may not have had, in order; plus finals this
-        instance kept in memory while the store was away."""
-        assert session.epoch is not None
-        finals = await self.store.journal_pending(session.id)
+            finals = await self.store.journal_take(session.id, session.epoch, have)
+        except StaleOwner:
+            self._lost(session)
+            finals = []
         seen = {(f.source, f.end_ms) for f in finals}
-        out = [f.payload.decode() for f in finals]
-        for text in session.undelivered:  # not journaled (store trouble): in memory only
+        out = [(f.end_ms, f.payload.decode()) for f in finals]
+        for text in session.undelivered:  # never written: in memory (and maybe journaled)
             msg = p.decode_server(text)
             if isinstance(msg, p.Transcript):
-                key = (msg.source, round((msg.end_time or 0.0) * 1000))
-                if key not in seen:
-                    out.append(text)
+                key = (msg.source, end_ms(msg))
+                if key not in seen and (have is None or key[1] > have.get(msg.source, -1)):
+                    seen.add(key)
+                    out.append((key[1], text))
         session.undelivered.clear()
+        # in time order: a final kept in memory (queued when the socket went, while the
+        # store's mark could not be lowered) goes before the journal's later ones
+        out.sort(key=lambda item: item[0])
         if finals:
-            upto = max(f.seq for f in finals)
-            session.last_seq = upto
-            sent(session)  # trimmed by a later append, once DELIVERY_LAG_S has passed
-        return out
+            session.last_seq = max(session.last_seq, max(f.seq for f in finals))
+            sent(session)  # trimmed by a later append, once JOURNAL_KEEP_S has passed
+        return [text for _, text in out]
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -285,6 +307,9 @@ class Cluster:
         if epoch is None or session.lost:
             return
         try:
+            firsts = unsent(session)
+            if firsts:  # queued when the socket went: the resume sends them
+                await self.store.journal_unsent(session.id, epoch, firsts)
             if not session.taken_over:
                 try:
                     await self.store.detach(session.id, epoch, self.record(session), time.time())
@@ -372,16 +397,35 @@ def sent(session: Session) -> None:
 
 
 def delivered(session: Session) -> int:
-    """The journal seq up to which finals count as delivered: sent at least
-    DELIVERY_LAG_S ago. A send to a socket that is closing is dropped without a
-    word (by Hypercorn, or in the kernel), so the finals of the last moments stay
-    journaled and are sent again on resume; a client drops a repeat by its
-    ``end_time`` (docs.py, "Acknowledgements")."""
-    horizon = trio.current_time() - DELIVERY_LAG_S
+    """The journal seq up to which finals may leave the journal: written at least
+    JOURNAL_KEEP_S ago. Until then a client that resumes and says what it has
+    (``finals_through``) gets any it lacks, e.g. the last ones written into a
+    socket that was already dead; the store never trims one not yet written."""
+    horizon = trio.current_time() - JOURNAL_KEEP_S
     log_ = session.sent_log
     while log_ and log_[0][0] <= horizon:
         session.sent_seq = log_.popleft()[1]
     return session.sent_seq
+
+
+def unsent(session: Session) -> dict[str, int]:
+    """Per source, the end_ms of the oldest final kept in memory for the next attach
+    (never written: queued when the socket went, or made with no client attached)."""
+    firsts: dict[str, int] = {}
+    for text in session.undelivered:
+        msg = p.decode_server(text)
+        if isinstance(msg, p.Transcript) and msg.source not in firsts:
+            firsts[msg.source] = end_ms(msg)
+    return firsts
+
+
+def end_ms(msg: p.Transcript) -> int:
+    """A final's key in the journal (with its source): its end_time in ms."""
+    return ms(msg.end_time or 0.0)
+
+
+def ms(seconds: float) -> int:
+    return round(seconds * 1000)
 
 
 def new_marks() -> deque[tuple[int, int]]:
@@ -389,22 +433,36 @@ def new_marks() -> deque[tuple[int, int]]:
     return deque(maxlen=MARKS_MAX)
 
 
-def _covered(source: SourceStream, end_s: float) -> int | None:
-    """Advance ``source.acked`` past every chunk that ends by ``end_s``; the newest
-    such chunk's timestamp, or None if this final covers no further chunk."""
+def _coverage(
+    source: SourceStream, end_s: float
+) -> tuple[int, tuple[int, int | None, float]] | None:
+    """What a final ending at ``end_s`` covers: how many of the oldest chunk marks
+    end by it, and ``source.acked`` after them; None if it covers nothing new."""
     marks = source.marks
     if marks is None:
         return None
     end = round(end_s * SAMPLE_RATE)
-    covered: int | None = None
-    while marks and marks[0][0] <= end:
-        samples, ts = marks.popleft()
-        covered = ts
-        source.acked = (samples, ts, end_s)
-    if covered is None:
-        samples, last, done = source.acked
-        source.acked = (samples, last, max(end_s, done))
-    return covered
+    n = 0
+    for samples, _ts in marks:
+        if samples > end:
+            break
+        n += 1
+    old_samples, old_ts, done = source.acked
+    if n == 0:
+        if end_s <= done:
+            return None
+        return 0, (old_samples, old_ts, end_s)  # no whole chunk more: the final end only
+    samples, ts = marks[n - 1]
+    return n, (samples, ts, end_s)
+
+
+def _advance(source: SourceStream, n: int, acked: tuple[int, int | None, float]) -> None:
+    """The final was journaled: its coverage is what a crash keeps now."""
+    marks = source.marks
+    assert marks is not None
+    for _ in range(n):
+        marks.popleft()
+    source.acked = acked
 
 
 def _finite(value: float) -> float:

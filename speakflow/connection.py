@@ -57,6 +57,9 @@ class Connection:
         #: IDLE_TIMEOUT_S: time of the last client message, and the close to send on expiry.
         self.last_rx = trio.current_time()
         self.close_with: tuple[int, str] | None = None
+        #: the run of a session this connection hands to a newer one (give_up): it is
+        #: in our nursery and flushes before the nursery may be cancelled
+        self._giving_up: trio.Event | None = None
         #: cancelled to end the connection: the reader stops, the session detaches
         self._reader_scope = trio.CancelScope()
         self.inbox = Inbox(self)
@@ -147,20 +150,11 @@ class Connection:
                 self._keep_unsent(session)
                 await self._detach(session)
             await self.wait_stopped()
+            if self._giving_up is not None:
+                await self._giving_up.wait()
 
     def _keep_unsent(self, session: Session, failed: str | None = None) -> None:
-        """Finals of ``session`` still queued for the writer go back into its record,
-        to be delivered on resume: the socket they were meant for is gone (Hypercorn
-        drops writes to a closing socket without a word). Everything else queued
-        (partials, errors) was for this connection only."""
-        pending = [] if failed is None else [failed]
-        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
-            while True:
-                pending.append(self._out_recv.receive_nowait())
-        for text in pending:
-            msg = p.decode_server(text)
-            if isinstance(msg, p.Transcript) and msg.is_final and msg.session_id == session.id:
-                session.undelivered.append(text)
+        keep_unsent(self._out_recv, session, failed)
 
     async def _detach(self, session: Session) -> None:
         session.detach(self)
@@ -179,6 +173,8 @@ class Connection:
         """Another connection resumed ``session``: flush it here, then close this
         stale connection (1000: a client must not reconnect and take it back)."""
         if self.active is session:
+            self._keep_unsent(session)  # queued, never written here: for the new connection
+            self._giving_up = session.finished
             await self._detach(session)
         self.close_with = (1000, "session resumed on another connection")
         self._hang_up()
@@ -287,3 +283,23 @@ class Connection:
         session.end_run(EndReason.STOP)
         event(log, "session.stop", "stop requested")
         session_id_var.set(None)
+
+
+def keep_unsent(
+    queue: trio.MemoryReceiveChannel[str], session: Session, failed: str | None = None
+) -> None:
+    """Finals of ``session`` still queued for the writer go back into its record,
+    to be delivered on resume: the socket they were meant for is gone (Hypercorn
+    drops writes to a closing socket without a word). Everything else queued
+    (partials, errors, acks) was for this connection only."""
+    pending = [] if failed is None else [failed]
+    with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+        while True:
+            pending.append(queue.receive_nowait())
+    for text in pending:
+        try:
+            msg = p.decode_server(text)
+        except ValueError:  # an extension message (cluster ack): for this socket only
+            continue
+        if isinstance(msg, p.Transcript) and msg.is_final and msg.session_id == session.id:
+            session.undelivered.append(text)

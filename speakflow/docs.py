@@ -172,11 +172,12 @@ is never revised or repeated.</p>
 covered by finals stored in the cluster: a client may forget those chunks. Sent after the final
 that covers them. On resume (any instance, same user and session id), a client replays the
 chunks not yet acknowledged; the server drops those it already has. If the instance holding a
-session dies, finals it had produced are delivered on resume; a final sent shortly before the
-socket went may come again: drop a final whose <code>end_time</code> is not later than the last
-final of its source. A client that ignores <code>ack</code> (and replays only chunks it never
-sent) can lose at most the utterance in flight at the crash. Unknown message types may be
-ignored.</p>
+session dies, finals it had produced are delivered on resume, none twice. A resuming client may
+add <code>"finals_through": {{"microphone": 12.48}}</code> to <code>start_session</code> (per
+source, the <code>end_time</code> of the last final it has): it then gets exactly the finals after
+it; without it, it gets those never written to its socket. A client that ignores <code>ack</code>
+(and replays only chunks it never sent) can lose at most the utterance in flight at the crash.
+Unknown message types may be ignored.</p>
 
 <h3>Error codes</h3>
 <table><tr><th>code</th><th>when</th></tr>

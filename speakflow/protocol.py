@@ -8,7 +8,7 @@ it returns, so every rule of the contract can be unit-tested without sockets.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -17,6 +17,7 @@ from .errors import ErrorCode as ErrorCode
 from .errors import ProtocolViolation as ProtocolViolation
 
 SOURCES = ("microphone", "system")
+SourceName = Literal["microphone", "system"]
 #: Client strings in error messages and logs are cut to this many characters
 #: (ids to MAX_ID_CHARS, the longest valid one): echoed, never megabytes of them.
 MAX_ECHO_CHARS = 64
@@ -71,6 +72,9 @@ class StartSession(msgspec.Struct, tag="start_session", tag_field="type", frozen
     provider: str | None = None
     #: extension: off | auto | on, overrides ECHO_CANCELLATION for this session
     echo_cancellation: str | None = None
+    #: extension (resume in a cluster): per source, the end_time of the last final the
+    #: client has; the server then sends exactly the finals after it (docs/scaling.md)
+    finals_through: dict[SourceName, Annotated[float, msgspec.Meta(ge=0)]] | None = None
 
 
 class AudioChunk(msgspec.Struct, tag="audio_chunk", tag_field="type", frozen=True):

@@ -198,7 +198,7 @@ class Session:
                 sent(self)
             for ack in acks:
                 await outbox.send_raw(encode_ack(ack))
-        elif not journaled:  # the store was away: kept in memory, as without a cluster
+        else:  # not written: the next attach sends it (journaled or not: store away)
             self.undelivered.append(p.encode(msg))
 
     async def report(self, code: str, message: str, trace_id: str | None = None) -> None:

@@ -15,14 +15,20 @@ from a live owner, that owner may still journal the finals it flushes and
 write its last timeline (:meth:`SharedState.handoff`) with the old epoch,
 until it has done so once.
 
-The finals journal. A final is appended *before* it is sent; the owner marks
-it delivered once the send returned (``delivered=`` on the next append, or
-:meth:`journal_trim`). On resume, the new owner sends what is still in the
-journal. The rule for the final in flight at a crash (appended, maybe sent,
-not yet marked): it is sent again on resume unless the client's resume says
-it has it; entries are unique by ``(source, end_ms)``, so a final journaled
-twice (a flush retried, a handoff racing a detach) is stored once, and a
-client that keeps the last final ``end_time`` per source can drop a repeat.
+The finals journal. A final is appended *before* it is sent, so a crash after
+the append loses nothing. Per source the store keeps a *written mark*: the
+end_ms of the newest final handed to a client socket (``written=True`` on the
+append, made while a client is attached; lowered by :meth:`journal_unsent`
+for finals that were queued but never written when the socket went). On
+resume, :meth:`journal_take` returns the finals to send: per source those
+after the end_ms the client says it has (``finals_through`` on its
+``start_session``), or, from a client that does not say, those after the
+written mark; the mark then moves past them. So no final is ever sent twice;
+a client that does not say what it has can lose a final that was written
+just before a crash and never arrived (at most the utterance in flight).
+Entries are unique by ``(source, end_ms)``, so a final journaled twice (a
+flush retried, a handoff racing a detach) is stored once; they are trimmed
+(``delivered=``) once written a while ago, never while above the mark.
 
 Failure. Any trouble reaching the shared store raises
 :class:`SharedStateUnavailable` within the store's timeout; the registry
@@ -162,18 +168,42 @@ class SharedState(Protocol):
         ...
 
     async def journal_append(
-        self, session_id: str, epoch: int, final: Final, delivered: int = 0
+        self,
+        session_id: str,
+        epoch: int,
+        final: Final,
+        delivered: int = 0,
+        written: bool = False,
+        checkpoint: SessionRecord | None = None,
     ) -> int:
         """Journal a final before sending it; returns its seq (the existing one if
         ``(source, end_ms)`` is journaled already). ``delivered``: entries up to that
-        seq were sent, trim them in the same call."""
+        seq were written a while ago, trim them in the same call. ``written``: it is
+        written to the attached client next (the source's mark rises to it).
+        ``checkpoint``: the record as this final leaves it, saved in the same call
+        (by the owner; a previous owner handing off does not save it)."""
+        ...
+
+    async def journal_unsent(self, session_id: str, epoch: int, firsts: Mapping[str, int]) -> None:
+        """Per source, the finals from end_ms ``firsts[source]`` on were never written
+        (queued when the socket went): the mark drops below them. The previous owner
+        may call it until its handoff is done, as ``journal_append``."""
+        ...
+
+    async def journal_take(
+        self, session_id: str, epoch: int, have: Mapping[str, int] | None = None
+    ) -> list[Final]:
+        """A resume: the journaled finals to send now, in order. ``have``: per source,
+        the end_ms of the last final the client has (a source left out: none); None:
+        the client did not say, so those after the written mark. The marks move past
+        what is returned (it is written next)."""
         ...
 
     async def journal_pending(
         self, session_id: str, received: Mapping[str, int] | None = None
     ) -> list[Final]:
-        """Journaled finals not yet delivered, in order; ``received``: per source, the
-        end_ms of the last final the client says it has (those at or before it are left out)."""
+        """Every journaled final (written or not), in order; ``received``: per source, the
+        end_ms of the last final the client has (those at or before it are left out)."""
         ...
 
     async def journal_trim(self, session_id: str, epoch: int, upto: int) -> None:

@@ -44,6 +44,8 @@ class _Entry:
     handoff: int = 0
     handoff_from: str = ""
     journal: list[Final] = field(default_factory=list)
+    #: per source, the end_ms of the newest final written to a client (see base)
+    written: dict[str, int] = field(default_factory=dict)
 
 
 class MemoryCore:
@@ -206,20 +208,52 @@ class MemoryState:
     # ---- journal ---------------------------------------------------------------
 
     async def journal_append(
-        self, session_id: str, epoch: int, final: Final, delivered: int = 0
+        self,
+        session_id: str,
+        epoch: int,
+        final: Final,
+        delivered: int = 0,
+        written: bool = False,
+        checkpoint: SessionRecord | None = None,
     ) -> int:
-        entry = self.core.sessions.get(session_id)
-        handing_off = entry is not None and entry.handoff != 0 and entry.handoff == epoch
-        if entry is None or (entry.epoch != epoch and not handing_off):
-            raise StaleOwner(session_id)
+        entry = self._writable(session_id, epoch)
+        if checkpoint is not None and entry.epoch == epoch:
+            entry.record = _encode(checkpoint)
         if delivered and entry.epoch == epoch:
             self._trim(entry, delivered)
+        if written:
+            entry.written[final.source] = max(entry.written.get(final.source, -1), final.end_ms)
         for old in entry.journal:
             if old.source == final.source and old.end_ms == final.end_ms:
                 return old.seq
         entry.seq += 1
         entry.journal.append(Final(final.source, final.end_ms, final.payload, entry.seq))
         return entry.seq
+
+    def _writable(self, session_id: str, epoch: int) -> _Entry:
+        """The owner's entry; or the previous owner's, until its handoff is done."""
+        entry = self.core.sessions.get(session_id)
+        handing_off = entry is not None and entry.handoff != 0 and entry.handoff == epoch
+        if entry is None or (entry.epoch != epoch and not handing_off):
+            raise StaleOwner(session_id)
+        return entry
+
+    async def journal_unsent(self, session_id: str, epoch: int, firsts: Mapping[str, int]) -> None:
+        entry = self._writable(session_id, epoch)
+        for source, end_ms in firsts.items():
+            if end_ms - 1 < entry.written.get(source, -1):
+                entry.written[source] = end_ms - 1
+
+    async def journal_take(
+        self, session_id: str, epoch: int, have: Mapping[str, int] | None = None
+    ) -> list[Final]:
+        entry = self._owned(session_id, epoch)
+        out = [f for f in entry.journal if f.end_ms > _after(entry, f.source, have)]
+        for source, end_ms in (have or {}).items():
+            entry.written[source] = max(entry.written.get(source, -1), end_ms)
+        for f in out:
+            entry.written[f.source] = max(entry.written.get(f.source, -1), f.end_ms)
+        return out
 
     async def journal_pending(
         self, session_id: str, received: Mapping[str, int] | None = None
@@ -235,7 +269,14 @@ class MemoryState:
 
     @staticmethod
     def _trim(entry: _Entry, upto: int) -> None:
-        entry.journal = [f for f in entry.journal if f.seq > upto]
+        """Drop entries up to seq ``upto`` from the head, stopping at the first one
+        not written yet (it waits for a resume)."""
+        keep = 0
+        for f in entry.journal:
+            if f.seq > upto or f.end_ms > entry.written.get(f.source, -1):
+                break
+            keep += 1
+        del entry.journal[:keep]
 
     # ---- instances -------------------------------------------------------------
 
@@ -249,3 +290,11 @@ class MemoryState:
 
     async def aclose(self) -> None:
         self.core.alive.pop(self.instance_id, None)
+
+
+def _after(entry: _Entry, source: str, have: Mapping[str, int] | None) -> int:
+    """The end_ms after which ``source``'s finals go to a resuming client: what it
+    says it has (a source it leaves out: none), else what was written to it."""
+    if have is not None:
+        return have.get(source, -1)
+    return entry.written.get(source, -1)

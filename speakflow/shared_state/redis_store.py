@@ -56,6 +56,12 @@ T = TypeVar("T")
 POLL_S = 0.05
 
 
+def _final(item: bytes) -> Final:
+    """A journal entry, ``<seq>\\n<source>\\n<end_ms>\\n<payload>`` (scripts.py)."""
+    seq, source, end, payload = item.split(b"\n", 3)
+    return Final(source.decode(), int(end), payload, int(seq))
+
+
 def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
@@ -101,6 +107,8 @@ class RedisState:
                 "HANDOFF",
                 "HANDOFF_STATE",
                 "APPEND",
+                "UNSENT",
+                "TAKE",
                 "TRIM",
                 "HEARTBEAT",
             )
@@ -207,14 +215,40 @@ class RedisState:
     # ---- journal ---------------------------------------------------------------
 
     async def journal_append(
-        self, session_id: str, epoch: int, final: Final, delivered: int = 0
+        self,
+        session_id: str,
+        epoch: int,
+        final: Final,
+        delivered: int = 0,
+        written: bool = False,
+        checkpoint: SessionRecord | None = None,
     ) -> int:
         result = await self._script(
-            "APPEND", session_id, epoch, final.source, final.end_ms, final.payload, delivered
+            "APPEND",
+            session_id,
+            epoch,
+            final.source,
+            final.end_ms,
+            final.payload,
+            delivered,
+            int(written),
+            b"" if checkpoint is None else _encode(checkpoint),
         )
         if result == b"stale":
             raise StaleOwner(session_id)
         return int(result)
+
+    async def journal_unsent(self, session_id: str, epoch: int, firsts: Mapping[str, int]) -> None:
+        pairs = [x for source, end_ms in firsts.items() for x in (source, end_ms)]
+        if await self._script("UNSENT", session_id, epoch, *pairs) == b"stale":
+            raise StaleOwner(session_id)
+
+    async def journal_take(
+        self, session_id: str, epoch: int, have: Mapping[str, int] | None = None
+    ) -> list[Final]:
+        pairs = [x for source, end_ms in (have or {}).items() for x in (source, end_ms)]
+        items = await self._owned("TAKE", session_id, epoch, int(have is not None), *pairs)
+        return [_final(item) for item in items]
 
     async def journal_pending(
         self, session_id: str, received: Mapping[str, int] | None = None
@@ -224,13 +258,8 @@ class RedisState:
             "journal_pending", partial(self._client.lrange, key, 0, -1)
         )
         have = received or {}
-        out = []
-        for item in items:
-            seq, source, end, payload = item.split(b"\n", 3)
-            final = Final(source.decode(), int(end), payload, int(seq))
-            if final.end_ms > have.get(final.source, -1):
-                out.append(final)
-        return out
+        finals = (_final(item) for item in items)
+        return [f for f in finals if f.end_ms > have.get(f.source, -1)]
 
     async def journal_trim(self, session_id: str, epoch: int, upto: int) -> None:
         await self._owned("TRIM", session_id, epoch, upto)

@@ -9,6 +9,7 @@ primary with replicas), not Redis Cluster.
 
 Layout (prefix ``P``, default ``speakflow:``):
   P s:<sid>   hash  user owner epoch attached(1/0) since(ms) rec seq handoff hfrom
+                    w:<source> (the written mark: end_ms of the newest final written)
   P u:<user>  set   the user's session ids
   P all       set   every session id (scanned only when a total limit is set)
   P i:<inst>  str   present while the instance's heartbeat is current (PX ttl)
@@ -191,21 +192,28 @@ redis.call('HSET', key, 'handoff', 0, 'hfrom', '')
 return {'ok', h[4]}
 """
 
-_TRIM = r"""
+_MARK = r"""
+local function mark(src) return tonumber(redis.call('HGET', key, 'w:' .. src) or '-1') end
+"""
+
+_TRIM = (
+    _MARK
+    + r"""
+-- from the head, up to seq upto, stopping at an entry above its source's mark
 local function trim(upto)
   while true do
     local head = redis.call('LINDEX', jkey, 0)
     if not head then return end
-    local seq = tonumber(string.match(head, '^(%d+)\n'))
-    if seq > upto then return end
+    local seq, src, e = string.match(head, '^(%d+)\n([^\n]*)\n(%d+)\n')
+    if tonumber(seq) > upto or tonumber(e) > mark(src) then return end
     redis.call('LPOP', jkey)
   end
 end
 """
+)
 
-#: ARGV: P sid epoch source end_ms payload delivered -> seq | 'stale'
-APPEND = (
-    r"""
+# The owner's writes, or the previous owner's until its handoff is done.
+_WRITABLE = r"""
 local P, sid, epoch = ARGV[1], ARGV[2], ARGV[3]
 local key, jkey = P .. 's:' .. sid, P .. 'j:' .. sid
 local h = redis.call('HMGET', key, 'epoch', 'handoff')
@@ -213,20 +221,73 @@ if not h[1] then return 'stale' end
 local current = h[1] == epoch
 if not current and (h[2] == '0' or h[2] ~= epoch) then return 'stale' end
 """
+
+#: ARGV: P sid epoch source end_ms payload delivered written(0/1) checkpoint
+#: -> seq | 'stale'
+APPEND = (
+    _WRITABLE
     + _TRIM
     + r"""
+local src, e = ARGV[4], tonumber(ARGV[5])
+if current and ARGV[9] ~= '' then redis.call('HSET', key, 'rec', ARGV[9]) end
+if ARGV[8] == '1' and e > mark(src) then redis.call('HSET', key, 'w:' .. src, e) end
 local delivered = tonumber(ARGV[7])
 if current and delivered > 0 then trim(delivered) end
-local mark = '\n' .. ARGV[4] .. '\n' .. ARGV[5] .. '\n'
-for _, item in ipairs(redis.call('LRANGE', jkey, 0, -1)) do
-  local seq, rest = string.match(item, '^(%d+)(\n[^\n]*\n[^\n]*\n)')
-  if rest == mark then return tonumber(seq) end
+-- a repeat is among the newest entries: per source, end_ms only grows
+for i = redis.call('LLEN', jkey) - 1, 0, -1 do
+  local item = redis.call('LINDEX', jkey, i)
+  local seq, s, old = string.match(item, '^(%d+)\n([^\n]*)\n(%d+)\n')
+  if s == src then
+    if tonumber(old) == e then return tonumber(seq) end
+    if tonumber(old) < e then break end
+  end
 end
 local seq = redis.call('HINCRBY', key, 'seq', 1)
-redis.call('RPUSH', jkey, seq .. mark .. ARGV[6])
+redis.call('RPUSH', jkey, seq .. '\n' .. src .. '\n' .. ARGV[5] .. '\n' .. ARGV[6])
 local ttl = redis.call('PTTL', key)
 if ttl > 0 then redis.call('PEXPIRE', jkey, ttl) end
 return seq
+"""
+)
+
+#: ARGV: P sid epoch [source first_unsent_ms]... -> 'ok' | 'stale'
+UNSENT = (
+    _WRITABLE
+    + _MARK
+    + r"""
+for i = 4, #ARGV, 2 do
+  local below = tonumber(ARGV[i + 1]) - 1
+  if below < mark(ARGV[i]) then redis.call('HSET', key, 'w:' .. ARGV[i], below) end
+end
+return 'ok'
+"""
+)
+
+#: ARGV: P sid epoch said(0/1) [source have_ms]... -> entries | 'stale'
+TAKE = (
+    _OWNED
+    + _MARK
+    + r"""
+local said, have = ARGV[4] == '1', {}
+for i = 5, #ARGV, 2 do have[ARGV[i]] = tonumber(ARGV[i + 1]) end
+local out, top = {}, {}
+for _, item in ipairs(redis.call('LRANGE', P .. 'j:' .. sid, 0, -1)) do
+  local src, e = string.match(item, '^%d+\n([^\n]*)\n(%d+)\n')
+  e = tonumber(e)
+  local after
+  if said then after = have[src] or -1 else after = mark(src) end
+  if e > after then
+    table.insert(out, item)
+    top[src] = e
+  end
+end
+for src, e in pairs(have) do
+  if top[src] == nil or top[src] < e then top[src] = e end
+end
+for src, e in pairs(top) do
+  if e > mark(src) then redis.call('HSET', key, 'w:' .. src, e) end
+end
+return out
 """
 )
 

@@ -6,6 +6,12 @@
 // "bearer.<jwt>" (AUTH_MODE=jwt). Microphone and AudioWorklet need a secure context:
 // https://, or http://localhost / http://127.0.0.1.
 //
+// Resume: the page keeps every chunk it sent until an `ack` (cluster servers) covers it, at
+// most KEEP_CHUNKS per source. When the socket closes unexpectedly it reconnects, resumes
+// the same session (start_session again, with `finals_through`: per source the end_time of
+// the last final shown), and sends the kept chunks again; the server drops those it has and
+// sends exactly the finals the page has not shown (docs/scaling.md, "Finals on resume").
+//
 // Past sessions come from the server's transcript record (GET /v1/sessions, same identity:
 // X-User-Id header or Authorization: Bearer, which fetch() can set). The session being shown
 // is in the URL (#session=<id>), so a reload shows it again from the record.
@@ -14,6 +20,8 @@ const TARGET_RATE = 16000;
 const CHUNK_SAMPLES = 8000; // 500 ms, as the desktop client sends
 const SOURCES = ["microphone", "system"];
 const STOP_WAIT_MS = 60000;
+const KEEP_CHUNKS = 240; // 2 minutes of 500 ms chunks per source, kept until acknowledged
+const RECONNECT_DELAYS_MS = [200, 500, 1000, 2000, 4000, 8000, 15000, 30000]; // then give up
 const FORMATS = { txt: "text/plain", md: "text/markdown", srt: "application/x-subrip", vtt: "text/vtt", json: "application/json" };
 
 const CLOSE_HINTS = {
@@ -57,6 +65,7 @@ function showTranscript(msg) {
   if (msg.is_final) {
     if (msg.text.trim()) {
       const li = document.createElement("li");
+      li.dataset.end = String(msg.end_time);
       const time = document.createElement("time");
       time.textContent = clock(msg.start_time);
       li.append(time, document.createTextNode(msg.text));
@@ -75,6 +84,7 @@ function resetPanels(sources) {
     p.querySelector(".finals").replaceChildren();
     p.querySelector(".partial").textContent = "";
     p.querySelector(".level").value = 0;
+    p.dataset.chunks = "0";
     p.dataset.active = String(sources.includes(source));
   }
 }
@@ -225,7 +235,7 @@ function send(run, obj) {
 }
 
 function sendChunk(run, source, pcm) {
-  if (!run.started || run.stopping || run.ws.readyState !== WebSocket.OPEN) return;
+  if (!run.started || run.stopping) return;
   let c = run.clocks[source];
   if (!c) {
     // timestamp: ms epoch of the chunk's first sample, then counted in samples
@@ -233,10 +243,25 @@ function sendChunk(run, source, pcm) {
   }
   const timestamp = Math.round(c.first + (c.samples * 1000) / TARGET_RATE);
   c.samples += pcm.byteLength / 2;
+  panel(source).dataset.chunks = String((c.chunks = (c.chunks || 0) + 1)); // captured, for tests
+  // kept until an ack covers it; while the socket is down it waits here for the resume
+  const kept = (run.unacked[source] ||= []);
+  kept.push({ timestamp, pcm });
+  if (kept.length > KEEP_CHUNKS) kept.shift();
+  if (!run.resuming && run.ws.readyState === WebSocket.OPEN) writeChunk(run, source, timestamp, pcm);
+}
+
+function writeChunk(run, source, timestamp, pcm) {
   run.ws.send(JSON.stringify({
     type: "audio_chunk", session_id: run.sessionId, source, timestamp, size: pcm.byteLength,
   }));
   run.ws.send(pcm);
+}
+
+function onAck(run, msg) {
+  const kept = run.unacked[msg.source];
+  if (!kept || msg.session_id !== run.sessionId) return;
+  while (kept.length && kept[0].timestamp <= msg.timestamp) kept.shift();
 }
 
 function onMessage(run, ev) {
@@ -251,6 +276,14 @@ function onMessage(run, ev) {
   switch (msg.type) {
     case "session_started":
       run.started = true;
+      if (run.resuming) {
+        // the same session again: what no ack covered, in order, then live audio
+        run.resuming = false;
+        run.resumes += 1;
+        for (const [source, kept] of Object.entries(run.unacked)) {
+          for (const chunk of kept) writeChunk(run, source, chunk.timestamp, chunk.pcm);
+        }
+      }
       run.onStarted();
       history.replaceState(null, "", `#session=${encodeURIComponent(run.sessionId)}`); // reload: shown from the record
       setStatus(
@@ -259,11 +292,16 @@ function onMessage(run, ev) {
       );
       break;
     case "transcript":
+      if (msg.is_final) run.finalsThrough[msg.source] = msg.end_time;
       showTranscript(msg);
+      break;
+    case "ack":
+      onAck(run, msg);
       break;
     case "error":
       showError(`Server error ${msg.code}: ${msg.message}`);
       if (!run.started) run.onStarted(shown(`start_session refused: ${msg.code}`));
+      else if (run.resuming) finish(run); // the resume was refused: the session is over
       else if (msg.code === "provider_error" && !run.stopping) {
         // the provider refused the stream for good: capturing on would only send audio nowhere
         showError("Transcription stopped: the speech provider refused the stream. Capture is off; " +
@@ -305,6 +343,8 @@ async function start(event) {
   const run = {
     sessionId: randomId(), sources, ws: null, ctx: null, streams: [], nodes: [],
     clocks: {}, started: false, stopping: false, ended: false, onStarted: () => {},
+    url: streamUrl(token ? "" : userId), token, unacked: {}, finalsThrough: {},
+    resuming: false, resumes: 0,
   };
   current = run;
   setRunning(true);
@@ -325,24 +365,19 @@ async function start(event) {
     }
 
     setStatus("Connecting…");
-    run.ws = await connect(streamUrl(token ? "" : userId), token);
+    run.ws = await connect(run.url, token);
     live(run.ws);
-    run.ws.onmessage = (ev) => onMessage(run, ev);
-    run.ws.onclose = (ev) => {
-      if (!run.ended) showError(closeText(ev));
-      run.onStarted(shown(closeText(ev)));
-      finish(run);
-    };
+    attach(run);
     const started = new Promise((resolve, reject) => {
       run.onStarted = (err) => (err ? reject(err) : resolve());
     });
-    const startMsg = {
+    run.startMsg = {
       type: "start_session", session_id: run.sessionId, user_id: userId, sources,
       audio_config: { sample_rate: TARGET_RATE, channels: 1, encoding: "pcm16le" },
     };
     const language = $("language").value.trim();
-    if (language) startMsg.language = language;
-    send(run, startMsg);
+    if (language) run.startMsg.language = language;
+    send(run, run.startMsg);
     await started;
 
     const sink = run.ctx.createGain();
@@ -372,6 +407,46 @@ async function start(event) {
   }
 }
 
+function attach(run) {
+  run.ws.onmessage = (ev) => onMessage(run, ev);
+  run.ws.onclose = (ev) => {
+    if (run.started && !run.stopping && !run.ended && ev.code !== 1000 && ev.code !== 1008) {
+      reconnect(run, ev); // lost mid-session (1006, 1001 restart, 1011): resume it
+      return;
+    }
+    if (!run.ended) showError(closeText(ev));
+    run.onStarted(shown(closeText(ev)));
+    finish(run);
+  };
+}
+
+async function reconnect(run, ev) {
+  // capture goes on; chunks wait in run.unacked until the session is resumed
+  run.resuming = true;
+  for (const delay of RECONNECT_DELAYS_MS) {
+    setStatus(`${closeText(ev)} Reconnecting…`, "busy");
+    await new Promise((resolve) => setTimeout(resolve, delay));
+    if (current !== run || run.stopping) return;
+    let ws;
+    try {
+      ws = await connect(run.url, run.token);
+    } catch (err) {
+      continue; // not reachable yet: the next try
+    }
+    if (current !== run || run.stopping) {
+      ws.close(1000, "done");
+      return;
+    }
+    run.ws = ws;
+    attach(run);
+    // the finals the page has: the server sends exactly the ones after them, none twice
+    send(run, { ...run.startMsg, finals_through: { ...run.finalsThrough } });
+    return;
+  }
+  showError(`${closeText(ev)} Could not reconnect; the session is over.`);
+  finish(run);
+}
+
 function releaseAudio(run) {
   document.body.dataset.capturing = "false";
   for (const node of run.nodes) {
@@ -392,7 +467,7 @@ function stop() {
   if (!run || run.stopping) return;
   run.stopping = true;
   releaseAudio(run);
-  if (!run.started) {
+  if (!run.started || run.resuming) {
     setStatus("Stopped.", "idle");
     run.onStarted(shown("stopped"));
     finish(run);

@@ -41,7 +41,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from ..wer import common_in_order, normalize, wer
-from .bench import default_audio_dir
+from .bench_traffic import default_audio_dir
 from .echo_scenarios import Scenario, add_echo, load_scenarios
 
 __all__ = [

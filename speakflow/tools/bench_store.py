@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .bench import BenchOptions
+    from .bench_traffic import BenchOptions
     from .rawws import ChunkTemplate
 
 #: the issue's budget: the store may add this much server CPU per session
@@ -30,7 +30,8 @@ BUDGET_PCT = 5.0
 async def compare_store(
     opts: BenchOptions, tracks: dict[str, list[ChunkTemplate]]
 ) -> dict[str, Any]:
-    from .bench import run_round, start_stack
+    from .bench_round import run_round
+    from .bench_stack import start_stack
 
     workdir = Path(tempfile.mkdtemp(prefix="speakflow-bench-store-"))
     db = workdir / "transcripts.db"

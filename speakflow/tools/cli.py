@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import bench_cluster
+
 
 def _at_least(
     cast: Callable[[str], float], low: float, *, strict: bool = False, note: str = ""
@@ -184,6 +186,7 @@ def register(sub: Any) -> None:
         action="store_true",
         help="keep the server and emulator logs (kept anyway on failure)",
     )
+    bench_cluster.add_arguments(bench)  # scale-out: --workers, --compare-workers
     bench.set_defaults(func=_cmd_bench)
 
 
@@ -211,7 +214,8 @@ def _cmd_stream(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .args import key_values
-    from .bench import BenchOptions, run_bench
+    from .bench import run_bench
+    from .bench_traffic import BenchOptions
 
     try:
         env = key_values(args.server_env, "--server-env")
@@ -234,5 +238,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         profile=args.profile,
         keep_logs=args.keep_logs,
         compare_store=args.compare_store,
+        **bench_cluster.options(args),
     )
     return run_bench(opts)

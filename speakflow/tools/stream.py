@@ -43,6 +43,7 @@ from .stream_state import (
     PONG_TIMEOUT,
     SourceStats,
     StreamOptions,
+    finals_through,
     source_summary,
     split_chunks,
     start_message,
@@ -162,7 +163,10 @@ class StreamClient:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._receiver, ws)
             nursery.start_soon(self._pinger, ws)
-            start = start_message(self.opts, self.session_id, list(self.sources))
+            start = {
+                **start_message(self.opts, self.session_id, list(self.sources)),
+                **finals_through(self.sources, self.resumes),
+            }
             await ws.send_message(json.dumps(start))
             with trio.move_on_after(self.opts.start_timeout) as scope:
                 await self.started.wait()

@@ -54,7 +54,8 @@ class SourceStats:
     partial: str = ""
     #: resume replay: timestamp -> chunk index of chunks no ``ack`` covers yet
     unacked: dict[int, int] = field(default_factory=dict)
-    #: finals at or before this end_time are repeats (sent again after a resume)
+    #: end_time of the last final (finals_through on resume); one at or before it would
+    #: be a repeat, which the server never sends (counted, to show such a bug)
     last_final_end: float = -1.0
     repeats: int = 0
 
@@ -87,11 +88,20 @@ def start_message(opts: StreamOptions, session_id: str, sources: list[str]) -> d
     }
 
 
+def finals_through(sources: dict[str, SourceStats], resumes: int) -> dict[str, Any]:
+    """On resume: per source, the end_time of the last final received, so the server
+    sends exactly the ones after it (a source with none: left out, none had)."""
+    if not resumes:
+        return {}
+    have = {n: s.last_final_end for n, s in sources.items() if s.last_final_end >= 0}
+    return {"finals_through": have}
+
+
 def take_transcript(src: SourceStats, msg: dict[str, Any], now: float) -> str:
     """Record one ``transcript`` message of ``src``: ``final``, ``repeat`` or ``partial``.
 
-    A final whose ``end_time`` is not later than the source's last final was
-    sent again after a resume and is only counted (protocol.md, ``ack``).
+    A final whose ``end_time`` is not later than the source's last final would be
+    a repeat, which the server never sends: it is only counted, to show such a bug.
     """
     if msg.get("is_final"):
         end = float(msg.get("end_time", 0.0))

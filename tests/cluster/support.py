@@ -1,8 +1,8 @@
 """A client that resumes like the reference client: it keeps every chunk until an
-``ack`` covers it and replays the rest on resume (or, ``desktop=True``, only the
-chunks it had not sent, as SpeakFlow Desktop does). Finals are deduplicated by the
-documented rule: a final whose ``end_time`` is not past the last one of its source
-is a repeat of the final that was in flight at a crash."""
+``ack`` covers it, replays the rest on resume and says which finals it has
+(``finals_through``); or, ``desktop=True``, as SpeakFlow Desktop does: it replays
+only the chunks it had not sent and says nothing. Neither drops any final: the
+server must never send one twice (docs/scaling.md, "Finals on resume")."""
 
 from __future__ import annotations
 
@@ -33,9 +33,8 @@ class ResumingClient:
         self.ws: WebSocketConnection | None = None
         self.sent = 0  # chunks sent so far (index of the next new chunk)
         self.unacked: dict[int, int] = {}  # timestamp -> chunk index
-        self.finals: list[dict[str, Any]] = []  # every final received, repeats included
-        self.kept: list[dict[str, Any]] = []  # after the end_time rule
-        self.last_end = -1.0
+        self.finals: list[dict[str, Any]] = []  # every final received, as received
+        self.last_end: float | None = None  # end_time of the last final (finals_through)
         self.started: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
         self.ended = trio.Event()
@@ -43,6 +42,8 @@ class ResumingClient:
         self.closed_at: float | None = None
         self.acked_ts: int | None = None
         self.attaches = 0
+        #: a socket the client has given up on: what still arrives on it is not read
+        self.deaf = False
         self._changed = trio.Event()
 
     def ts(self, k: int) -> int:
@@ -72,17 +73,17 @@ class ResumingClient:
 
         await nursery.start(run)
         assert self.ws is not None
-        await self.ws.send_message(
-            json.dumps(
-                {
-                    "type": "start_session",
-                    "session_id": self.sid,
-                    "user_id": self.user,
-                    "sources": ["microphone"],
-                    "audio_config": {"sample_rate": 16000, "channels": 1, "encoding": "pcm16le"},
-                }
-            )
-        )
+        start: dict[str, Any] = {
+            "type": "start_session",
+            "session_id": self.sid,
+            "user_id": self.user,
+            "sources": ["microphone"],
+            "audio_config": {"sample_rate": 16000, "channels": 1, "encoding": "pcm16le"},
+        }
+        if not self.desktop and self.attaches > 1:
+            have = {} if self.last_end is None else {"microphone": self.last_end}
+            start["finals_through"] = have
+        await self.ws.send_message(json.dumps(start))
         await ready.wait()
         assert self.started or self.errors, self.closed
         if not self.desktop:
@@ -99,6 +100,8 @@ class ResumingClient:
     def _on(self, msg: dict[str, Any], ready: trio.Event) -> None:
         self._changed.set()
         kind = msg["type"]
+        if self.deaf:
+            return
         if kind == "session_started":
             self.started.append(msg)
             ready.set()
@@ -113,9 +116,7 @@ class ResumingClient:
         elif kind == "transcript" and msg["is_final"]:
             msg["_conn"] = self.attaches
             self.finals.append(msg)
-            if msg["end_time"] > self.last_end:
-                self.last_end = msg["end_time"]
-                self.kept.append(msg)
+            self.last_end = msg["end_time"]
         elif kind == "session_ended":
             self.ended.set()
 
@@ -154,7 +155,7 @@ class ResumingClient:
             await self.ws.aclose()
 
     def texts(self, finals: list[dict[str, Any]] | None = None) -> list[str]:
-        return [f["text"] for f in (self.kept if finals is None else finals)]
+        return [f["text"] for f in (self.finals if finals is None else finals)]
 
     def expected(self, indices: range | list[int] | None = None) -> list[str]:
         return [tag(k, self.marker) for k in (range(self.sent) if indices is None else indices)]

@@ -149,3 +149,23 @@ async def test_hand_off_flushes_into_the_store_closes_1001_and_refuses_handshake
                 msgs = await c.until("session_ended")
     finals = {m["text"] for m in seen + msgs if m["type"] == "transcript" and m["is_final"]}
     assert finals == {tagged(k, 5)[:8].hex() for k in range(5)}
+
+
+@pytest.mark.parametrize(
+    "bad", [{"mic": 1.0}, {"microphone": -1}, {"microphone": "x"}, [1.0]], ids=str
+)
+async def test_a_bad_finals_through_is_refused_by_name(server: ServerHandle, bad: object) -> None:
+    """start_session.finals_through (the resume extension) is checked like every field."""
+    with trio.fail_after(10):
+        async with server.client("u6") as c:
+            await c.send(
+                {
+                    "type": "start_session",
+                    "session_id": "s6",
+                    "user_id": "u6",
+                    "sources": ["microphone"],
+                    "finals_through": bad,
+                }
+            )
+            err = await c.expect("error")
+    assert err["code"] == "invalid_message" and "finals_through" in err["message"], err

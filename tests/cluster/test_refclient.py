@@ -69,6 +69,7 @@ async def test_reference_client_resumes_and_replays_after_a_crash(
     assert status == 0, client.errors
     assert client.resumes >= 1
     mic = client.sources["microphone"]
+    assert mic.repeats == 0  # the server sent no final twice
     assert [f["text"] for f in mic.finals] == tags
     ends = [f["end_time"] for f in mic.finals]
     assert ends == sorted(ends) and len(set(ends)) == len(ends)

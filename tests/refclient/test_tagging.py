@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from speakflow.tools.bench import chunk_templates, make_tag, parse_tag, synthetic_speech
+from speakflow.tools.bench_traffic import chunk_templates, make_tag, parse_tag, synthetic_speech
 from speakflow.tools.rawws import (
     OP_BINARY,
     OP_PONG,

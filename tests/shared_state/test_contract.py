@@ -217,11 +217,12 @@ async def test_journal_dedups_trims_and_filters_what_the_client_has(stores: Fact
     await alive(a)
     with trio.fail_after(5):
         s = await a.open_session(record("s1"), LIMITS, time.time())
-        one = await a.journal_append("s1", s.epoch, Final("microphone", 1000, b"m1"))
-        two = await a.journal_append("s1", s.epoch, Final("system", 1000, b"s1"))
+        w = {"written": True}
+        one = await a.journal_append("s1", s.epoch, Final("microphone", 1000, b"m1"), **w)
+        two = await a.journal_append("s1", s.epoch, Final("system", 1000, b"s1"), **w)
         assert await a.journal_append("s1", s.epoch, Final("microphone", 1000, b"m1")) == one
         three = await a.journal_append(
-            "s1", s.epoch, Final("microphone", 2500, b"m2"), delivered=one
+            "s1", s.epoch, Final("microphone", 2500, b"m2"), delivered=one, written=True
         )
         assert one < two < three
         pending = await a.journal_pending("s1")
@@ -235,24 +236,68 @@ async def test_journal_dedups_trims_and_filters_what_the_client_has(stores: Fact
         assert await a.journal_pending("s1") == []
 
 
-async def test_the_final_in_flight_at_a_crash_is_sent_again_unless_the_client_has_it(
-    stores: Factory,
-) -> None:
-    """Journaled, maybe sent, not marked delivered when a dies: b's resume sends it
-    again; a client whose resume says it has that end_time gets it once."""
+async def test_after_a_crash_a_final_written_is_never_sent_again(stores: Factory) -> None:
+    """Finals journaled as written to the client (the last one in flight when a
+    dies) are not in b's take for a client that does not say what it has; a client
+    that says (finals_through) gets exactly those after what it has."""
     a, b = stores("a"), stores("b")
     await alive(a, b)
     with trio.fail_after(5):
         s = await a.open_session(record("s1"), LIMITS, time.time())
-        sent = await a.journal_append("s1", s.epoch, Final("microphone", 1000, b"delivered"))
-        await a.journal_append(
-            "s1", s.epoch, Final("microphone", 2000, b"in flight"), delivered=sent
-        )
+        for end, text in ((1000, b"arrived"), (2000, b"in flight")):
+            await a.journal_append("s1", s.epoch, Final("microphone", end, text), written=True)
         await a.aclose()  # crash
         resumed = await b.open_session(record("s1"), LIMITS, time.time())
         assert not resumed.handoff_pending
-        assert [f.payload for f in await b.journal_pending("s1")] == [b"in flight"]
-        assert await b.journal_pending("s1", {"microphone": 2000}) == []
+        assert await b.journal_take("s1", resumed.epoch) == []  # never twice; may be lost
+        again = await b.open_session(record("s1"), LIMITS, time.time())
+        taken = await b.journal_take("s1", again.epoch, {"microphone": 1000})
+        assert [f.payload for f in taken] == [b"in flight"]  # exactly what it lacks
+        last = await b.open_session(record("s1"), LIMITS, time.time())
+        assert await b.journal_take("s1", last.epoch, {"microphone": 2000}) == []
+
+
+async def test_finals_never_written_are_taken_once_on_resume(stores: Factory) -> None:
+    """Queued when the socket went (unsent), or made while no client was attached:
+    the next resume takes them, the one after does not (they were written then)."""
+    a, b = stores("a"), stores("b")
+    await alive(a, b)
+    with trio.fail_after(5):
+        s = await a.open_session(record("s1"), LIMITS, time.time())
+        for end in (1000, 2000, 3000):
+            await a.journal_append(
+                "s1", s.epoch, Final("microphone", end, b"%d" % end), written=True
+            )
+        await a.journal_append("s1", s.epoch, Final("system", 500, b"sys"), written=True)
+        await a.journal_unsent("s1", s.epoch, {"microphone": 2000})  # 2000, 3000 never went out
+        await a.journal_append("s1", s.epoch, Final("microphone", 4000, b"away"))  # detached
+        await a.detach("s1", s.epoch, record("s1"), time.time())
+        r1 = await b.open_session(record("s1"), LIMITS, time.time())
+        assert [f.payload for f in await b.journal_take("s1", r1.epoch)] == [
+            b"2000",
+            b"3000",
+            b"away",
+        ]
+        r2 = await a.open_session(record("s1"), LIMITS, time.time())
+        assert await a.journal_take("s1", r2.epoch) == []
+        with pytest.raises(StaleOwner):
+            await b.journal_take("s1", r1.epoch)
+        # a client that says it has nothing of system gets it (a source left out: none)
+        taken = await a.journal_take("s1", r2.epoch, {"microphone": 4000})
+    assert [f.payload for f in taken] == [b"sys"]
+
+
+async def test_trim_keeps_finals_not_yet_written(stores: Factory) -> None:
+    a = stores("a")
+    await alive(a)
+    with trio.fail_after(5):
+        s = await a.open_session(record("s1"), LIMITS, time.time())
+        one = await a.journal_append("s1", s.epoch, Final("microphone", 1000, b"1"), written=True)
+        two = await a.journal_append("s1", s.epoch, Final("microphone", 2000, b"2"), written=True)
+        await a.journal_unsent("s1", s.epoch, {"microphone": 2000})
+        await a.journal_trim("s1", s.epoch, two)
+        assert [f.seq for f in await a.journal_pending("s1")] == [two]  # one trimmed, two kept
+        assert one < two
 
 
 async def test_end_forgets_the_record_and_its_journal(stores: Factory) -> None:
@@ -290,3 +335,21 @@ async def test_heartbeat_loop_tells_the_old_owner_within_two_seconds(stores: Fac
     ((notice, at),) = told
     assert notice == Takeover("s1", old.epoch)
     assert at - resumed_at < 2.0
+
+
+async def test_a_checkpoint_rides_with_the_append_of_its_final(stores: Factory) -> None:
+    """What a crash keeps is the record saved with the last final journaled; a previous
+    owner's flush during a handoff journals its finals but saves no checkpoint."""
+    a, b = stores("a"), stores("b")
+    await alive(a, b)
+    with trio.fail_after(5):
+        s = await a.open_session(record("s1"), LIMITS, time.time())
+        final = Final("microphone", 1000, b"one")
+        await a.journal_append("s1", s.epoch, final, checkpoint=record("s1", samples=16000))
+        new = await b.open_session(record("s1"), LIMITS, time.time())
+        assert new.record is not None and new.record.sources["microphone"].samples == 16000
+        late = Final("microphone", 2000, b"two")
+        await a.journal_append("s1", s.epoch, late, checkpoint=record("s1", samples=1))
+        await a.handoff("s1", s.epoch, record("s1", samples=32000))
+        rec = await b.wait_handoff("s1", new.epoch, patience_s=5)
+    assert rec.sources["microphone"].samples == 32000

@@ -35,10 +35,7 @@ PACKAGE = "speakflow"
 #: table; the tools moving out of the server package); each entry is one strongly
 #: connected component, as sorted module names. The coordinator breaks them after
 #: merging; the test fails if one disappears (take it off this list) or a new one appears.
-KNOWN_CYCLES_TO_BREAK: list[tuple[str, ...]] = [
-    # the load generator imports the store's bench comparison, which imports the generator
-    ("speakflow.tools.bench", "speakflow.tools.bench_store"),
-]
+KNOWN_CYCLES_TO_BREAK: list[tuple[str, ...]] = []
 
 #: the session layer: these modules may name one another's types for annotations
 SESSION_LAYER = frozenset(

@@ -29,7 +29,6 @@ BEING_SPLIT = frozenset(
         "speakflow/providers/assemblyai/codec.py",
         "speakflow/providers/aws_transcribe/codec.py",
         "speakflow/providers/whisper_local/provider.py",
-        "speakflow/tools/bench.py",
     }
 )
 
