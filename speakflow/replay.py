@@ -78,7 +78,10 @@ class ReplayBuffer:
         self._quiet_frames = 0
         self._quiet_samples = 0
 
-    def append(self, frame: AudioFrame, loud: bool) -> None:
+    def append(self, frame: AudioFrame, loud: bool | None = None) -> bool:
+        """Keep ``frame``; whether it is loud (:func:`is_loud`, unless the caller knows)."""
+        if loud is None:
+            loud = is_loud(frame.pcm)
         self.frames.append((frame, loud))
         self.samples += frame.samples
         if not loud and self._quiet_frames == len(self.frames) - 1:
@@ -88,6 +91,7 @@ class ReplayBuffer:
             old = self._pop_front()
             self.dropped_seconds += old.samples / SAMPLE_RATE
         self._trim_silence()
+        return loud
 
     def finalized(self, until_sample: int) -> None:
         """A final covers audio up to ``until_sample``: older frames are done."""

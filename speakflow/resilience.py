@@ -56,7 +56,7 @@ from .providers.base import (
     StreamHooks,
     TranscriptEvent,
 )
-from .replay import ReplayBuffer, is_loud, is_repeat, replay_start
+from .replay import ReplayBuffer, is_repeat, replay_start
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,6 @@ class ResilientStream:
         """
         if self._finished:
             return Fed.GONE
-        loud = is_loud(frame.pcm)
         inner = self._inner
         if inner is not None:
             limit = self._replay_frames + max(1, self.queue_samples // max(1, frame.samples))
@@ -159,9 +158,9 @@ class ResilientStream:
             # A connection that is ending refuses: the replay buffer carries the frame over.
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 inner.send_nowait(frame)
+        loud = self.buffer.append(frame)
         if loud and self._unanswered_since is None:
             self._arm_watchdog()
-        self.buffer.append(frame, loud)
         return Fed.TAKEN
 
     def queued(self) -> int:
@@ -302,7 +301,11 @@ class ResilientStream:
                 self.last_final_end = ev.end
                 self.buffer.finalized(int(ev.end * SAMPLE_RATE))
             await emit(ev, name)
-            if ev.is_final and self.failover.primary_due(trio.current_time()):
+            if (
+                ev.is_final
+                and self.failover.on_fallback_since is not None  # else nothing to ask
+                and self.failover.primary_due(trio.current_time())
+            ):
                 go_primary = True
                 if self._inner is not None:
                     self._inner.close()  # flush this fallback, then try the primary

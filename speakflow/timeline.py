@@ -84,6 +84,11 @@ class TimeMap:
         self._timeline_starts.append(offset)
         self._padding.append(padding)
 
+    def span(self, start: float, end: float) -> tuple[float, float]:
+        """A vendor word or result, ``start`` to ``end``, on the timeline (ms precision):
+        the pair every codec maps, in one call."""
+        return round(self.to_timeline(start), 3), round(self.to_timeline(end, end=True), 3)
+
     def to_timeline(self, vendor_seconds: float, *, end: bool = False) -> float:
         """Map a time; an ``end`` time on a segment boundary belongs to the earlier segment."""
         if not self._vendor_starts:

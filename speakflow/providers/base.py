@@ -31,14 +31,16 @@ class AudioFrame:
 
     pcm: bytes
     offset: int
+    #: samples in ``pcm``, and the index after its last one: fields set once, since
+    #: the replay buffer and the provider read them per chunk (a property is a call
+    #: into this module each time)
+    samples: int = field(init=False, repr=False, compare=False)
+    end: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def samples(self) -> int:
-        return len(self.pcm) // BYTES_PER_SAMPLE
-
-    @property
-    def end(self) -> int:
-        return self.offset + self.samples
+    def __post_init__(self) -> None:
+        samples = len(self.pcm) // BYTES_PER_SAMPLE
+        object.__setattr__(self, "samples", samples)
+        object.__setattr__(self, "end", self.offset + samples)
 
 
 @dataclass(frozen=True, slots=True)

@@ -262,12 +262,7 @@ class TranscriptMapper:
         self, msg: Results, alt: DgAlternative, text: str, times: TimeMap, *, final: bool
     ) -> TranscriptEvent:
         words = tuple(
-            Word(
-                w.punctuated_word or w.word,
-                round(times.to_timeline(w.start), 3),
-                round(times.to_timeline(w.end, end=True), 3),
-                w.confidence,
-            )
+            Word(w.punctuated_word or w.word, *times.span(w.start, w.end), w.confidence)
             for w in alt.words
         )
         if words:
