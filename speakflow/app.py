@@ -31,8 +31,9 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from . import __version__, languages
+from . import languages
 from ._patches import install_all
+from ._version import __version__
 from .auth import (
     REASON_ORIGIN,
     Authenticator,

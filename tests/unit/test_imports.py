@@ -117,3 +117,14 @@ def test_every_command_and_emulator_loader_resolves() -> None:
     for vendor, load in EMULATORS.items():
         factory = load()
         assert isinstance(factory, type) and issubclass(factory, EngineVendor), vendor
+
+
+def test_the_package_face_names_resolve_without_loading_the_server_first() -> None:
+    """``import speakflow`` stays light; each public name resolves on first use."""
+    code = (
+        "import sys, speakflow\n"
+        "assert 'speakflow.app' not in sys.modules, 'the web stack loaded at import'\n"
+        "for name in speakflow.__all__:\n"
+        "    assert getattr(speakflow, name) is not None, name\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
