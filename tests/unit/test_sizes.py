@@ -26,7 +26,6 @@ BEING_SPLIT = frozenset(
         "speakflow/session.py",
         "speakflow/resilience.py",
         "speakflow/cluster.py",
-        "speakflow/providers/aws_transcribe/codec.py",
         "speakflow/providers/whisper_local/provider.py",
         "speakflow/tools/bench.py",
     }
