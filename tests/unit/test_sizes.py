@@ -24,9 +24,7 @@ SIZE_MARKER = "Size:"
 BEING_SPLIT = frozenset(
     {
         "speakflow/session.py",
-        "speakflow/resilience.py",
         "speakflow/cluster.py",
-        "speakflow/providers/whisper_local/provider.py",
         "speakflow/tools/bench.py",
     }
 )
