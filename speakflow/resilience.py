@@ -17,9 +17,9 @@ one vendor connection, and decides with two pure modules:
   SPEECH_FALLBACK_PROVIDERS, and back to the primary.
 
 What is left here is what needs Trio: the channel to the current connection,
-the connect/sleep/report loop, and a **stall watchdog**: a connection that
-takes speech but sends nothing back for PROVIDER_RESPONSE_TIMEOUT is
-treated as dead.
+the connect/sleep/report loop, and a **stall watchdog** (:mod:`speakflow.stall`):
+a connection that takes speech but sends nothing back for
+PROVIDER_RESPONSE_TIMEOUT is treated as dead.
 
 Providers stay simple: one connection per ``stream()`` call, times mapped from
 the offset of the first frame they receive, a typed error when it breaks.
@@ -41,7 +41,13 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
-from .errors import ProviderError, ProviderOverloaded, ProviderRejected, ProviderUnavailable
+from .errors import (
+    ErrorCode,
+    ProviderError,
+    ProviderOverloaded,
+    ProviderRejected,
+    ProviderUnavailable,
+)
 from .errors import StreamStalled as _Stalled
 from .failover import Failover, Next
 from .failover import RetryPolicy as RetryPolicy  # session.py builds one
@@ -57,6 +63,7 @@ from .providers.base import (
     TranscriptEvent,
 )
 from .replay import ReplayBuffer, is_repeat, replay_start
+from .stall import StallWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +110,7 @@ class ResilientStream:
         self.provider: SpeechProvider | None = None
         self._inner: trio.MemorySendChannel[AudioFrame] | None = None
         self._audio_done = False
-        #: when speech was first passed on since the vendor last said anything
-        #: (None: the vendor has answered everything so far); the watchdog's clock
-        self._unanswered_since: float | None = None
-        #: set while the watchdog sleeps with nothing to time (no speech unanswered)
-        self._watchdog_idle: trio.Event | None = None
+        self._watchdog = StallWatchdog(response_timeout)
         self._reported_drop = 0.0
         self._finished = False  # run() returned: nothing takes audio any more
         self._hooks: StreamHooks = StreamHooks()
@@ -159,8 +162,8 @@ class ResilientStream:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 inner.send_nowait(frame)
         loud = self.buffer.append(frame)
-        if loud and self._unanswered_since is None:
-            self._arm_watchdog()
+        if loud and self._watchdog.unanswered_since is None:
+            self._watchdog.arm()
         return Fed.TAKEN
 
     def queued(self) -> int:
@@ -237,7 +240,7 @@ class ResilientStream:
                 await report(err.code, str(err))
                 return
             except (ProviderUnavailable, _Stalled) as err:
-                config.hooks.vendor_error("provider_unavailable")
+                config.hooks.vendor_error(ErrorCode.PROVIDER_UNAVAILABLE)
                 after = failover.lost(trio.current_time(), audio_done=self._audio_done)
                 if after is Next.BACK_TO_FALLBACK:  # the primary is still down
                     continue
@@ -256,18 +259,11 @@ class ResilientStream:
                     lost = self.buffer.seconds
                     if lost:
                         config.hooks.audio_dropped(lost)
-                    await report(
-                        "provider_unavailable",
-                        f"{name} is unreachable ({err}); the last {lost:.1f} s of "
-                        f"{config.source} audio could not be transcribed",
-                    )
+                    await report(ErrorCode.PROVIDER_UNAVAILABLE, gave_up(name, err, lost, config))
                     return
                 if after is Next.RETRY_TOLD:
-                    await report(
-                        "provider_unavailable",
-                        f"{name} is unreachable ({err}); still retrying, audio is buffered "
-                        f"(up to {self.buffer.max_samples / SAMPLE_RATE:.0f} s)",
-                    )
+                    buffer_s = self.buffer.max_samples / SAMPLE_RATE
+                    await report(ErrorCode.PROVIDER_UNAVAILABLE, retrying(name, err, buffer_s))
                 await trio.sleep(failover.backoff())
                 continue
             if finished == "primary":
@@ -313,15 +309,14 @@ class ResilientStream:
         config_for = dataclasses.replace(config, hooks=_AliveHooks(config.hooks, self, reconnect))
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watchdog, nursery.cancel_scope)
+                nursery.start_soon(self._watchdog.watch, nursery.cancel_scope)
                 await provider.stream(inner, wrapped, config_for)
                 nursery.cancel_scope.cancel()
         except* ProviderError as group:
             raise _first(group) from None
         finally:
             self._inner = None
-        if self._stalled:
-            self._stalled = False
+        if self._watchdog.take_stalled():
             raise _Stalled(f"no response for {self.response_timeout:.0f} s while speech was sent")
         if go_primary and not self._audio_done:
             return "primary"
@@ -330,38 +325,23 @@ class ResilientStream:
             raise ProviderUnavailable(name, "connection ended before the audio did")
         return "done"
 
-    _stalled = False
-
     def heard_vendor(self) -> None:
-        self._unanswered_since = None
+        self._watchdog.heard()
 
-    def _arm_watchdog(self) -> None:
-        """Speech went out with nothing unanswered before: start the vendor's clock."""
-        self._unanswered_since = trio.current_time()
-        idle, self._watchdog_idle = self._watchdog_idle, None
-        if idle is not None:
-            idle.set()
 
-    async def _watchdog(self, scope: trio.CancelScope) -> None:
-        """Speech went out and the vendor said nothing for ``response_timeout``.
+def gave_up(name: str, err: Exception, lost: float, config: StreamConfig) -> str:
+    """What the client reads when the retry budget is spent and the audio is over."""
+    return (
+        f"{name} is unreachable ({err}); the last {lost:.1f} s of "
+        f"{config.source} audio could not be transcribed"
+    )
 
-        Measured from the first loud frame after the vendor's last message, so
-        a long silence (vendors like AssemblyAI send nothing then) never counts.
-        It sleeps until that deadline, or until speech arms it, rather than
-        polling: a poll per second per source was as many wake-ups as chunks.
-        """
-        timeout = self.response_timeout
-        while True:
-            since = self._unanswered_since
-            if since is None:
-                self._watchdog_idle = idle = trio.Event()
-                await idle.wait()
-                continue
-            if trio.current_time() - since >= timeout:
-                self._stalled = True
-                scope.cancel()
-                return
-            await trio.sleep_until(since + timeout)
+
+def retrying(name: str, err: Exception, buffer_s: float) -> str:
+    """What the client reads once when the retry budget is spent and retries go on."""
+    return (
+        f"{name} is unreachable ({err}); still retrying, audio is buffered (up to {buffer_s:.0f} s)"
+    )
 
 
 class _AliveHooks(StreamHooks):

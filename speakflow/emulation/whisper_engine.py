@@ -30,8 +30,8 @@ from ..providers.whisper_local.engine import (
 )
 from ..providers.whisper_local.language import LanguageVote
 from ..providers.whisper_local.policy import Utterance, VadSegmenter
-from ..providers.whisper_local.provider import accepted_text
 from ..providers.whisper_local.scheduler import BatchScheduler, StreamQueue
+from ..providers.whisper_local.text_guards import accepted_text
 from .engines import (
     DEFAULT_OPTIONS,
     AudioFormat,

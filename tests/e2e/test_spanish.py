@@ -22,7 +22,7 @@ import trio
 from speakflow.config import Settings
 from speakflow.providers.whisper_local.engine import DecodeJob, WhisperEngine, shared_engine
 from speakflow.providers.whisper_local.models import DEFAULT_MODEL, resolve_model
-from speakflow.providers.whisper_local.provider import usable_text
+from speakflow.providers.whisper_local.text_guards import usable_text
 from speakflow.wer import edit_distance, normalize, wer
 
 from ..client import TestClient, read_wav

@@ -23,12 +23,7 @@ SIZE_MARKER = "Size:"
 #: modules other helpers are rewriting now (issue 17); pruned as they land
 BEING_SPLIT = frozenset(
     {
-        "speakflow/session.py",
-        "speakflow/resilience.py",
         "speakflow/cluster.py",
-        "speakflow/providers/assemblyai/codec.py",
-        "speakflow/providers/aws_transcribe/codec.py",
-        "speakflow/providers/whisper_local/provider.py",
     }
 )
 

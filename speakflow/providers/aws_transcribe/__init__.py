@@ -112,7 +112,7 @@ def check_language(code: str) -> None:
     """
     check_listed(code, "AWS Transcribe", LANGUAGES, auto=True)
     if "-" not in code and code.lower() not in AUTO:
-        from .codec import aws_language
+        from .query import aws_language
 
         if "-" not in aws_language(code):
             raise UnsupportedLanguage(

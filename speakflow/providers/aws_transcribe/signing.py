@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 from ...errors import SignatureError as SignatureError  # re-exported: the emulator catches it
-from .codec import SERVICE
+from .query import SERVICE
 
 if TYPE_CHECKING:
     from botocore.credentials import Credentials as BotoCredentials

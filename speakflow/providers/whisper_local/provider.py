@@ -1,62 +1,38 @@
 """``whisper_local``: faster-whisper in this process, the default provider.
 
-Each stream owns a :class:`VadSegmenter` (what to decode, when) and a
-:class:`StablePartials` (what partial text to show); the model, the VAD and
-the :class:`BatchScheduler` in front of the model are shared by every stream
-of the process. A stream is admitted only while the model can serve it
-(:meth:`WhisperLocalBackend.admit`); otherwise ``stream()`` raises
+This module is the backend, one per process: the model, the VAD and the
+:class:`BatchScheduler` in front of the model, shared by every stream
+(:mod:`.stream` runs one). A stream is admitted only while the model can
+serve it (:meth:`WhisperLocalBackend.admit`); otherwise ``stream()`` raises
 :class:`ProviderOverloaded` and the client gets ``rate_limited``. The capacity
-comes from a robust estimate of what a final costs (:mod:`.capacity`), so a
-few decodes of audio the model cannot make sense of cannot shrink it.
-
-A stream whose cut utterances wait for the model (more than
-min(AUDIO_QUEUE_S, WHISPER_MAX_UTTERANCE_S) of audio) stops reading its
-audio channel: the session's channel then fills and refuses chunks, the
-AUDIO_QUEUE_S policy every provider has, instead of an unbounded queue here.
+comes from a robust estimate of what a final costs (:mod:`.capacity`), timed
+at start-up and while idle (:mod:`.calibration`), so a few decodes of audio
+the model cannot make sense of cannot shrink it.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
-import numpy as np
 import trio
 
 from ...config import WhisperLocalSettings
-from ...errors import ProviderOverloaded, ProviderRejected
-from ...languages import UnsupportedLanguage, check_whisper, shown
+from ...errors import ProviderOverloaded
+from ...languages import check_whisper
 from ...observability.statistics import WhisperStatistics
-from ..base import (
-    SAMPLE_RATE,
-    AudioFrame,
-    Emit,
-    SpeechProvider,
-    StreamConfig,
-    TranscriptEvent,
-)
+from ..base import SAMPLE_RATE, SpeechProvider
 from . import check_settings
+from .calibration import calibrate, time_batch
 from .capacity import CostEstimate
-from .engine import (
-    COMPRESSION_RATIO_THRESHOLD,
-    Decoded,
-    DecodeJob,
-    Segment,
-    WhisperEngine,
-    resolve_model,
-    shared_engine,
-    suspicious,
-)
-from .language import LanguageVote
-from .policy import StablePartials, Utterance, VadSegmenter
+from .decode_types import Decoded, DecodeJob
+from .engine import WhisperEngine, resolve_model, shared_engine
+from .policy import Utterance
 from .scheduler import BatchScheduler, StreamQueue
+from .stream import NAME, WhisperLocalStream, backlog
 
 log = logging.getLogger(__name__)
-
-NAME = "whisper_local"
 
 #: A new stream is refused while a queued final has waited this long: the
 #: model is already behind, another stream would only add to the lag.
@@ -66,39 +42,9 @@ ADMIT_MAX_FINAL_WAIT_S = 1.0
 #: headroom for bursts and partials.
 UTTERANCE_PERIOD_S = 4.0
 TARGET_FINAL_LOAD = 0.5
-CALIBRATION_TOKENS = 20
-#: timed calibration rounds at start-up (the fastest counts: the others were
-#: slowed by something else on the machine)
-CALIBRATION_ROUNDS = 3
 #: with an estimated capacity, the model is timed again this often while it is
 #: idle, so the estimate follows the machine rather than its start-up moment
 RECALIBRATE_S = 300.0
-#: a previous final longer than this is not used as context: the encoder's
-#: window (and its cost) would grow by as much
-CONTEXT_MAX_S = 8.0
-
-
-def usable_text(segments: list[Segment]) -> str:
-    """Join decoded segments, dropping the ones Whisper itself flags as non-speech.
-
-    The thresholds are Whisper's own (no_speech_prob 0.6 with avg_logprob
-    -1.0; compression ratio 2.4 for repetition loops).
-    """
-    parts = []
-    for seg in segments:
-        if seg.no_speech_prob > 0.6 and seg.avg_logprob < -1.0:
-            continue
-        if seg.compression_ratio > 2.4:
-            continue
-        parts.append(seg.text.strip())
-    return " ".join(p for p in parts if p).strip()
-
-
-def accepted_text(decoded: Decoded) -> str:
-    """The text of a decode, or "" when Whisper says nothing was said or it loops."""
-    if decoded.is_silence or decoded.compression_ratio > COMPRESSION_RATIO_THRESHOLD:
-        return ""
-    return decoded.text.strip()
 
 
 #: (engine id, calibration settings) -> seconds of model time per final (see _calibrate)
@@ -188,40 +134,11 @@ class WhisperLocalBackend:
                 self.estimate.calibrated(cost)
 
     def _calibrate(self) -> float:
-        """Warm the model up and time a busy moment: seconds of model time per final.
-
-        The first calls allocate (slow), so both windows are run once untimed.
-        Then a full batch of 4 s utterances, short window, each forced to 20
-        tokens (noise makes Whisper talk until stopped; a 4 s sentence is about
-        that long), as when many streams finish utterances at once; the
-        fastest of CALIBRATION_ROUNDS (two made the figure vary 2x across
-        restarts on one machine).
-        """
-        batch = self._calibration_batch()
-        job = batch[0]
-        engine = self.engine
-        engine.decode_batch([job], window="full", max_tokens=2)
-        engine.full_window_cost = None  # that first call allocated: measure a real one
-        engine.decode_batch([job], window="full", max_tokens=CALIBRATION_TOKENS)
-        engine.decode_batch(batch, window="short", max_tokens=2)
-        return self._time_batch(CALIBRATION_ROUNDS)
-
-    def _calibration_batch(self) -> list[DecodeJob]:
-
-        rng = np.random.default_rng(0)
-        language = None if self.engine.multilingual else "en"
-        audio = (rng.standard_normal(4 * SAMPLE_RATE) * 0.01).astype(np.float32)
-        return [DecodeJob(audio, language, 4.0, final=True)] * self.settings.WHISPER_MAX_BATCH
+        return calibrate(self.engine, self.settings.WHISPER_MAX_BATCH)
 
     def _time_batch(self, rounds: int) -> float:
         """Blocking: the fastest of ``rounds`` timed busy batches, seconds per final."""
-        batch = self._calibration_batch()
-        best = math.inf
-        for _ in range(rounds):
-            started = time.perf_counter()
-            self.engine.decode_batch(batch, window="short", max_tokens=CALIBRATION_TOKENS)
-            best = min(best, time.perf_counter() - started)
-        return best / len(batch)
+        return time_batch(self.engine, self.settings.WHISPER_MAX_BATCH, rounds)
 
     def check_language(self, code: str) -> None:
         """start_session.language: raise UnsupportedLanguage unless the model can do it.
@@ -343,229 +260,3 @@ class WhisperLocalBackend:
             isolated_batch_failures_total=sched.isolated_failures,
             failed_decodes_total=sched.failed_items,
         )
-
-
-def backlog(jobs: StreamQueue[Utterance]) -> int:
-    """Samples of cut utterances waiting for this stream's worker (the one it decodes
-    is not counted; of partials only the newest waits, and it is not counted either)."""
-    return sum(len(u.audio) for u in jobs.ordered)
-
-
-def _final_queued(jobs: StreamQueue[Utterance], index: int) -> bool:
-    return any(u.final and u.index == index for u in jobs.ordered)
-
-
-@dataclass(frozen=True, slots=True)
-class _Tentative:
-    index: int
-    start: int
-    end: int
-    samples: int
-    decoded: Decoded
-
-
-class _Previous:
-    """A stream's last final: the context its next final is decoded after."""
-
-    def __init__(self) -> None:
-        self._audio: np.ndarray | None = None
-        self._text = ""
-        self._language: str | None = None
-
-    def remember(self, audio: np.ndarray, text: str, language: str | None) -> None:
-        short = len(audio) <= CONTEXT_MAX_S * SAMPLE_RATE
-        keep = bool(text) and short and language is not None
-        self._audio = audio if keep else None
-        self._text, self._language = (text, language) if keep else ("", None)
-
-    def context(self, language: str | None) -> tuple[np.ndarray, str] | None:
-        """The previous final, when it is in ``language`` (a known one)."""
-        if self._audio is None or language is None or language != self._language:
-            return None
-        return self._audio, self._text
-
-
-class WhisperLocalStream:
-    name = NAME
-
-    def __init__(self, backend: WhisperLocalBackend) -> None:
-        self._backend = backend
-
-    def _language(self, config: StreamConfig) -> str | None:
-        engine = self._backend.engine
-        chosen = config.language or self._backend.settings.DEFAULT_LANGUAGE
-        lang = chosen.split("-")[0].lower() if chosen else None
-        if engine.multilingual:
-            if lang in (None, "", "auto", "multi"):
-                return None
-            try:  # start_session checked the client's choice; this is DEFAULT_LANGUAGE
-                self._backend.check_language(chosen)
-            except UnsupportedLanguage as err:
-                raise ProviderRejected(NAME, err.message) from None
-            return lang
-        if lang not in (None, "", "en", "auto"):
-            raise ProviderRejected(
-                NAME,
-                f"model {engine.model_path.name} is English-only and cannot transcribe "
-                f"language {shown(chosen)}; set WHISPER_MODEL to a multilingual model",
-            )
-        return "en"
-
-    async def stream(
-        self,
-        audio: trio.MemoryReceiveChannel[AudioFrame],
-        emit: Emit,
-        config: StreamConfig,
-    ) -> None:
-        language = self._language(config)
-        # nobody chose: detect, per stream, without trusting one short utterance
-        vote = LanguageVote() if language is None else None
-        backend = self._backend
-        backend.admit(config.source)
-        s = backend.settings
-        segmenter = VadSegmenter(
-            backend.engine.speech_probs,
-            threshold=s.WHISPER_VAD_THRESHOLD,
-            endpoint_ms=s.WHISPER_ENDPOINT_MS,
-            partial_interval_ms=s.WHISPER_PARTIAL_INTERVAL_MS,
-            max_utterance_s=s.WHISPER_MAX_UTTERANCE_S,
-            pause_ms=s.WHISPER_PAUSE_MS,
-            soft_max_utterance_s=s.WHISPER_SOFT_MAX_UTTERANCE_S,
-        )
-        jobs: StreamQueue[Utterance] = StreamQueue()
-        key = object()  # this stream, for the scheduler
-        limit = backend.backlog_limit
-        # The stall watchdog's "the vendor answered": this provider is in the process,
-        # and it rightly says nothing for noise or while a decode runs, which the
-        # watchdog took for a dead connection (a "reconnect" per PROVIDER_RESPONSE_TIMEOUT
-        # of noise). Taking audio and finishing a decode are its answers.
-        alive = config.hooks.vendor_message
-        backend.streams += 1
-        backend.queues.add(jobs)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._work, jobs, key, emit, language, vote, alive)
-                try:
-                    async with audio:
-                        async for frame in audio:
-                            backend.audio_seconds += frame.samples / SAMPLE_RATE
-                            for utt in segmenter.feed(frame.pcm, frame.offset):
-                                self._put(jobs, key, utt)
-                            alive()
-                            # Behind: stop reading, so the session's channel fills and
-                            # refuses chunks (AUDIO_QUEUE_S), as for any slow provider.
-                            while backlog(jobs) >= limit:
-                                await jobs.wait_taken()
-                    for utt in segmenter.flush():
-                        self._put(jobs, key, utt)
-                finally:
-                    jobs.close()
-        finally:
-            backend.streams -= 1
-            backend.queues.discard(jobs)
-
-    def _put(self, jobs: StreamQueue[Utterance], key: object, utt: Utterance) -> None:
-        # finals and tentatives in order; of partials only the newest, older ones are stale
-        ordered = utt.final or utt.tentative
-        jobs.put(utt, partial=not ordered)
-        if ordered:
-            # the worker may be waiting on a queued partial: that one is stale now
-            self._backend.scheduler.supersede(key)
-            backend = self._backend
-            backend.backlog_peak = max(backend.backlog_peak, backlog(jobs))
-
-    async def _work(
-        self,
-        jobs: StreamQueue[Utterance],
-        key: object,
-        emit: Emit,
-        language: str | None,
-        vote: LanguageVote | None,
-        alive: Callable[[], None],
-    ) -> None:
-        scheduler = self._backend.scheduler
-        finalized = -1
-        tentative: _Tentative | None = None
-        partials = StablePartials()
-        previous = _Previous()
-        #: (utterance, language) its latest checked partial was decoded in
-        heard: tuple[int, str] | None = None
-        # English tiny.en streams at its offline WER without it (8/92 both ways on
-        # the meeting), and the longer window cost it ~0.1 s of final latency
-        with_context = self._backend.engine.multilingual
-        while (utt := await jobs.get()) is not None:
-            if utt.index <= finalized:
-                continue  # a partial or tentative of an utterance already final
-            decoded: Decoded | None = None
-            speech_s = utt.speech / SAMPLE_RATE
-            lang = vote.language() if vote is not None else language
-            ordered = utt.final or utt.tentative
-            if ordered and heard is not None and heard[0] == utt.index:
-                lang = heard[1]  # its partials were sure of another language
-            switch = vote.switch_prob(speech_s) if vote is not None and not ordered else None
-            job = DecodeJob(
-                utt.audio,
-                lang,
-                speech_s,
-                final=ordered,
-                tentative=utt.tentative,
-                # finals are heard after the previous one, as offline hears them
-                context=previous.context(lang) if ordered and with_context else None,
-                switch_prob=switch,
-            )
-            if (
-                utt.final
-                and tentative is not None
-                and (tentative.index, tentative.start, tentative.end, tentative.samples)
-                == (utt.index, utt.start, utt.end, len(utt.audio))
-                and (tentative.decoded.fallback or not suspicious(tentative.decoded, job))
-            ):
-                decoded = tentative.decoded  # nothing was said since the pause: same audio
-            else:
-                if utt.tentative and _final_queued(jobs, utt.index):
-                    continue  # its final is already here: decode that one instead
-                decoded = await scheduler.submit(key, job, final=utt.final or utt.tentative)
-                alive()
-                if decoded is None:
-                    continue  # a partial dropped as stale
-            text = accepted_text(decoded)
-            if switch is not None and decoded.language is not None:
-                heard = (utt.index, decoded.language)
-            event_language = decoded.language or language
-            start, end = utt.start / SAMPLE_RATE, utt.end / SAMPLE_RATE
-            if utt.final:
-                finalized = utt.index
-                tentative = None
-                partials.reset()
-                if vote is not None and text:
-                    vote.add(decoded.language_probs, speech_s)
-                previous.remember(utt.audio, text, decoded.language)
-                if text:
-                    await emit(
-                        TranscriptEvent(
-                            text=text,
-                            is_final=True,
-                            start=start,
-                            end=end,
-                            language=event_language,
-                            confidence=round(decoded.confidence, 3),
-                            segment_id=str(utt.index),
-                        )
-                    )
-                continue
-            if utt.tentative:
-                tentative = _Tentative(utt.index, utt.start, utt.end, len(utt.audio), decoded)
-                if _final_queued(jobs, utt.index):
-                    continue
-            shown = partials.update(utt.index, text, complete=utt.tentative)
-            if shown:
-                await emit(
-                    TranscriptEvent(
-                        text=shown,
-                        is_final=False,
-                        start=start,
-                        end=end,
-                        language=event_language,
-                        segment_id=str(utt.index),
-                    )
-                )

@@ -2,9 +2,10 @@
 
 Whisper over a short window sometimes repeats itself instead of ending, or
 hallucinates on noise. These pure checks decide what the engine cuts, what
-it decodes again over the full 30 s window, and what the provider rechecks
-when a tentative decode becomes a final; apart from the engine so they can be
-read and tested without a model.
+it decodes again over the full 30 s window, what the provider rechecks
+when a tentative decode becomes a final, and which text a stream shows
+(:func:`accepted_text`); apart from the engine so they can be read and tested
+without a model.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import zlib
 from collections.abc import Sequence
 
 from ...audio import SAMPLE_RATE
-from .decode_types import LOG_PROB_THRESHOLD, Decoded, DecodeJob
+from .decode_types import LOG_PROB_THRESHOLD, Decoded, DecodeJob, Segment
 
 #: faster-whisper's default: text that compresses better than this repeats itself
 COMPRESSION_RATIO_THRESHOLD = 2.4
@@ -82,3 +83,26 @@ def repeats_context(context: str, text: str) -> bool:
     said = [word_key(w) for w in context.split()][:4]
     new = [word_key(w) for w in text.split()][: len(said)]
     return bool(said) and new == said
+
+
+def usable_text(segments: list[Segment]) -> str:
+    """Join decoded segments, dropping the ones Whisper itself flags as non-speech.
+
+    The thresholds are Whisper's own (no_speech_prob 0.6 with avg_logprob
+    -1.0; compression ratio 2.4 for repetition loops).
+    """
+    parts = []
+    for seg in segments:
+        if seg.no_speech_prob > 0.6 and seg.avg_logprob < -1.0:
+            continue
+        if seg.compression_ratio > 2.4:
+            continue
+        parts.append(seg.text.strip())
+    return " ".join(p for p in parts if p).strip()
+
+
+def accepted_text(decoded: Decoded) -> str:
+    """The text of a decode, or "" when Whisper says nothing was said or it loops."""
+    if decoded.is_silence or decoded.compression_ratio > COMPRESSION_RATIO_THRESHOLD:
+        return ""
+    return decoded.text.strip()

@@ -25,7 +25,7 @@ def offline_texts(
     """
     from ...providers.whisper_local.engine import shared_engine
     from ...providers.whisper_local.models import resolve_model
-    from ...providers.whisper_local.provider import usable_text
+    from ...providers.whisper_local.text_guards import usable_text
     from ...startup import load_settings  # read, then the startup checks
 
     settings = load_settings(environ={**os.environ, **env}, env_file=None)
