@@ -88,12 +88,7 @@ class TurnMapper:
 
     def _event(self, msg: Turn, text: str, times: TimeMap, *, final: bool) -> TranscriptEvent:
         words = tuple(
-            Word(
-                w.text,
-                round(times.to_timeline(w.start / 1000), 3),
-                round(times.to_timeline(w.end / 1000, end=True), 3),
-                w.confidence,
-            )
+            Word(w.text, *times.span(w.start / 1000, w.end / 1000), w.confidence)
             for w in msg.words
             if w.text
         )

@@ -81,19 +81,13 @@ class TranscriptMapper:
         self, r: AwsResult, alt: AwsAlternative, text: str, times: TimeMap, *, final: bool
     ) -> TranscriptEvent:
         words = tuple(
-            Word(
-                word,
-                round(times.to_timeline(item.start_time), 3),
-                round(times.to_timeline(item.end_time, end=True), 3),
-                item.confidence,
-            )
+            Word(word, *times.span(item.start_time, item.end_time), item.confidence)
             for word, item in _words(alt.items)
         )
         if words:
             start, end = words[0].start, words[-1].end
         else:
-            start = round(times.to_timeline(r.start_time), 3)
-            end = round(times.to_timeline(r.end_time, end=True), 3)
+            start, end = times.span(r.start_time, r.end_time)
         confidences = [w.confidence for w in words]
         confidence = (
             round(sum(c for c in confidences if c is not None) / len(confidences), 3)
