@@ -293,8 +293,10 @@ async def drive(url: str, frames: list[Frame], stats: Stats, deflate: bool = Fal
     stats.examples += 1
     stats.errors += sum(1 for m in received if m["type"] == "error")
     if closed:
-        # The only close a client with a valid handshake can get: a message over the limit.
-        assert closed == [1009] and oversize, (closed, [len(f.data) for f in frames])
+        # The only close a client with a valid handshake can get: a message over the limit
+        # (1009; or 1006 when this client, slowed by a loaded machine, did not answer that
+        # close within the server's 1 s and the server dropped the socket, as it must).
+        assert closed in ([1009], [1006]) and oversize, (closed, [len(f.data) for f in frames])
         stats.closes_1009 += 1
     else:
         assert received, "no reply at all, not even to the probe"
