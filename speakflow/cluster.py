@@ -34,18 +34,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 import weakref
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 import msgspec
 import trio
 
+from . import checkpoints
 from . import protocol as p
-from .providers.base import SAMPLE_RATE
+from .checkpoints import advance, coverage, delivered, end_ms, ms, new_marks, sent, unsent
 from .shared_state import (
     Final,
     Limits,
@@ -53,7 +52,6 @@ from .shared_state import (
     SessionRecord,
     SharedState,
     SharedStateUnavailable,
-    SourceTimeline,
     StaleOwner,
     Takeover,
 )
@@ -61,7 +59,6 @@ from .shared_state import (
 if TYPE_CHECKING:
     from .config import Settings
     from .session import Session
-    from .source import SourceStream
 
 __all__ = [
     "Ack",
@@ -74,13 +71,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: chunk marks kept per source for acks (a source with no final for this many
-#: chunks acks from the oldest kept one on)
-MARKS_MAX = 20_000
-#: a final written this long ago leaves the journal (see :func:`delivered`): a client
-#: that says what it has on resume gets what it lacks if it resumes within this
-JOURNAL_KEEP_S = 30.0
 
 
 class Ack(msgspec.Struct, tag="ack", tag_field="type", frozen=True):
@@ -101,6 +91,12 @@ def encode_ack(ack: Ack) -> str:
 
 class Cluster:
     """One instance's link to the shared store, used by the session registry."""
+
+    #: the record's bookkeeping, in speakflow.checkpoints
+    record = staticmethod(checkpoints.record)
+    checkpoint = staticmethod(checkpoints.checkpoint)
+    restore = staticmethod(checkpoints.restore)
+    restore_clock = staticmethod(checkpoints.restore_clock)
 
     def __init__(self, store: SharedState, settings: Settings) -> None:
         self.store = store
@@ -150,72 +146,7 @@ class Cluster:
                     timeline.last_final_end = max(timeline.last_final_end, final.end_ms / 1000)
         return record
 
-    @staticmethod
-    def restore(session: Session, source: SourceStream, timeline: SourceTimeline) -> None:
-        """Continue ``source`` where the record says: the next chunk's offset, the
-        transcript timestamp base, duplicates up to ``last_ts``, no final repeated."""
-        source.timeline.samples = timeline.samples
-        source.timeline.first_timestamp = timeline.first_ts
-        source.last_timestamp = timeline.last_ts
-        source.replaying_until = timeline.last_ts
-        if timeline.last_final_end > 0:
-            source.last_final_end = timeline.last_final_end
-        source.acked = (timeline.samples, timeline.last_ts, timeline.last_final_end)
-
-    @staticmethod
-    def restore_clock(session: Session, record: SessionRecord) -> None:
-        """MAX_SESSION_S and the audio lead count across resumes (wall clock -> trio clock)."""
-        now_wall, now = time.time(), trio.current_time()
-        session.started_at = now - max(0.0, now_wall - record.created_at)
-        session.created_wall = record.created_at
-        lead = max(0.0, record.audio_lead_s - max(0.0, now_wall - record.audio_lead_at))
-        for source in session.sources.values():
-            if source.rate is not None:
-                source.rate.lead = lead
-
     # ---- records -----------------------------------------------------------------
-
-    def record(self, session: Session) -> SessionRecord:
-        """Everything received: for a detach or a handoff, after the flush."""
-        sources = {
-            name: SourceTimeline(
-                samples=src.timeline.samples,
-                first_ts=src.timeline.first_timestamp,
-                last_ts=src.last_timestamp,
-                last_final_end=max(0.0, _finite(src.last_final_end)),
-            )
-            for name, src in session.sources.items()
-        }
-        return self._record(session, sources)
-
-    def checkpoint(
-        self, session: Session, moved: Mapping[str, tuple[int, int | None, float]] | None = None
-    ) -> SessionRecord:
-        """What survives a crash: per source, up to the last chunk finals cover
-        (``moved``: a source's coverage once the final being journaled is)."""
-        sources = {}
-        for name, src in session.sources.items():
-            samples, ts, end = (moved or {}).get(name, src.acked)
-            sources[name] = SourceTimeline(
-                samples=samples,
-                first_ts=src.timeline.first_timestamp,
-                last_ts=ts,
-                last_final_end=end,
-            )
-        return self._record(session, sources)
-
-    def _record(self, session: Session, sources: dict[str, SourceTimeline]) -> SessionRecord:
-        leads = [s.rate.lead for s in session.sources.values() if s.rate is not None]
-        return SessionRecord(
-            session_id=session.id,
-            user_id=session.user_id,
-            created_at=session.created_wall,
-            sources=sources,
-            provider=session.provider,
-            language=session.language,
-            audio_lead_s=max(leads, default=0.0),
-            audio_lead_at=time.time(),
-        )
 
     # ---- finals ------------------------------------------------------------------
 
@@ -236,7 +167,7 @@ class Cluster:
         source = session.sources.get(msg.source)
         moved = None
         if source is not None and not session.taken_over:
-            moved = _coverage(source, msg.end_time or 0.0)
+            moved = coverage(source, msg.end_time or 0.0)
         checkpoint = None
         if source is not None and moved is not None:
             checkpoint = self.checkpoint(session, {source.name: moved[1]})
@@ -257,7 +188,7 @@ class Cluster:
         session.last_seq = max(session.last_seq, seq)
         if source is None or moved is None:
             return True, []
-        _advance(source, *moved)
+        advance(source, *moved)
         covered = source.acked[1]
         if covered is None or session.acks_sent.get(source.name) == covered:
             return True, []
@@ -389,81 +320,3 @@ class Cluster:
         with trio.move_on_after(2 * self.settings.REDIS_TIMEOUT_S + 1) as scope:
             scope.shield = True
             await self.store.aclose()
-
-
-def sent(session: Session) -> None:
-    """The newest journaled final was queued for the client."""
-    session.sent_log.append((trio.current_time(), session.last_seq))
-
-
-def delivered(session: Session) -> int:
-    """The journal seq up to which finals may leave the journal: written at least
-    JOURNAL_KEEP_S ago. Until then a client that resumes and says what it has
-    (``finals_through``) gets any it lacks, e.g. the last ones written into a
-    socket that was already dead; the store never trims one not yet written."""
-    horizon = trio.current_time() - JOURNAL_KEEP_S
-    log_ = session.sent_log
-    while log_ and log_[0][0] <= horizon:
-        session.sent_seq = log_.popleft()[1]
-    return session.sent_seq
-
-
-def unsent(session: Session) -> dict[str, int]:
-    """Per source, the end_ms of the oldest final kept in memory for the next attach
-    (never written: queued when the socket went, or made with no client attached)."""
-    firsts: dict[str, int] = {}
-    for text in session.undelivered:
-        msg = p.decode_server(text)
-        if isinstance(msg, p.Transcript) and msg.source not in firsts:
-            firsts[msg.source] = end_ms(msg)
-    return firsts
-
-
-def end_ms(msg: p.Transcript) -> int:
-    """A final's key in the journal (with its source): its end_time in ms."""
-    return ms(msg.end_time or 0.0)
-
-
-def ms(seconds: float) -> int:
-    return round(seconds * 1000)
-
-
-def new_marks() -> deque[tuple[int, int]]:
-    """Per source: (timeline sample after the chunk, its client timestamp), oldest first."""
-    return deque(maxlen=MARKS_MAX)
-
-
-def _coverage(
-    source: SourceStream, end_s: float
-) -> tuple[int, tuple[int, int | None, float]] | None:
-    """What a final ending at ``end_s`` covers: how many of the oldest chunk marks
-    end by it, and ``source.acked`` after them; None if it covers nothing new."""
-    marks = source.marks
-    if marks is None:
-        return None
-    end = round(end_s * SAMPLE_RATE)
-    n = 0
-    for samples, _ts in marks:
-        if samples > end:
-            break
-        n += 1
-    old_samples, old_ts, done = source.acked
-    if n == 0:
-        if end_s <= done:
-            return None
-        return 0, (old_samples, old_ts, end_s)  # no whole chunk more: the final end only
-    samples, ts = marks[n - 1]
-    return n, (samples, ts, end_s)
-
-
-def _advance(source: SourceStream, n: int, acked: tuple[int, int | None, float]) -> None:
-    """The final was journaled: its coverage is what a crash keeps now."""
-    marks = source.marks
-    assert marks is not None
-    for _ in range(n):
-        marks.popleft()
-    source.acked = acked
-
-
-def _finite(value: float) -> float:
-    return value if math.isfinite(value) else 0.0

@@ -70,6 +70,46 @@ def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
 
+#: the Lua scripts (scripts.py) this store registers
+SCRIPT_NAMES = (
+    "OPEN",
+    "SAVE",
+    "DETACH",
+    "END",
+    "HANDOFF",
+    "HANDOFF_STATE",
+    "APPEND",
+    "UNSENT",
+    "TAKE",
+    "TRIM",
+    "HEARTBEAT",
+)
+
+
+def pipelined(
+    client: redis.Redis, script: Any, prefix: str, calls: list[Sequence[Any]]
+) -> list[Any]:
+    """In a thread: ``script`` once per call, in one round trip (no MULTI: each call
+    is atomic by itself, as a script). A restarted server lacks the script: load it
+    and send those calls again, as a single EVALSHA call does."""
+    replies: list[Any] = _send(client, script.sha, prefix, calls)
+    missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+    if missing:
+        client.script_load(script.script)
+        again = _send(client, script.sha, prefix, [calls[i] for i in missing])
+        for i, reply in zip(missing, again, strict=True):
+            replies[i] = reply
+    return replies
+
+
+def _send(client: redis.Redis, sha: str, prefix: str, calls: list[Sequence[Any]]) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for args in calls:
+        pipe.evalsha(sha, 0, prefix, *args)
+    replies: list[Any] = pipe.execute(raise_on_error=False)
+    return replies
+
+
 class RedisState:
     """:class:`~.base.SharedState` in Redis/Valkey at ``url``."""
 
@@ -106,20 +146,7 @@ class RedisState:
         #: the journal's appends, many sessions' finals in one round trip (batch.py)
         self.appends = Batcher(self._append_batch, self._bound_s)
         self._scripts = {
-            name: self._client.register_script(getattr(scripts, name))
-            for name in (
-                "OPEN",
-                "SAVE",
-                "DETACH",
-                "END",
-                "HANDOFF",
-                "HANDOFF_STATE",
-                "APPEND",
-                "UNSENT",
-                "TAKE",
-                "TRIM",
-                "HEARTBEAT",
-            )
+            name: self._client.register_script(getattr(scripts, name)) for name in SCRIPT_NAMES
         }
 
     # ---- the bounded call --------------------------------------------------------
@@ -258,7 +285,8 @@ class RedisState:
         """One thread hop, one pipeline of APPEND calls; a call's own error (a script
         error) fails that call only, a connection's fails them all, each counted."""
         try:
-            replies = await self._run("append", partial(self._pipeline, "APPEND", calls))
+            pipeline = partial(pipelined, self._client, self._scripts["APPEND"], self.prefix, calls)
+            replies = await self._run("append", pipeline)
         except SharedStateUnavailable:
             for _ in calls[1:]:  # counted per call, as one call each was
                 self.failures += 1
@@ -268,27 +296,6 @@ class RedisState:
         return [
             self._failed("append", r) if isinstance(r, redis.RedisError) else r for r in replies
         ]
-
-    def _pipeline(self, name: str, calls: list[Sequence[Any]]) -> list[Any]:
-        """In a thread: the script once per call, in one round trip (no MULTI: each
-        call is atomic by itself, as a script). A restarted server lacks the script:
-        load it and send those calls again, as a single EVALSHA call does."""
-        script = self._scripts[name]
-        replies: list[Any] = self._send(script.sha, calls)
-        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-        if missing:
-            self._client.script_load(script.script)
-            again = self._send(script.sha, [calls[i] for i in missing])
-            for i, reply in zip(missing, again, strict=True):
-                replies[i] = reply
-        return replies
-
-    def _send(self, sha: str, calls: list[Sequence[Any]]) -> list[Any]:
-        pipe = self._client.pipeline(transaction=False)
-        for args in calls:
-            pipe.evalsha(sha, 0, self.prefix, *args)
-        replies: list[Any] = pipe.execute(raise_on_error=False)
-        return replies
 
     async def journal_unsent(self, session_id: str, epoch: int, firsts: Mapping[str, int]) -> None:
         pairs = [x for source, end_ms in firsts.items() for x in (source, end_ms)]

@@ -41,6 +41,7 @@ KNOWN_CYCLES_TO_BREAK: list[tuple[str, ...]] = []
 SESSION_LAYER = frozenset(
     {
         "speakflow.admission",
+        "speakflow.checkpoints",
         "speakflow.cluster",
         "speakflow.connection",
         "speakflow.expiry",

@@ -21,11 +21,7 @@ MAX_CLASS_LINES = 250
 SIZE_MARKER = "Size:"
 
 #: modules other helpers are rewriting now (issue 17); pruned as they land
-BEING_SPLIT = frozenset(
-    {
-        "speakflow/cluster.py",
-    }
-)
+BEING_SPLIT: frozenset[str] = frozenset()
 
 
 def has_size_reason(tree: ast.Module) -> bool:
