@@ -59,16 +59,28 @@ function clock(seconds) {
   return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
 }
 
+function langLabel(language) {
+  // the language the server transcribed in: the one asked for, or the one it detected
+  const span = document.createElement("span");
+  span.className = "lang";
+  span.title = "Transcription language";
+  span.textContent = language;
+  return span;
+}
+
 function showTranscript(msg) {
   const p = panel(msg.source);
   if (!p) return;
+  if (msg.language) p.querySelector(".panel-lang").textContent = `· ${msg.language}`;
   if (msg.is_final) {
     if (msg.text.trim()) {
       const li = document.createElement("li");
       li.dataset.end = String(msg.end_time);
       const time = document.createElement("time");
       time.textContent = clock(msg.start_time);
-      li.append(time, document.createTextNode(msg.text));
+      li.append(time);
+      if (msg.language) li.append(langLabel(msg.language));
+      li.append(document.createTextNode(msg.text));
       p.querySelector(".finals").append(li);
     }
     p.querySelector(".partial").textContent = "";
@@ -83,6 +95,7 @@ function resetPanels(sources) {
     const p = panel(source);
     p.querySelector(".finals").replaceChildren();
     p.querySelector(".partial").textContent = "";
+    p.querySelector(".panel-lang").textContent = "";
     p.querySelector(".level").value = 0;
     p.dataset.chunks = "0";
     p.dataset.active = String(sources.includes(source));
@@ -584,7 +597,9 @@ async function showSession(id, { quiet = false } = {}) {
       who.className = "speaker";
       who.textContent = seg.speaker;
       li.dataset.source = seg.source;
-      li.append(time, who, document.createTextNode(seg.text));
+      li.append(time);
+      if (seg.language) li.append(langLabel(seg.language));
+      li.append(who, document.createTextNode(seg.text));
       return li;
     }),
   );
