@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 ENGINES = ("whisper", "echo")
 
 
-def create_engine(name: str, **whisper_options: object) -> Engine:
+def create_engine(name: str, echo_final_every: int = 1, **whisper_options: object) -> Engine:
     """``whisper`` or ``echo`` by name (the emulators' ``--engine``).
 
     The engine's module is imported only when chosen: ``echo`` runs without
@@ -50,7 +50,7 @@ def create_engine(name: str, **whisper_options: object) -> Engine:
     if name == "echo":
         from .engines import EchoEngine
 
-        return EchoEngine()
+        return EchoEngine(echo_final_every)
     if name == "whisper":
         from .whisper_engine import LocalWhisperEngine
 

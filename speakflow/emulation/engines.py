@@ -13,8 +13,13 @@ the clock every vendor reports in.
   own local Whisper engine and streaming policy, so the text matches the
   audio; one model and one batch scheduler serve every connection.
 * ``echo`` (:class:`EchoEngine`): no model; every audio frame immediately
-  becomes one final whose text is the lowercase hex of the frame's first
-  8 bytes. A load generator tags chunks that way to measure round trips.
+  comes back as text, the lowercase hex of the frame's first 8 bytes. A load
+  generator tags chunks that way to measure round trips. By default each
+  frame is one final (the store's worst case: a final per chunk); with
+  ``final_every=N`` frames come back as growing partials and every N-th
+  closes the utterance as one final holding all N tags, the cadence of
+  speech (a final every few seconds), so a bench can weigh per-final costs
+  at a realistic rate.
 """
 
 from __future__ import annotations
@@ -183,17 +188,25 @@ def spread_words(text: str, start: float, end: float, confidence: float) -> tupl
 class EchoEngine:
     name = "echo"
 
+    def __init__(self, final_every: int = 1) -> None:
+        if final_every < 1:
+            raise ValueError(f"final_every must be at least 1, not {final_every}")
+        self.final_every = final_every
+
     async def start(self) -> None:
         """No model to load."""
 
     def open(self, fmt: AudioFormat, options: StreamOptions = DEFAULT_OPTIONS) -> EngineStream:
-        return EchoStream(fmt)
+        return EchoStream(fmt, self.final_every)
 
 
 class EchoStream:
-    def __init__(self, fmt: AudioFormat) -> None:
+    def __init__(self, fmt: AudioFormat, final_every: int = 1) -> None:
         self._fmt = fmt
+        self._final_every = final_every
         self._bytes = 0
+        #: the open utterance's words (one tag per frame) since the last final
+        self._words: list[TimedWord] = []
         self._send, self._recv = trio.open_memory_channel[EngineEvent](math.inf)
 
     @property
@@ -207,13 +220,24 @@ class EchoStream:
     def feed(self, pcm: bytes) -> list[SpeechOnset]:
         start = self.position
         self._bytes += len(pcm)
-        text = pcm[:8].hex()
-        word = TimedWord(text, start, self.position, 1.0)
-        self._put(Hypothesis(text, start, self.position, True, (word,), 1.0, endpoint=True))
+        self._words.append(TimedWord(pcm[:8].hex(), start, self.position, 1.0))
+        self._put(self._utterance(final=len(self._words) >= self._final_every))
         return []
 
     def flush(self, tag: str | None = None) -> None:
-        self._put(Flushed(tag, self.position))
+        if self._words:  # the open utterance ends here, as a vendor's finalize does
+            self._put(self._utterance(final=True, tag=tag))
+        else:
+            self._put(Flushed(tag, self.position))
+
+    def _utterance(self, final: bool, tag: str | None = None) -> Hypothesis:
+        words = tuple(self._words)
+        if final:
+            self._words = []
+        text = " ".join(w.text for w in words)
+        return Hypothesis(
+            text, words[0].start, words[-1].end, final, words, 1.0, endpoint=final, tag=tag
+        )
 
     def close(self) -> None:
         self._send.close()

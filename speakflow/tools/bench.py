@@ -7,7 +7,11 @@ with the Deepgram provider pointed at ``speakflow emulate deepgram --engine
 echo``, the vendor answers each frame with a final whose text is the tag in
 hex, so every echoed ``transcript`` gives its chunk's round trip
 client -> server -> vendor -> server -> client. Chunks with no echo by the
-end are lost.
+end are lost. A final per chunk is the worst case for what costs per final
+(the transcript record, a cluster's journal); ``--final-every N`` makes the
+emulator answer with growing partials and close every N-th chunk as one
+final, as speech does, and a chunk then counts as lost unless it came back
+and ended up in exactly one final.
 
 With no ``--url`` the benchmark starts the emulator and a server (as separate
 processes, on free loopback ports) and reports their CPU and memory from
@@ -115,6 +119,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"sessions held   {r['sessions_held']}/{r['sessions']} (connected in {r['connect_s']} s)",
         f"chunks          sent {r['chunks_sent']}, echoed {r['chunks_echoed']}, lost "
         f"{r['chunks_lost']}"
+        + (f" (a final every {r['final_every']} chunks)" if r.get("final_every", 1) > 1 else "")
+        + (f", never in a final {r['chunks_never_final']}" if r.get("chunks_never_final") else "")
         + (f", unexpected {r['unexpected_echoes']}" if r["unexpected_echoes"] else "")
         + (f", misrouted {r['misrouted_echoes']}" if r["misrouted_echoes"] else ""),
         f"round trip ms   p50 {rtt['p50']}  p95 {rtt['p95']}  p99 {rtt['p99']}  max {rtt['max']}"

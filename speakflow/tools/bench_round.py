@@ -133,6 +133,7 @@ async def run_round(
     failures = [f"session {s.idx}: {s.failure}" for s in sessions if s.failure]
     sent = sum(s.sent for s in sessions)
     echoed = sum(s.echoed for s in sessions)
+    unfinal = sum(len(s.unfinal) for s in sessions)
     held = sum(1 for s in sessions if s.started.is_set() and not s.dead)
     wall = cpu_b["generator"].t - cpu_a["generator"].t if cpu_a and cpu_b else None
 
@@ -146,7 +147,10 @@ async def run_round(
         connect_s=round(connect_s, 2),
         chunks_sent=sent,
         chunks_echoed=echoed,
-        chunks_lost=sent - echoed,
+        # a chunk is lost if it never came back, or came back in partials only
+        chunks_lost=sent - echoed + unfinal,
+        chunks_never_final=unfinal,
+        final_every=opts.final_every,
         unexpected_echoes=sum(s.unexpected for s in sessions),
         misrouted_echoes=sum(s.misrouted for s in sessions),
         rtt_ms={

@@ -51,6 +51,8 @@ async def start_stack(opts: BenchOptions) -> Stack:
             "deepgram",
             "--engine",
             "echo",
+            "--echo-final-every",
+            str(opts.final_every),
             "--host",
             host,
             "--port",

@@ -50,6 +50,8 @@ class BenchOptions:
     server_env: dict[str, str] = field(default_factory=dict)
     profile: Path | None = None
     keep_logs: bool = False
+    #: the emulator's --echo-final-every: chunks per final, per source
+    final_every: int = 1
     #: store: one round with TRANSCRIPT_STORE=off, one with SQLite (speakflow.tools.bench_store)
     compare_store: bool = False
     #: scale-out (speakflow.client.bench_cluster): `serve --workers N`; deployments compared
@@ -117,11 +119,18 @@ def make_tag(session: int, seq: int) -> bytes:
 
 def parse_tag(text: str) -> tuple[int, int] | None:
     """(session, seq) from an echoed transcript (the tag in hex), or None."""
-    m = _HEX_TAG.search(text)
-    if m is None:
-        return None
-    value = int(m.group(0), 16)
-    return value >> 32, value & 0xFFFFFFFF
+    tags = parse_tags(text)
+    return tags[0] if tags else None
+
+
+def parse_tags(text: str) -> list[tuple[int, int]]:
+    """Every (session, seq) in an echoed transcript: a partial or final of several
+    chunks (``--final-every``) holds one tag per chunk."""
+    out = []
+    for m in _HEX_TAG.finditer(text):
+        value = int(m.group(0), 16)
+        out.append((value >> 32, value & 0xFFFFFFFF))
+    return out
 
 
 class _Msg(msgspec.Struct):
@@ -163,6 +172,8 @@ class BenchSession:
         self.pending: dict[int, float] = {}
         self.sent = 0
         self.echoed = 0
+        #: chunks echoed in a partial and not yet in a final (a final must follow)
+        self.unfinal: set[int] = set()
         self.unexpected = 0  # echoes of unknown or repeated tags, or for another session
         self.misrouted = 0  # an echo on the wrong source
         self.rtt_warm: list[float] = []
@@ -265,8 +276,7 @@ class BenchSession:
                     continue
                 kind = msg.type
                 if kind == "transcript":
-                    if msg.is_final:
-                        self._echo(msg, now)
+                    self._echo(msg, now)
                 elif kind == "error":
                     self.errors.append(msg.code or "?")
                     if not self.started.is_set():
@@ -278,16 +288,26 @@ class BenchSession:
                     self.ended.set()
 
     def _echo(self, msg: _Msg, now: float) -> None:
-        tag = parse_tag(msg.text)
-        if tag is None or tag[0] != self.idx:
+        """A chunk's round trip ends at its first echo, partial or final; each chunk
+        must then be in exactly one final."""
+        tags = parse_tags(msg.text)
+        if not tags:
             self.unexpected += 1
-            return
-        seq = tag[1]
-        sent = self.pending.pop(seq, None)
-        if sent is None:
-            self.unexpected += 1
-            return
-        if msg.source != SOURCES[seq & 1]:
-            self.misrouted += 1
-        self.echoed += 1
-        (self.rtt if sent >= self.steady_from else self.rtt_warm).append((now - sent) * 1000)
+        for session, seq in tags:
+            if session != self.idx:
+                self.unexpected += 1
+                continue
+            sent = self.pending.pop(seq, None)
+            if sent is None:
+                if seq in self.unfinal:
+                    if msg.is_final:
+                        self.unfinal.discard(seq)
+                    continue  # a growing partial repeats the utterance's earlier chunks
+                self.unexpected += 1  # unknown, or in a second final
+                continue
+            if msg.source != SOURCES[seq & 1]:
+                self.misrouted += 1
+            if not msg.is_final:
+                self.unfinal.add(seq)
+            self.echoed += 1
+            (self.rtt if sent >= self.steady_from else self.rtt_warm).append((now - sent) * 1000)

@@ -182,6 +182,15 @@ def register(sub: Any) -> None:
         "session and round trip side by side",
     )
     bench.add_argument(
+        "--final-every",
+        type=int,
+        default=1,
+        metavar="N",
+        help="the emulator closes an utterance every N chunks per source: chunks come back "
+        "as growing partials, then one final (default 1: every chunk a final, the "
+        "per-final costs' worst case; 6 is speech's cadence, a final every 3 s)",
+    )
+    bench.add_argument(
         "--keep-logs",
         action="store_true",
         help="keep the server and emulator logs (kept anyway on failure)",
@@ -221,6 +230,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         env = key_values(args.server_env, "--server-env")
     except ValueError as err:
         raise SystemExit(f"speakflow bench: {err}") from None
+    if args.final_every < 1:
+        raise SystemExit("speakflow bench: --final-every must be at least 1")
     opts = BenchOptions(
         sessions=args.sessions,
         duration=args.duration,
@@ -237,6 +248,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         server_env=env,
         profile=args.profile,
         keep_logs=args.keep_logs,
+        final_every=args.final_every,
         compare_store=args.compare_store,
         **bench_cluster.options(args),
     )

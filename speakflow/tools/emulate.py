@@ -72,6 +72,14 @@ def register(sub: Any) -> None:
         "each audio frame answers one final with the hex of its first 8 bytes",
     )
     parser.add_argument(
+        "--echo-final-every",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="echo: answer frames with growing partials and close every N-th as one final "
+        "holding all N (default 1: every frame a final)",
+    )
+    parser.add_argument(
         "--fault",
         action="append",
         default=[],
@@ -107,12 +115,19 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=_cmd_emulate)
 
 
-def build_engine(name: str) -> Engine:
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def build_engine(name: str, echo_final_every: int = 1) -> Engine:
     """The engine by name; ``whisper`` reads WHISPER_* like the server does."""
     from ..emulation import create_engine
 
     if name != "whisper":
-        return create_engine(name)
+        return create_engine(name, echo_final_every=echo_final_every)
     env = os.environ
     return create_engine(
         "whisper",
@@ -187,7 +202,7 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # a line per decode
     faults = Faults.parse(args.fault)
     try:
-        engine = build_engine(args.engine)
+        engine = build_engine(args.engine, args.echo_final_every)
     except Exception as err:  # a missing or broken model: one line, not a trace
         print(f"speakflow emulate: cannot load the {args.engine} engine: {err}", file=sys.stderr)
         return 2

@@ -41,3 +41,25 @@ async def test_bench_five_sessions_loses_no_chunk():
     assert server["pid"] and server["cpu_pct"] is not None and server["peak_rss_mb"] > 0
     assert report["emulator"]["cpu_pct"] is not None
     assert report["generator"]["cpu_pct"] is not None
+
+
+async def test_bench_at_speech_cadence_every_chunk_ends_in_one_final():
+    """--final-every: chunks come back as growing partials, and every one of them
+    must end up in exactly one final, including the utterance that the stop cuts
+    (10 chunks per source in finals of 4: two finals, then the stop's flush)."""
+    with trio.fail_after(180):
+        proc = await trio.run_process(
+            [sys.executable, "-m", "speakflow", "bench", "--sessions", "3", "--duration", "5"]
+            + ["--final-every", "4", "--json"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["final_every"] == 4
+    assert report["chunks_sent"] == 3 * 2 * 10
+    assert report["chunks_echoed"] == report["chunks_sent"]
+    assert report["chunks_never_final"] == 0 and report["chunks_lost"] == 0
+    assert report["unexpected_echoes"] == 0 and report["misrouted_echoes"] == 0
+    assert report["errors"] == {}
