@@ -49,8 +49,19 @@ async def test_bench_at_speech_cadence_every_chunk_ends_in_one_final():
     (10 chunks per source in finals of 4: two finals, then the stop's flush)."""
     with trio.fail_after(180):
         proc = await trio.run_process(
-            [sys.executable, "-m", "speakflow", "bench", "--sessions", "3", "--duration", "5"]
-            + ["--final-every", "4", "--json"],
+            [
+                sys.executable,
+                "-m",
+                "speakflow",
+                "bench",
+                "--sessions",
+                "3",
+                "--duration",
+                "5",
+                "--final-every",
+                "4",
+                "--json",
+            ],
             capture_stdout=True,
             capture_stderr=True,
             check=False,
