@@ -8,26 +8,21 @@ import sys
 import trio
 
 
-async def test_bench_five_sessions_loses_no_chunk():
+async def run_bench(*args: str) -> dict:
+    """``speakflow bench ARGS --json`` as a user runs it; its report."""
     with trio.fail_after(180):
         proc = await trio.run_process(
-            [
-                sys.executable,
-                "-m",
-                "speakflow",
-                "bench",
-                "--sessions",
-                "5",
-                "--duration",
-                "5",
-                "--json",
-            ],
+            [sys.executable, "-m", "speakflow", "bench", *args, "--json"],
             capture_stdout=True,
             capture_stderr=True,
             check=False,
         )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
-    report = json.loads(proc.stdout)
+    return json.loads(proc.stdout)
+
+
+async def test_bench_five_sessions_loses_no_chunk():
+    report = await run_bench("--sessions", "5", "--duration", "5")
     assert report["started_processes"] is True
     assert report["sessions_held"] == 5
     assert report["chunks_sent"] == 5 * 2 * 10  # 5 sessions, 2 sources, 10 chunks of 500 ms
@@ -47,27 +42,7 @@ async def test_bench_at_speech_cadence_every_chunk_ends_in_one_final():
     """--final-every: chunks come back as growing partials, and every one of them
     must end up in exactly one final, including the utterance that the stop cuts
     (10 chunks per source in finals of 4: two finals, then the stop's flush)."""
-    with trio.fail_after(180):
-        proc = await trio.run_process(
-            [
-                sys.executable,
-                "-m",
-                "speakflow",
-                "bench",
-                "--sessions",
-                "3",
-                "--duration",
-                "5",
-                "--final-every",
-                "4",
-                "--json",
-            ],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
-    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
-    report = json.loads(proc.stdout)
+    report = await run_bench("--sessions", "3", "--duration", "5", "--final-every", "4")
     assert report["final_every"] == 4
     assert report["chunks_sent"] == 3 * 2 * 10
     assert report["chunks_echoed"] == report["chunks_sent"]
