@@ -159,6 +159,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     WHISPER_ENDPOINT_MS: PositiveInt = 400
     #: a shorter silence at which the final's decode starts early (0: off)
     WHISPER_PAUSE_MS: NonNegativeInt = 150
+    #: silence that ends an utterance whose decode at the pause ends a sentence (0: off)
+    WHISPER_SENTENCE_PAUSE_MS: NonNegativeInt = 250
     WHISPER_PARTIAL_INTERVAL_MS: PositiveInt = 500
     #: past this an utterance ends at the next pause; at the max it is cut at a quiet spot
     WHISPER_SOFT_MAX_UTTERANCE_S: NonNegativeFloat = 10.0
@@ -470,6 +472,7 @@ class WhisperLocalSettings(ProviderSection, kw_only=True, frozen=True):
     WHISPER_CPU_THREADS: NonNegativeInt
     WHISPER_ENDPOINT_MS: PositiveInt
     WHISPER_PAUSE_MS: NonNegativeInt
+    WHISPER_SENTENCE_PAUSE_MS: NonNegativeInt
     WHISPER_PARTIAL_INTERVAL_MS: PositiveInt
     WHISPER_SOFT_MAX_UTTERANCE_S: NonNegativeFloat
     WHISPER_MAX_UTTERANCE_S: Annotated[float, msgspec.Meta(gt=0, le=28)]

@@ -14,7 +14,10 @@ choosing which audio to give it:
   model work starts while the endpoint is still being waited for; if nobody
   speaks before the endpoint the final reuses it (see the provider).
 * ``endpoint`` of trailing non-speech ends the utterance: one final, never
-  revised.
+  revised. When the pause's tentative decode reads as a whole sentence
+  (:meth:`VadSegmenter.sentence_ended`), ``sentence_pause`` ends it instead:
+  desktop audio comes in 500 ms chunks, so an endpoint just missed costs a
+  whole chunk of waiting for a final whose text is already known.
 * Long utterances are committed in pieces without cutting words: past
   ``soft_max_utterance`` the endpoint shrinks to the pause, so the next short
   pause ends the piece; at ``max_utterance`` the piece ends at the quietest
@@ -54,6 +57,8 @@ class Utterance:
     tentative: bool = False
     #: samples of it the VAD judged speech
     speech: int = 0
+    #: timeline index just after ``audio``
+    audio_end: int = 0
 
 
 ProbFn = Callable[[np.ndarray], np.ndarray]
@@ -70,6 +75,7 @@ class VadSegmenter:
         max_utterance_s: float = 20.0,
         pause_ms: int = 0,
         soft_max_utterance_s: float = 0.0,
+        sentence_pause_ms: int = 0,
     ) -> None:
         self._probs = speech_probs
         self._on = threshold
@@ -81,7 +87,14 @@ class VadSegmenter:
         self._pause = max(pause_ms * SAMPLE_RATE // 1000, TAIL) if pause_ms else 0
         self._pause = min(self._pause, self._endpoint) if self._pause else 0
         self._soft_len = int(soft_max_utterance_s * SAMPLE_RATE) or self._max_len
+        #: 0: off. Between the pause and the endpoint (it needs a tentative first).
+        self._sentence_pause = (
+            min(max(sentence_pause_ms * SAMPLE_RATE // 1000, self._pause), self._endpoint)
+            if sentence_pause_ms and self._pause
+            else 0
+        )
         self._paused = False  # a tentative was asked for this pause
+        self._sentence = False  # this pause's tentative reads as a whole sentence
         self._pending = np.zeros(0, dtype=np.float32)  # < one window, not yet judged
         self._context = np.zeros(VAD_CONTEXT, dtype=np.float32)
         self._pos = 0  # timeline index of the first sample of _pending
@@ -135,6 +148,30 @@ class VadSegmenter:
         """End of stream: commit whatever is being said."""
         return self._end_utterance() if self._speaking else []
 
+    def silence_heard(self) -> int:
+        """Samples of non-speech since the utterance being heard last had speech (0: none)."""
+        return self._pos - self._last_speech_end if self._speaking else 0
+
+    def sentence_ended(self, index: int, audio_end: int) -> list[Utterance]:
+        """The tentative of utterance ``index`` up to ``audio_end`` reads as a whole sentence.
+
+        If nobody spoke since, the utterance ends at ``sentence_pause`` of
+        silence instead of the endpoint: now (the final, whose audio is the
+        tentative's, is returned) when that much silence was already heard,
+        else when it is.
+        """
+        if (
+            not self._sentence_pause
+            or not self._speaking
+            or index != self._index
+            or self._audio_end(self._final_end()) != audio_end
+        ):
+            return []  # ended already, or speech came after the tentative
+        self._sentence = True
+        if self.silence_heard() >= self._sentence_pause:
+            return self._end_utterance()
+        return []
+
     # ------------------------------------------------------------ internals
 
     def _step(self, window: np.ndarray, prob: float) -> list[Utterance]:
@@ -162,9 +199,9 @@ class VadSegmenter:
             self._speech_samples += VAD_WINDOW
         silence = self._pos - self._last_speech_end
         if silence == 0:
-            self._paused = False
+            self._paused = self._sentence = False
         length = self._pos - self._utt_start
-        endpoint = self._endpoint
+        endpoint = self._sentence_pause if self._sentence else self._endpoint
         if length >= self._soft_len and self._pause:
             endpoint = self._pause
         if silence >= endpoint:
@@ -187,6 +224,10 @@ class VadSegmenter:
         del self._window_probs[:first]
         self._history_start += first * VAD_WINDOW
 
+    def _audio_end(self, end: int) -> int:
+        """Where :meth:`_audio` of ``end`` stops: its whole windows."""
+        return self._history_start + max(0, (end - self._history_start) // VAD_WINDOW) * VAD_WINDOW
+
     def _audio(self, end: int) -> np.ndarray:
         count = max(0, (end - self._history_start) // VAD_WINDOW)
         if count == 0:
@@ -202,6 +243,7 @@ class VadSegmenter:
             final=final,
             tentative=tentative,
             speech=self._speech_samples,
+            audio_end=self._audio_end(end),
         )
 
     def _final_end(self) -> int:
@@ -229,8 +271,10 @@ class VadSegmenter:
             end=cut,
             final=True,
             speech=self._speech_samples,
+            audio_end=cut,
         )
         self._index += 1
+        self._sentence = False
         first_kept = quiet + 1
         self._history = self._history[first_kept:]
         self._window_probs = self._window_probs[first_kept:]
@@ -242,7 +286,7 @@ class VadSegmenter:
 
     def _reset_after(self, pos: int) -> None:
         self._speaking = False
-        self._paused = False
+        self._paused = self._sentence = False
         self._speech_samples = 0
         keep = (PREROLL + VAD_WINDOW - 1) // VAD_WINDOW
         if len(self._history) > keep:

@@ -30,7 +30,7 @@ from .engine import WhisperEngine
 from .language import LanguageVote
 from .policy import StablePartials, Utterance, VadSegmenter
 from .scheduler import BatchScheduler, StreamQueue
-from .text_guards import accepted_text, suspicious
+from .text_guards import accepted_text, ends_sentence, suspicious
 
 NAME = "whisper_local"
 
@@ -145,6 +145,7 @@ class WhisperLocalStream:
             max_utterance_s=s.WHISPER_MAX_UTTERANCE_S,
             pause_ms=s.WHISPER_PAUSE_MS,
             soft_max_utterance_s=s.WHISPER_SOFT_MAX_UTTERANCE_S,
+            sentence_pause_ms=s.WHISPER_SENTENCE_PAUSE_MS,
         )
         jobs: StreamQueue[Utterance] = StreamQueue()
         key = object()  # this stream, for the scheduler
@@ -158,7 +159,7 @@ class WhisperLocalStream:
         backend.queues.add(jobs)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._work, jobs, key, emit, language, vote, alive)
+                nursery.start_soon(self._work, jobs, key, emit, language, vote, alive, segmenter)
                 try:
                     async with audio:
                         async for frame in audio:
@@ -196,6 +197,7 @@ class WhisperLocalStream:
         language: str | None,
         vote: LanguageVote | None,
         alive: Callable[[], None],
+        segmenter: VadSegmenter,
     ) -> None:
         scheduler = self._backend.scheduler
         finalized = -1
@@ -269,6 +271,10 @@ class WhisperLocalStream:
                 continue
             if utt.tentative:
                 tentative = _Tentative(utt.index, utt.start, utt.end, len(utt.audio), decoded)
+                if ends_sentence(text) and (decoded.fallback or not suspicious(decoded, job)):
+                    # a whole sentence: end it at the shorter pause (its final reuses this)
+                    for final in segmenter.sentence_ended(utt.index, utt.audio_end):
+                        self._put(jobs, key, final)
                 if _final_queued(jobs, utt.index):
                     continue
             shown = partials.update(utt.index, text, complete=utt.tentative)

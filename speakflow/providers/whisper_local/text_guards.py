@@ -106,3 +106,18 @@ def accepted_text(decoded: Decoded) -> str:
     if decoded.is_silence or decoded.compression_ratio > COMPRESSION_RATIO_THRESHOLD:
         return ""
     return decoded.text.strip()
+
+
+#: what Whisper ends a sentence with (an ellipsis is a voice trailing off, not an end)
+SENTENCE_ENDS = (".", "?", "!", "\u3002", "\uff1f", "\uff01")  # and CJK full stop, ?, !
+
+
+def ends_sentence(text: str) -> bool:
+    """Does ``text`` read as a finished sentence (Whisper punctuates what it hears)?
+
+    The provider ends an utterance at a pause instead of its endpoint when its
+    tentative decode says so: Whisper puts a full stop where the voice fell
+    as a sentence ends, and a comma where it paused mid-sentence.
+    """
+    end = text.rstrip()
+    return end.endswith(SENTENCE_ENDS) and not end.endswith(("...", "…"))

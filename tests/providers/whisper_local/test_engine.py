@@ -125,3 +125,12 @@ def test_what_counts_as_suspicious() -> None:
     assert suspicious(_decoded("Great, let's review it. Great, let's review it."), job)  # loop
     assert suspicious(_decoded("mumble", logprob=-1.5), job)  # unsure, yet not silence
     assert not suspicious(_decoded("you", logprob=-1.5, no_speech=0.9), job)  # silence
+
+
+def test_a_full_stop_question_or_exclamation_ends_a_sentence_but_a_comma_or_ellipsis_not() -> None:
+    from speakflow.providers.whisper_local.text_guards import ends_sentence
+
+    for text in ("Buenos días a todos.", "¿Me escuchan bien?", "¡Perfecto!", "Done. "):
+        assert ends_sentence(text), text
+    for text in ("Bien, repasemos", "pero falta la,", "I think that...", "and then…", ""):
+        assert not ends_sentence(text), text

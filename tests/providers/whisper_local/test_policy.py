@@ -180,3 +180,69 @@ def test_stable_partials_are_prefix_monotonic_on_random_hypotheses() -> None:
             words = out.split()
             assert words[: len(shown)] == shown and len(words) > len(shown)
             shown = words
+
+
+def feed_until(seg: VadSegmenter, start: float, stop: float, chunk: float = 0.064):
+    """Feed [start, stop) in small chunks; calls with stop == next start are contiguous."""
+    out = []
+    step = int(chunk * SR)
+    first, last = (round(t * SR / step) * step for t in (start, stop))
+    for off in range(first, last, step):
+        pcm = (np.ones(step, dtype="<i2") * 100).tobytes()
+        out.extend(seg.feed(pcm, off))
+    return out
+
+
+def sentence_segmenter(spans: list[tuple[float, float]], sentence_pause_ms: int = 250):
+    return VadSegmenter(
+        ScriptedVad(spans), endpoint_ms=500, pause_ms=150, sentence_pause_ms=sentence_pause_ms
+    )
+
+
+def test_a_sentence_at_a_pause_ends_at_the_shorter_pause_with_the_tentatives_audio() -> None:
+    seg = sentence_segmenter([(1.0, 3.0)])
+    out = feed_until(seg, 0, 3.2)
+    [tentative] = [u for u in out if u.tentative]
+    assert not [u for u in out if u.final]
+    # the decode read "... call." while only ~200 ms of silence was heard
+    assert seg.sentence_ended(tentative.index, tentative.audio_end) == []
+    [final] = [u for u in feed_until(seg, 3.2, 3.4) if u.final]  # at 250 ms, not 500
+    assert (final.index, final.start, final.end) == (
+        tentative.index,
+        tentative.start,
+        tentative.end,
+    )
+    assert np.array_equal(final.audio, tentative.audio)
+    assert not [u for u in feed_until(seg, 3.4, 5.0) if u.final]  # not again at the endpoint
+
+
+def test_a_sentence_noticed_after_enough_silence_is_final_at_once() -> None:
+    seg = sentence_segmenter([(1.0, 2.7)])
+    out = feed_seconds(seg, 3.0)  # a 500 ms chunk ends 300 ms into the silence
+    [tentative] = [u for u in out if u.tentative]
+    assert not [u for u in out if u.final]
+    [final] = seg.sentence_ended(tentative.index, tentative.audio_end)
+    assert final.final and np.array_equal(final.audio, tentative.audio)
+    assert not [u for u in feed_until(seg, 3.0, 5.0) if u.final]
+
+
+def test_speech_after_the_tentative_keeps_the_endpoint_and_every_word() -> None:
+    seg = sentence_segmenter([(1.0, 2.0), (2.25, 3.0)])
+    out = feed_until(seg, 0, 2.3)
+    [tentative] = [u for u in out if u.tentative]
+    # the speaker went on before the decode of the pause came back
+    assert seg.sentence_ended(tentative.index, tentative.audio_end) == []
+    out = feed_until(seg, 2.3, 4.0)
+    [final] = [u for u in out if u.final]
+    assert final.index == tentative.index and abs(final.end / SR - 3.0) < 0.05
+    assert len(final.audio) > len(tentative.audio)
+
+
+def test_no_sentence_ends_when_off_or_for_another_utterance() -> None:
+    seg = sentence_segmenter([(1.0, 2.7)], sentence_pause_ms=0)
+    [tentative] = [u for u in feed_seconds(seg, 3.0) if u.tentative]
+    assert seg.sentence_ended(tentative.index, tentative.audio_end) == []
+    seg = sentence_segmenter([(1.0, 2.7)])
+    [tentative] = [u for u in feed_seconds(seg, 3.0) if u.tentative]
+    assert seg.sentence_ended(tentative.index + 1, tentative.audio_end) == []
+    assert seg.sentence_ended(tentative.index, tentative.audio_end - 512) == []

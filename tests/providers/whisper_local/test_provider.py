@@ -9,6 +9,7 @@ import pytest
 import trio
 
 from speakflow.providers.base import AudioFrame, StreamConfig, TranscriptEvent
+from speakflow.providers.whisper_local.policy import VadSegmenter
 from speakflow.providers.whisper_local.provider import WhisperLocalBackend
 from speakflow.wer import normalize
 
@@ -76,3 +77,71 @@ async def test_finals_are_never_revised_and_partials_only_grow(
 async def test_no_text_from_silence_or_noise(backend, audio_dir, name: str) -> None:
     assert await _run(backend, read_wav(audio_dir / name)) == []
     assert backend.scheduler.batches == 0  # the model was never even asked
+
+
+def two_sentences_with_a_short_gap(backend: WhisperLocalBackend, audio_dir) -> tuple[bytes, int]:
+    """utt_00 then utt_01 with ~360 ms of silence between the voices (less than the
+    400 ms endpoint), placed so that a 500 ms chunk ends 250-400 ms into it; and the
+    index of that chunk, as the provider's own segmenter sees it."""
+    probs = backend.engine.speech_probs
+
+    def speech_span(pcm: bytes) -> tuple[int, int]:
+        seg = VadSegmenter(probs, endpoint_ms=400)
+        [final] = [u for u in seg.feed(pcm, 0) + seg.flush() if u.final]
+        return final.start, final.end
+
+    a, b = (read_wav(audio_dir / f"utt_0{i}_{v}.wav") for i, v in ((0, "slt"), (1, "rms")))
+    a_end = speech_span(a)[1]
+    b_start = speech_span(b)[0]
+    # silence in front (whole VAD windows), so a chunk boundary falls ~300 ms after a_end
+    lead = (8000 - (a_end + 4800) % 8000) % 8000 // 512 * 512
+    pcm = bytes(2 * lead) + a[: 2 * (a_end + 2880)] + b[2 * max(0, b_start - 2880) :]
+    s = backend.settings
+    seg = VadSegmenter(
+        probs,
+        endpoint_ms=s.WHISPER_ENDPOINT_MS,
+        pause_ms=s.WHISPER_PAUSE_MS,
+        sentence_pause_ms=s.WHISPER_SENTENCE_PAUSE_MS,
+    )
+    for i, off in enumerate(range(0, len(pcm), 16000)):
+        if [u for u in seg.feed(pcm[off : off + 16000], off // 2) if u.tentative]:
+            silence = seg.silence_heard()
+            assert s.WHISPER_SENTENCE_PAUSE_MS <= silence * 1000 // 16000 < 400, silence
+            return pcm, i
+    raise AssertionError("no pause between the sentences")
+
+
+async def test_a_sentence_that_ends_at_a_pause_is_final_before_the_endpoint(
+    backend, audio_dir
+) -> None:
+    pcm, gap_chunk = two_sentences_with_a_short_gap(backend, audio_dir)
+    off_settings = make_settings(WHISPER_SENTENCE_PAUSE_MS=0).whisper_local
+    without = WhisperLocalBackend(off_settings)
+    await without.start()
+
+    async def finals(b: WhisperLocalBackend) -> list[str]:
+        events: list[TranscriptEvent] = []
+        send, recv = trio.open_memory_channel[AudioFrame](1000)
+
+        async def emit(ev: TranscriptEvent) -> None:
+            events.append(ev)
+
+        async def feed() -> None:
+            async with send:
+                for i, off in enumerate(range(0, len(pcm), 16000)):
+                    await send.send(AudioFrame(pcm[off : off + 16000], off // 2))
+                    # time for the pause's tentative decode before the next chunk
+                    await trio.sleep(3.0 if i == gap_chunk else 0.05)
+
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(feed)
+                await b.create().stream(recv, emit, StreamConfig("s", "microphone", "en"))
+        return [e.text for e in events if e.is_final]
+
+    # the gap is shorter than the endpoint: one utterance, one final, without the rule
+    [both] = await finals(without)
+    assert "planning call" in both and "billing migration" in both
+    first, second = await finals(backend)
+    assert "planning call" in first and first.rstrip().endswith((".", "!", "?"))
+    assert "billing migration" in second and "planning" not in second
