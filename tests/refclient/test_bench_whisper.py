@@ -66,6 +66,9 @@ def test_targets_use_all_rounds_words_and_the_issue_bounds() -> None:
     t = targets(report)
     assert t["wer_ratio"] == 1.1 and t["wer_within_1.15x"]
     assert t["one_dual_session_ok"] and t["8_streams_ok"]
+    assert not t["one_dual_session_tiny_en_latency"]  # p50 0.6 > 0.5
+    report["rounds"][0]["final_latency_s"]["p50"] = 0.5
+    assert targets(report)["one_dual_session_tiny_en_latency"]
     report["rounds"][1]["final_latency_s"]["p95"] = 2.5
     assert not targets(report)["8_streams_ok"]
 
