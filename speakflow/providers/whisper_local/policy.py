@@ -9,11 +9,10 @@ choosing which audio to give it:
   hoped for.
 * While speech goes on, every ``partial_interval`` of new audio asks for a
   partial of the utterance so far.
-* ``pause`` of trailing non-speech (shorter than the endpoint), or a chunk
-  that ends in non-speech, asks for a *tentative* decode of exactly the audio
-  the final would take, so the final's model work starts while the endpoint
-  is still being waited for; if nobody speaks before the endpoint the final
-  reuses it (see the provider).
+* ``pause`` of trailing non-speech (shorter than the endpoint) asks for a
+  *tentative* decode of exactly the audio the final would take, so the final's
+  model work starts while the endpoint is still being waited for; if nobody
+  speaks before the endpoint the final reuses it (see the provider).
 * ``endpoint`` of trailing non-speech ends the utterance: one final, never
   revised. When the pause's tentative decode reads as a whole sentence
   (:meth:`VadSegmenter.sentence_ended`), ``sentence_pause`` ends it instead:
@@ -95,8 +94,6 @@ class VadSegmenter:
             else 0
         )
         self._paused = False  # a tentative was asked for this pause
-        #: where a chunk's end cut this pause's tentative (its final ends there too)
-        self._tentative_end = 0
         self._sentence = False  # this pause's tentative reads as a whole sentence
         self._pending = np.zeros(0, dtype=np.float32)  # < one window, not yet judged
         self._context = np.zeros(VAD_CONTEXT, dtype=np.float32)
@@ -145,7 +142,6 @@ class VadSegmenter:
         out: list[Utterance] = []
         for i in range(n):
             out.extend(self._step(windows[i], float(probs[i])))
-        out.extend(self._chunk_end(len(samples)))
         return out
 
     def flush(self) -> list[Utterance]:
@@ -204,7 +200,6 @@ class VadSegmenter:
         silence = self._pos - self._last_speech_end
         if silence == 0:
             self._paused = self._sentence = False
-            self._tentative_end = 0
         length = self._pos - self._utt_start
         endpoint = self._sentence_pause if self._sentence else self._endpoint
         if length >= self._soft_len and self._pause:
@@ -221,27 +216,6 @@ class VadSegmenter:
             self._last_partial = self._pos
             return [self._request(final=False, end=self._pos)]
         return []
-
-    def _chunk_end(self, chunk: int) -> list[Utterance]:
-        """A chunk that ends in non-speech, before the pause: the tentative now.
-
-        The desktop's audio comes in 500 ms chunks, so the next look at this
-        silence is half a second away. If the endpoint comes then, the final
-        reuses this decode (its audio ends here: :meth:`_final_end`) instead
-        of starting one. Measured (bench-whisper, base, one dual-source
-        session): final latency p50 0.62 -> 0.51 s, p95 0.79 -> 0.66 s, the
-        same words. Chunks shorter than the pause are looked at again before
-        it, so they wait for it (a tentative at every gap between words would
-        be model time for nothing).
-        """
-        if not self._pause or chunk < self._pause or not self._speaking or self._paused:
-            return []
-        silence = self._pos - self._last_speech_end
-        if not 0 < silence < self._pause or self._speech_samples < MIN_SPEECH:
-            return []
-        self._paused = True
-        self._tentative_end = self._pos
-        return [self._request(final=False, end=self._pos, tentative=True)]
 
     def _trim_to(self, first: int) -> None:
         if first <= 0:
@@ -273,8 +247,6 @@ class VadSegmenter:
         )
 
     def _final_end(self) -> int:
-        if self._tentative_end:
-            return self._tentative_end
         return min(self._pos, self._last_speech_end + TAIL)
 
     def _end_utterance(self) -> list[Utterance]:
@@ -303,7 +275,6 @@ class VadSegmenter:
         )
         self._index += 1
         self._sentence = False
-        self._tentative_end = 0
         first_kept = quiet + 1
         self._history = self._history[first_kept:]
         self._window_probs = self._window_probs[first_kept:]
@@ -316,7 +287,6 @@ class VadSegmenter:
     def _reset_after(self, pos: int) -> None:
         self._speaking = False
         self._paused = self._sentence = False
-        self._tentative_end = 0
         self._speech_samples = 0
         keep = (PREROLL + VAD_WINDOW - 1) // VAD_WINDOW
         if len(self._history) > keep:

@@ -246,30 +246,3 @@ def test_no_sentence_ends_when_off_or_for_another_utterance() -> None:
     [tentative] = [u for u in feed_seconds(seg, 3.0) if u.tentative]
     assert seg.sentence_ended(tentative.index + 1, tentative.audio_end) == []
     assert seg.sentence_ended(tentative.index, tentative.audio_end - 512) == []
-
-
-def test_a_500_ms_chunk_ending_in_silence_asks_for_the_finals_decode_at_once() -> None:
-    seg = VadSegmenter(ScriptedVad([(1.0, 2.9)]), endpoint_ms=400, pause_ms=150)
-    out = feed_seconds(seg, 3.0)  # the last chunk ends ~100 ms into the silence
-    [tentative] = [u for u in out if u.tentative]
-    assert tentative.audio_end == int(3.0 * SR) // VAD_WINDOW * VAD_WINDOW
-    out = feed_until(seg, 3.0, 3.5, chunk=0.5)
-    [final] = [u for u in out if u.final]  # the endpoint, a chunk later
-    assert not [u for u in out if u.tentative]  # no second decode for this pause
-    assert (final.index, final.start, final.end) == (
-        tentative.index,
-        tentative.start,
-        tentative.end,
-    )
-    assert np.array_equal(final.audio, tentative.audio)  # so it reuses that decode
-
-
-def test_short_chunks_wait_for_the_pause_and_speech_after_a_chunk_end_is_kept() -> None:
-    seg = VadSegmenter(ScriptedVad([(1.0, 2.9)]), endpoint_ms=400, pause_ms=150)
-    out = feed_seconds(seg, 3.5, chunk=0.1)
-    [tentative] = [u for u in out if u.tentative]
-    assert abs(tentative.audio_end / SR - (2.9 + 0.15)) < 0.05  # at the pause, with TAIL
-    seg = VadSegmenter(ScriptedVad([(1.0, 2.9), (3.1, 4.0)]), endpoint_ms=400, pause_ms=150)
-    out = feed_seconds(seg, 5.0)
-    [final] = [u for u in out if u.final]
-    assert abs(final.end / SR - 4.0) < 0.05 and len(final.audio) / SR > 3.0
