@@ -224,12 +224,16 @@ class VadSegmenter:
         del self._window_probs[:first]
         self._history_start += first * VAD_WINDOW
 
+    def _windows(self, end: int) -> int:
+        """Whole VAD windows of history before timeline index ``end``."""
+        return max(0, (end - self._history_start) // VAD_WINDOW)
+
     def _audio_end(self, end: int) -> int:
-        """Where :meth:`_audio` of ``end`` stops: its whole windows."""
-        return self._history_start + max(0, (end - self._history_start) // VAD_WINDOW) * VAD_WINDOW
+        """Where :meth:`_audio` of ``end`` stops."""
+        return self._history_start + self._windows(end) * VAD_WINDOW
 
     def _audio(self, end: int) -> np.ndarray:
-        count = max(0, (end - self._history_start) // VAD_WINDOW)
+        count = self._windows(end)
         if count == 0:
             return np.zeros(0, dtype=np.float32)
         return np.concatenate(self._history[:count])

@@ -76,6 +76,8 @@ class _Tentative:
     end: int
     samples: int
     decoded: Decoded
+    #: good enough to be the final as it is (tentatives get no full-window redo)
+    trusted: bool
 
 
 class _Previous:
@@ -234,7 +236,7 @@ class WhisperLocalStream:
                 and tentative is not None
                 and (tentative.index, tentative.start, tentative.end, tentative.samples)
                 == (utt.index, utt.start, utt.end, len(utt.audio))
-                and (tentative.decoded.fallback or not suspicious(tentative.decoded, job))
+                and tentative.trusted
             ):
                 decoded = tentative.decoded  # nothing was said since the pause: same audio
             else:
@@ -270,8 +272,11 @@ class WhisperLocalStream:
                     )
                 continue
             if utt.tentative:
-                tentative = _Tentative(utt.index, utt.start, utt.end, len(utt.audio), decoded)
-                if ends_sentence(text) and (decoded.fallback or not suspicious(decoded, job)):
+                trusted = decoded.fallback or not suspicious(decoded, job)
+                tentative = _Tentative(
+                    utt.index, utt.start, utt.end, len(utt.audio), decoded, trusted
+                )
+                if trusted and ends_sentence(text):
                     # a whole sentence: end it at the shorter pause (its final reuses this)
                     for final in segmenter.sentence_ended(utt.index, utt.audio_end):
                         self._put(jobs, key, final)
