@@ -25,8 +25,13 @@ async def backend() -> WhisperLocalBackend:
 
 
 async def _run(
-    backend: WhisperLocalBackend, pcm: bytes, pace: float = 0.0
+    backend: WhisperLocalBackend,
+    pcm: bytes,
+    pace: float = 0.0,
+    hold: dict[int, float] | None = None,
 ) -> list[TranscriptEvent]:
+    """The stream's events for ``pcm`` in 500 ms frames, ``pace`` s apart (``hold``:
+    longer after the frames of these indexes)."""
     events: list[TranscriptEvent] = []
     send, recv = trio.open_memory_channel[AudioFrame](1000)
 
@@ -35,9 +40,9 @@ async def _run(
 
     async def feed() -> None:
         async with send:
-            for off in range(0, len(pcm), 16000):
+            for i, off in enumerate(range(0, len(pcm), 16000)):
                 await send.send(AudioFrame(pcm[off : off + 16000], off // 2))
-                await trio.sleep(pace)
+                await trio.sleep((hold or {}).get(i, pace))
 
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
@@ -120,23 +125,8 @@ async def test_a_sentence_that_ends_at_a_pause_is_final_before_the_endpoint(
     await without.start()
 
     async def finals(b: WhisperLocalBackend) -> list[str]:
-        events: list[TranscriptEvent] = []
-        send, recv = trio.open_memory_channel[AudioFrame](1000)
-
-        async def emit(ev: TranscriptEvent) -> None:
-            events.append(ev)
-
-        async def feed() -> None:
-            async with send:
-                for i, off in enumerate(range(0, len(pcm), 16000)):
-                    await send.send(AudioFrame(pcm[off : off + 16000], off // 2))
-                    # time for the pause's tentative decode before the next chunk
-                    await trio.sleep(3.0 if i == gap_chunk else 0.05)
-
-        with trio.fail_after(120):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(feed)
-                await b.create().stream(recv, emit, StreamConfig("s", "microphone", "en"))
+        # time for the pause's tentative decode before the next chunk
+        events = await _run(b, pcm, pace=0.05, hold={gap_chunk: 3.0})
         return [e.text for e in events if e.is_final]
 
     # the gap is shorter than the endpoint: one utterance, one final, without the rule
