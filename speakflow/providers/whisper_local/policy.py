@@ -12,7 +12,9 @@ choosing which audio to give it:
 * ``pause`` of trailing non-speech (shorter than the endpoint) asks for a
   *tentative* decode of exactly the audio the final would take, so the final's
   model work starts while the endpoint is still being waited for; if nobody
-  speaks before the endpoint the final reuses it (see the provider).
+  speaks before the endpoint the final reuses it (see the provider). A chunk
+  that ends in non-speech before the pause asks for it at once, its missing
+  tail filled with silence (:meth:`VadSegmenter._chunk_end`).
 * ``endpoint`` of trailing non-speech ends the utterance: one final, never
   revised. When the pause's tentative decode reads as a whole sentence
   (:meth:`VadSegmenter.sentence_ended`), ``sentence_pause`` ends it instead:
@@ -59,6 +61,10 @@ class Utterance:
     speech: int = 0
     #: timeline index just after ``audio``
     audio_end: int = 0
+    #: samples at the end of ``audio`` that were not heard yet, filled with zeros
+    #: (a tentative asked for at a chunk's end): its final reuses it only if the
+    #: real samples there are silent (see the provider)
+    padding: int = 0
 
 
 ProbFn = Callable[[np.ndarray], np.ndarray]
@@ -142,6 +148,7 @@ class VadSegmenter:
         out: list[Utterance] = []
         for i in range(n):
             out.extend(self._step(windows[i], float(probs[i])))
+        out.extend(self._chunk_end(len(samples)))
         return out
 
     def flush(self) -> list[Utterance]:
@@ -216,6 +223,44 @@ class VadSegmenter:
             self._last_partial = self._pos
             return [self._request(final=False, end=self._pos)]
         return []
+
+    def _chunk_end(self, chunk: int) -> list[Utterance]:
+        """A chunk that ends in non-speech, short of the pause: the tentative now.
+
+        The desktop sends 500 ms chunks, so the next look at this silence is
+        half a second away, and the endpoint then finds the final's decode
+        not even started. Asked now, with the final's audio as it will be if
+        nobody speaks, the not-yet-heard end (under ``pause``, all non-speech)
+        as zeros: Whisper pads every window with zeros anyway, so the decode
+        is the final's own when the real samples turn out silent, and the
+        provider decodes the final again when they do not. (Cut where the
+        chunk ended instead, with no tail, the Spanish meeting lost words:
+        the last word wants its trailing silence.) Chunks shorter than the
+        pause are looked at again before it, so they wait for it.
+        """
+        if not self._pause or chunk < self._pause or not self._speaking or self._paused:
+            return []
+        silence = self._pos - self._last_speech_end
+        if not 0 < silence < self._pause or self._speech_samples < MIN_SPEECH:
+            return []
+        self._paused = True
+        end = self._last_speech_end + TAIL
+        heard = self._audio(min(end, self._pos))
+        padding = max(0, self._windows(end) * VAD_WINDOW - len(heard))
+        audio = np.concatenate((heard, np.zeros(padding, dtype=np.float32)))
+        return [
+            Utterance(
+                index=self._index,
+                audio=audio,
+                start=self._utt_start,
+                end=self._last_speech_end,
+                final=False,
+                tentative=True,
+                speech=self._speech_samples,
+                audio_end=self._audio_end(end),
+                padding=padding,
+            )
+        ]
 
     def _trim_to(self, first: int) -> None:
         if first <= 0:

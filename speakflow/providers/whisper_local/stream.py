@@ -37,6 +37,10 @@ NAME = "whisper_local"
 #: a previous final longer than this is not used as context: the encoder's
 #: window (and its cost) would grow by as much
 CONTEXT_MAX_S = 8.0
+#: a tentative's zero-filled tail (:attr:`.policy.Utterance.padding`) stands for
+#: the final's real samples there when these are at most this loud (RMS, about
+#: -60 dBFS: a quiet room's floor, well under any trailing consonant)
+SILENT_RMS = 0.001
 
 
 class Backend(Protocol):
@@ -78,6 +82,23 @@ class _Tentative:
     decoded: Decoded
     #: good enough to be the final as it is (tentatives get no full-window redo)
     trusted: bool
+    #: zeros it heard in place of the final's last samples
+    padding: int
+
+    def serves(self, final: Utterance) -> bool:
+        """Whether this decode can be ``final``'s: the same audio, nothing said since."""
+        same = (self.index, self.start, self.end, self.samples) == (
+            final.index,
+            final.start,
+            final.end,
+            len(final.audio),
+        )
+        if not same or not self.trusted:
+            return False
+        if not self.padding:
+            return True
+        tail = final.audio[-self.padding :].astype(np.float64)
+        return float(np.sqrt(np.mean(tail * tail))) <= SILENT_RMS
 
 
 class _Previous:
@@ -231,13 +252,7 @@ class WhisperLocalStream:
                 context=previous.context(lang) if ordered and with_context else None,
                 switch_prob=switch,
             )
-            if (
-                utt.final
-                and tentative is not None
-                and (tentative.index, tentative.start, tentative.end, tentative.samples)
-                == (utt.index, utt.start, utt.end, len(utt.audio))
-                and tentative.trusted
-            ):
+            if utt.final and tentative is not None and tentative.serves(utt):
                 decoded = tentative.decoded  # nothing was said since the pause: same audio
             else:
                 if utt.tentative and _final_queued(jobs, utt.index):
@@ -274,7 +289,7 @@ class WhisperLocalStream:
             if utt.tentative:
                 trusted = decoded.fallback or not suspicious(decoded, job)
                 tentative = _Tentative(
-                    utt.index, utt.start, utt.end, len(utt.audio), decoded, trusted
+                    utt.index, utt.start, utt.end, len(utt.audio), decoded, trusted, utt.padding
                 )
                 if trusted and ends_sentence(text):
                     # a whole sentence: end it at the shorter pause (its final reuses this)

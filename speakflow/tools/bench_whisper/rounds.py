@@ -197,6 +197,13 @@ async def run_round(
         "final_latency_s": percentiles(lat),
         "latency_first_half_p50": percentile((x for _, x in ordered[:half]), 50),
         "latency_second_half_p50": percentile((x for _, x in ordered[half:]), 50),
+        # each final's, for finding which turns are slow (a turn's is set mostly by
+        # where the 500 ms chunks fall around its end, so the same turns every run)
+        "final_latency_by_turn": sorted(
+            (round(t, 3), rec.source, round(x, 3))
+            for rec, res in zip(admitted, results, strict=True)
+            for t, x in res["latencies"]
+        ),
         "turns": sum(r["turns"] for r in results),
         "missed_turns": sum(r["missed"] for r in results),
         "spurious_finals": sum(r["spurious"] for r in results),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pytest
 
 from speakflow.providers.whisper_local.engine import VAD_WINDOW
 from speakflow.providers.whisper_local.policy import VadSegmenter
@@ -118,6 +119,36 @@ def test_speech_after_a_pause_gives_a_new_tentative_and_a_longer_final() -> None
     [final] = [u for u in out if u.final]
     assert len(tentatives) == 2
     assert len(tentatives[0].audio) < len(final.audio) == len(tentatives[1].audio)
+
+
+def test_a_chunk_that_ends_in_silence_asks_for_the_finals_decode_at_once() -> None:
+    # the 500 ms chunk [2.5, 3.0) ends ~90 ms after the speech: short of the pause
+    seg = VadSegmenter(ScriptedVad([(1.0, 2.9)]), endpoint_ms=400, pause_ms=150)
+    before = feed_seconds(seg, 2.5)
+    [tentative] = seg.feed((np.ones(8000, dtype="<i2") * 100).tobytes(), int(2.5 * SR))
+    assert tentative.tentative and not [u for u in before if u.tentative]
+    rest = [u for u in feed_until(seg, 3.0, 4.0, chunk=0.5)]
+    assert not [u for u in rest if u.tentative]  # not asked again at the pause
+    [final] = [u for u in rest if u.final]
+    assert (tentative.index, tentative.start, tentative.end, tentative.audio_end) == (
+        final.index,
+        final.start,
+        final.end,
+        final.audio_end,
+    )
+    # the final's audio, its not-yet-heard end as zeros
+    pad = tentative.padding
+    assert 0 < pad < 0.15 * SR and len(tentative.audio) == len(final.audio)
+    assert np.array_equal(tentative.audio[:-pad], final.audio[:-pad])
+    assert not tentative.audio[-pad:].any() and final.audio[-pad:].all()
+
+
+def test_chunks_shorter_than_the_pause_wait_for_it() -> None:
+    seg = VadSegmenter(ScriptedVad([(1.0, 2.9)]), endpoint_ms=400, pause_ms=150)
+    out = feed_seconds(seg, 4, chunk=0.064)
+    [tentative] = [u for u in out if u.tentative]
+    assert tentative.padding == 0
+    assert (tentative.end - tentative.start) / SR == pytest.approx(1.9, abs=0.05)
 
 
 def test_no_tentatives_when_pause_is_off() -> None:

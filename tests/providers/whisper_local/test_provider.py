@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import trio
 
@@ -135,3 +136,42 @@ async def test_a_sentence_that_ends_at_a_pause_is_final_before_the_endpoint(
     first, second = await finals(backend)
     assert "planning call" in first and first.rstrip().endswith((".", "!", "?"))
     assert "billing migration" in second and "planning" not in second
+
+
+def one_sentence_ending_inside_a_chunk(
+    backend: WhisperLocalBackend, audio_dir, noise_rms: float
+) -> tuple[bytes, int]:
+    """utt_00 placed so that a 500 ms chunk ends ~100 ms after the voice (short of the
+    pause), then silence to that chunk's end and 1.5 s of non-speech noise at
+    ``noise_rms``; and the index of that chunk."""
+    probs = backend.engine.speech_probs
+    a = read_wav(audio_dir / "utt_00_slt.wav")
+    seg = VadSegmenter(probs, endpoint_ms=400)
+    [final] = [u for u in seg.feed(a, 0) + seg.flush() if u.final]
+    lead = (8000 - (final.end + 1600) % 8000) % 8000 // 512 * 512
+    voice = np.frombuffer(a[: 2 * final.end], dtype="<i2")
+    rng = np.random.default_rng(3)
+    tail = (rng.standard_normal(24000) * noise_rms * 32768).astype("<i2")
+    tail[: (8000 - (lead + final.end) % 8000) % 8000] = 0  # silent to the chunk's end
+    pcm = bytes(2 * lead) + voice.tobytes() + tail.tobytes()
+    s = backend.settings
+    seg = VadSegmenter(probs, endpoint_ms=s.WHISPER_ENDPOINT_MS, pause_ms=s.WHISPER_PAUSE_MS)
+    for i, off in enumerate(range(0, len(pcm), 16000)):
+        if [u for u in seg.feed(pcm[off : off + 16000], off // 2) if u.tentative]:
+            assert 0 < seg.silence_heard() < s.WHISPER_PAUSE_MS * 16, seg.silence_heard()
+            return pcm, i
+    raise AssertionError("no tentative at the chunk's end")
+
+
+@pytest.mark.parametrize(("noise_rms", "decodes"), [(0.0, 1), (0.01, 2)])
+async def test_a_chunk_ending_in_silence_starts_the_finals_decode(
+    backend, audio_dir, noise_rms: float, decodes: int
+) -> None:
+    """The final reuses the decode asked for at the chunk's end when what followed
+    was silent, and is decoded again when it was not (-40 dBFS of noise, which the
+    VAD calls non-speech, in place of the zeros that decode heard)."""
+    pcm, chunk = one_sentence_ending_inside_a_chunk(backend, audio_dir, noise_rms)
+    events = await _run(backend, pcm, hold={chunk: 3.0})
+    [final] = [e.text for e in events if e.is_final]
+    assert "planning call" in final
+    assert backend.scheduler.finals == decodes  # tentative and final decodes
