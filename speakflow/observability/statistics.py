@@ -281,6 +281,7 @@ class WhisperStatistics:
     backlog_peak_seconds: float = field(metadata=_whisper("backlog_peak_seconds"))
     isolated_batch_failures_total: int = field(metadata=_whisper("isolated_batch_failures_total"))
     failed_decodes_total: int = field(metadata=_whisper("failed_decodes_total"))
+    slow_batches_total: int = field(metadata=_whisper("slow_batches_total"))
 
 
 # ---------------------------------------------------------------------- transcript store

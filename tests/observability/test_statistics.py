@@ -78,6 +78,7 @@ WHISPER_GAUGES = {
         "backlog_peak_seconds",
         "isolated_batch_failures_total",
         "failed_decodes_total",
+        "slow_batches_total",
     ]
 }
 

@@ -259,4 +259,5 @@ class WhisperLocalBackend:
             backlog_peak_seconds=self.backlog_peak / SAMPLE_RATE,
             isolated_batch_failures_total=sched.isolated_failures,
             failed_decodes_total=sched.failed_items,
+            slow_batches_total=sched.slow_batches,
         )

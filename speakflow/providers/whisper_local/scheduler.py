@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 
 FINAL = 0
 PARTIAL = 1
+#: a batch that holds the model longer than this is logged and counted: every
+#: stream's finals wait behind it (one bench run saw a final wait 20 s, once)
+SLOW_BATCH_S = 5.0
 
 
 @dataclass(eq=False)
@@ -115,6 +118,8 @@ class BatchScheduler(Generic[P, R]):
         self.isolated_failures = 0
         #: requests that failed on their own (their caller got the error)
         self.failed_items = 0
+        #: batches that held the model longer than SLOW_BATCH_S
+        self.slow_batches = 0
         #: told the model seconds per item of each busy batch that carried
         #: finals: what a final costs when many streams want the model
         self._on_busy_cost = on_busy_cost
@@ -269,6 +274,16 @@ class BatchScheduler(Generic[P, R]):
             self.items += len(batch)
             self.finals += n_final
             self.partials += len(batch) - n_final
+            if ended - started > SLOW_BATCH_S:
+                self.slow_batches += 1
+                log.warning(
+                    "a batch of %d (%d finals) held the model for %.1f s; its oldest "
+                    "request had waited %.1f s",
+                    len(batch),
+                    n_final,
+                    ended - started,
+                    started - min(w.submitted for w in batch),
+                )
             if busy and n_final and self._on_busy_cost is not None:
                 self._on_busy_cost((ended - started) / len(batch))
 

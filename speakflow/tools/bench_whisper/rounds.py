@@ -228,6 +228,8 @@ async def run_round(
         "partials_dropped": delta("speakflow_whisper_partials_dropped_total"),
         "fallback_decodes": delta("speakflow_whisper_fallback_decodes_total"),
         "loops_cut": delta("speakflow_whisper_loops_cut_total"),
+        # batches that held the model > 5 s (the server log says which)
+        "slow_batches": delta("speakflow_whisper_slow_batches_total"),
         "max_queue": max((p.get("speakflow_whisper_queue_depth", 0.0) for p in polls), default=0),
         "max_final_wait_s": max(
             (p.get("speakflow_whisper_oldest_final_wait_seconds", 0.0) for p in polls), default=0

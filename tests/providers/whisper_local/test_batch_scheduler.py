@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 from speakflow.observability.statistics import SchedulerStatistics
-from speakflow.providers.whisper_local.scheduler import BatchScheduler, StreamQueue
+from speakflow.providers.whisper_local.scheduler import SLOW_BATCH_S, BatchScheduler, StreamQueue
 
 
 class FakeModel:
@@ -310,6 +310,29 @@ def test_oldest_final_wait_and_load_for_admission() -> None:
         assert final_load == pytest.approx(load)
 
     trio.run(main, clock=clock)
+
+
+def test_a_batch_that_holds_the_model_long_is_counted_and_logged(caplog) -> None:  # type: ignore[no-untyped-def]
+    clock = trio.testing.MockClock()
+    model = FakeModel()
+
+    async def main() -> None:
+        sched: BatchScheduler[str, str] = BatchScheduler(model)
+        async with trio.open_nursery() as n:
+            await _busy(sched, model, n)
+            clock.jump(SLOW_BATCH_S - 1)
+            model.gate.set()
+        assert sched.slow_batches == 0
+        async with trio.open_nursery() as n:
+            await _busy(sched, model, n)
+            clock.jump(SLOW_BATCH_S + 1)
+            model.gate.set()
+        assert sched.slow_batches == 1
+
+    with caplog.at_level("WARNING", logger="speakflow.providers.whisper_local.scheduler"):
+        trio.run(main, clock=clock)
+    [record] = caplog.records
+    assert "held the model for 6.0 s" in record.getMessage()
 
 
 async def test_stream_queue_keeps_ordered_items_and_only_the_newest_partial() -> None:
