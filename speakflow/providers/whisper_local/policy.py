@@ -171,7 +171,7 @@ class VadSegmenter:
             not self._sentence_pause
             or not self._speaking
             or index != self._index
-            or self._audio_end(self._final_end()) != audio_end
+            or self._audio_end(self._last_speech_end + TAIL) != audio_end
         ):
             return []  # ended already, or speech came after the tentative
         self._sentence = True

@@ -143,6 +143,23 @@ def test_a_chunk_that_ends_in_silence_asks_for_the_finals_decode_at_once() -> No
     assert not tentative.audio[-pad:].any() and final.audio[-pad:].all()
 
 
+def test_a_sentence_read_at_a_chunks_end_ends_at_the_sentence_pause() -> None:
+    seg = sentence_segmenter([(1.0, 2.9)])
+    feed_seconds(seg, 2.5)
+    [tentative] = seg.feed((np.ones(8000, dtype="<i2") * 100).tobytes(), int(2.5 * SR))
+    assert tentative.padding  # asked for ~90 ms into the silence
+    assert seg.sentence_ended(tentative.index, tentative.audio_end) == []  # too soon
+    # the next chunks are short (64 ms): 250 ms of silence comes before the endpoint
+    short = (np.ones(1024, dtype="<i2") * 100).tobytes()
+    out = [u for k in range(3) for u in seg.feed(short, 3 * SR + 1024 * k)]
+    [final] = [u for u in out if u.final]
+    assert (final.index, final.end, len(final.audio)) == (
+        tentative.index,
+        tentative.end,
+        len(tentative.audio),
+    )
+
+
 def test_chunks_shorter_than_the_pause_wait_for_it() -> None:
     seg = VadSegmenter(ScriptedVad([(1.0, 2.9)]), endpoint_ms=400, pause_ms=150)
     out = feed_seconds(seg, 4, chunk=0.064)
