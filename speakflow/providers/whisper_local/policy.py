@@ -40,6 +40,7 @@ from ...audio import SAMPLE_RATE
 from .engine import VAD_CONTEXT, VAD_WINDOW
 
 PREROLL = int(0.3 * SAMPLE_RATE)
+PREROLL_WINDOWS = (PREROLL + VAD_WINDOW - 1) // VAD_WINDOW
 #: Trailing non-speech kept after the last speech window: Whisper decodes the
 #: last word better with a little silence after it.
 TAIL = int(0.15 * SAMPLE_RATE)
@@ -68,6 +69,58 @@ class Utterance:
 
 
 ProbFn = Callable[[np.ndarray], np.ndarray]
+
+
+class _Heard:
+    """The audio kept for the utterance being heard: whole VAD windows since its
+    start (or the pre-roll before one) with their speech probabilities, placed on
+    the timeline. Apart from the decisions (:class:`VadSegmenter`) that cut it."""
+
+    def __init__(self) -> None:
+        self.reset(0)
+
+    def reset(self, start: int) -> None:
+        self.windows: list[np.ndarray] = []
+        self.probs: list[float] = []
+        self.start = start  # timeline index of windows[0]
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def append(self, window: np.ndarray, prob: float) -> None:
+        self.windows.append(window)
+        self.probs.append(prob)
+
+    def drop(self, first: int) -> None:
+        """Forget the first ``first`` windows."""
+        if first <= 0:
+            return
+        del self.windows[:first]
+        del self.probs[:first]
+        self.start += first * VAD_WINDOW
+
+    def keep_last(self, count: int) -> None:
+        self.drop(len(self.windows) - count)
+
+    def count(self, end: int) -> int:
+        """Whole windows before timeline index ``end``."""
+        return max(0, (end - self.start) // VAD_WINDOW)
+
+    def end(self, end: int) -> int:
+        """Where :meth:`audio` of ``end`` stops."""
+        return self.start + self.count(end) * VAD_WINDOW
+
+    def audio(self, end: int) -> np.ndarray:
+        count = self.count(end)
+        if count == 0:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(self.windows[:count])
+
+    def quietest(self, samples: int) -> int:
+        """Timeline index just after the quietest window of the last ``samples``."""
+        look = min(len(self.probs), samples // VAD_WINDOW)
+        quiet = len(self.probs) - look + int(np.argmin(self.probs[-look:]))
+        return self.start + (quiet + 1) * VAD_WINDOW
 
 
 class VadSegmenter:
@@ -105,9 +158,7 @@ class VadSegmenter:
         self._context = np.zeros(VAD_CONTEXT, dtype=np.float32)
         self._pos = 0  # timeline index of the first sample of _pending
         self._started = False
-        self._history: list[np.ndarray] = []  # windows since utterance start or preroll
-        self._history_start = 0
-        self._window_probs: list[float] = []
+        self._heard = _Heard()
         self._speaking = False
         self._utt_start = 0
         self._last_speech_end = 0
@@ -122,7 +173,7 @@ class VadSegmenter:
         if not self._started:
             self._started = True
             self._pos = offset
-            self._history_start = offset
+            self._heard.reset(offset)
         elif offset != self._pos + len(self._pending):
             # A gap (dropped audio): judge it as silence-free discontinuity by
             # resetting the window alignment at the new offset.
@@ -130,9 +181,7 @@ class VadSegmenter:
             self._context = np.zeros(VAD_CONTEXT, dtype=np.float32)
             self._pending = np.zeros(0, dtype=np.float32)
             self._pos = offset
-            self._history = []
-            self._history_start = offset
-            self._window_probs = []
+            self._heard.reset(offset)
             return ended + self.feed(pcm, offset)
         buf = np.concatenate((self._pending, samples)) if len(self._pending) else samples
         n = len(buf) // VAD_WINDOW
@@ -171,7 +220,7 @@ class VadSegmenter:
             not self._sentence_pause
             or not self._speaking
             or index != self._index
-            or self._audio_end(self._last_speech_end + TAIL) != audio_end
+            or self._heard.end(self._last_speech_end + TAIL) != audio_end
         ):
             return []  # ended already, or speech came after the tentative
         self._sentence = True
@@ -184,8 +233,7 @@ class VadSegmenter:
     def _step(self, window: np.ndarray, prob: float) -> list[Utterance]:
         start = self._pos
         self._pos += VAD_WINDOW
-        self._history.append(window)
-        self._window_probs.append(prob)
+        self._heard.append(window, prob)
         if not self._speaking:
             if prob >= self._on:
                 self._speaking = True
@@ -194,12 +242,9 @@ class VadSegmenter:
                 self._speech_samples = VAD_WINDOW
                 self._last_partial = start
                 # keep PREROLL before the onset, drop older silence
-                keep = (PREROLL + VAD_WINDOW - 1) // VAD_WINDOW + 1
-                self._trim_to(len(self._history) - keep)
+                self._heard.keep_last(PREROLL_WINDOWS + 1)
             else:
-                keep = (PREROLL + VAD_WINDOW - 1) // VAD_WINDOW
-                if len(self._history) > keep:
-                    self._trim_to(len(self._history) - keep)
+                self._heard.keep_last(PREROLL_WINDOWS)
             return []
         if prob >= self._off:
             self._last_speech_end = self._pos
@@ -227,15 +272,12 @@ class VadSegmenter:
     def _chunk_end(self, chunk: int) -> list[Utterance]:
         """A chunk that ends in non-speech, short of the pause: the tentative now.
 
-        The desktop sends 500 ms chunks, so the next look at this silence is
-        half a second away, and the endpoint then finds the final's decode
-        not even started. Asked now, with the final's audio as it will be if
-        nobody speaks, the not-yet-heard end (under ``pause``, all non-speech)
-        as zeros: Whisper pads every window with zeros anyway, so the decode
-        is the final's own when the real samples turn out silent, and the
-        provider decodes the final again when they do not. (Cut where the
-        chunk ended instead, with no tail, the Spanish meeting lost words:
-        the last word wants its trailing silence.) Chunks shorter than the
+        The next look at this silence is a chunk away (500 ms from the desktop),
+        so the final's decode starts here, on its audio as it will be if nobody
+        speaks: the part not heard yet (under ``pause``, non-speech) as zeros,
+        which Whisper pads every window with anyway. The provider reuses it only
+        if the real samples there turn out silent. (Cut where the chunk ended,
+        with no tail, the Spanish meeting lost words.) Chunks shorter than the
         pause are looked at again before it, so they wait for it.
         """
         if not self._pause or chunk < self._pause or not self._speaking or self._paused:
@@ -244,55 +286,24 @@ class VadSegmenter:
         if not 0 < silence < self._pause or self._speech_samples < MIN_SPEECH:
             return []
         self._paused = True
-        end = self._last_speech_end + TAIL
-        heard = self._audio(min(end, self._pos))
-        padding = max(0, self._windows(end) * VAD_WINDOW - len(heard))
-        audio = np.concatenate((heard, np.zeros(padding, dtype=np.float32)))
-        return [
-            Utterance(
-                index=self._index,
-                audio=audio,
-                start=self._utt_start,
-                end=self._last_speech_end,
-                final=False,
-                tentative=True,
-                speech=self._speech_samples,
-                audio_end=self._audio_end(end),
-                padding=padding,
-            )
-        ]
-
-    def _trim_to(self, first: int) -> None:
-        if first <= 0:
-            return
-        del self._history[:first]
-        del self._window_probs[:first]
-        self._history_start += first * VAD_WINDOW
-
-    def _windows(self, end: int) -> int:
-        """Whole VAD windows of history before timeline index ``end``."""
-        return max(0, (end - self._history_start) // VAD_WINDOW)
-
-    def _audio_end(self, end: int) -> int:
-        """Where :meth:`_audio` of ``end`` stops."""
-        return self._history_start + self._windows(end) * VAD_WINDOW
-
-    def _audio(self, end: int) -> np.ndarray:
-        count = self._windows(end)
-        if count == 0:
-            return np.zeros(0, dtype=np.float32)
-        return np.concatenate(self._history[:count])
+        return [self._request(final=False, end=self._last_speech_end + TAIL, tentative=True)]
 
     def _request(self, *, final: bool, end: int, tentative: bool = False) -> Utterance:
+        audio = self._heard.audio(min(end, self._pos))
+        # an end not heard yet (only a chunk-end tentative's): zeros stand for it
+        padding = max(0, self._heard.count(end) * VAD_WINDOW - len(audio))
+        if padding:
+            audio = np.concatenate((audio, np.zeros(padding, dtype=np.float32)))
         return Utterance(
             index=self._index,
-            audio=self._audio(end),
+            audio=audio,
             start=self._utt_start,
             end=min(end, self._last_speech_end),
             final=final,
             tentative=tentative,
             speech=self._speech_samples,
-            audio_end=self._audio_end(end),
+            audio_end=self._heard.end(end),
+            padding=padding,
         )
 
     def _final_end(self) -> int:
@@ -309,13 +320,10 @@ class VadSegmenter:
     def _cut_long_utterance(self) -> list[Utterance]:
         # Commit up to the quietest window of the last 1.5 s, keep the rest as
         # the start of the next utterance so no audio is lost or repeated.
-        look = min(len(self._window_probs), int(1.5 * SAMPLE_RATE) // VAD_WINDOW)
-        tail_probs = self._window_probs[-look:]
-        quiet = len(self._window_probs) - look + int(np.argmin(tail_probs))
-        cut = self._history_start + (quiet + 1) * VAD_WINDOW
+        cut = self._heard.quietest(int(1.5 * SAMPLE_RATE))
         request = Utterance(
             index=self._index,
-            audio=self._audio(cut),
+            audio=self._heard.audio(cut),
             start=self._utt_start,
             end=cut,
             final=True,
@@ -324,22 +332,17 @@ class VadSegmenter:
         )
         self._index += 1
         self._sentence = False
-        first_kept = quiet + 1
-        self._history = self._history[first_kept:]
-        self._window_probs = self._window_probs[first_kept:]
-        self._history_start = cut
+        self._heard.drop(self._heard.count(cut))
         self._utt_start = cut
         self._last_partial = cut
-        self._speech_samples = len(self._history) * VAD_WINDOW
+        self._speech_samples = len(self._heard) * VAD_WINDOW
         return [request]
 
     def _reset_after(self, pos: int) -> None:
         self._speaking = False
         self._paused = self._sentence = False
         self._speech_samples = 0
-        keep = (PREROLL + VAD_WINDOW - 1) // VAD_WINDOW
-        if len(self._history) > keep:
-            self._trim_to(len(self._history) - keep)
+        self._heard.keep_last(PREROLL_WINDOWS)
 
 
 def _key(word: str) -> str:
