@@ -171,8 +171,15 @@ async def run_round(
     records = [r for recs in plan for r in recs]
     admitted = [r for r in records if not r.refused]
     results = [analyse(r) for r in admitted]
-    lat = [x for res in results for _, x in res["latencies"]]
-    ordered = sorted((t, x) for res in results for t, x in res["latencies"])
+    # each final's latency by the end of its turn: a turn's is set mostly by where
+    # the 500 ms chunks fall around its end, so the slow turns are the same every run
+    by_turn = sorted(
+        (t, rec.source, x)
+        for rec, res in zip(admitted, results, strict=True)
+        for t, x in res["latencies"]
+    )
+    lat = [x for _, _, x in by_turn]
+    ordered = [(t, x) for t, _, x in by_turn]
     half = len(ordered) // 2
     errors = sum(r["errors"] for r in results)
     words = sum(r["words"] for r in results)
@@ -197,13 +204,7 @@ async def run_round(
         "final_latency_s": percentiles(lat),
         "latency_first_half_p50": percentile((x for _, x in ordered[:half]), 50),
         "latency_second_half_p50": percentile((x for _, x in ordered[half:]), 50),
-        # each final's, for finding which turns are slow (a turn's is set mostly by
-        # where the 500 ms chunks fall around its end, so the same turns every run)
-        "final_latency_by_turn": sorted(
-            (round(t, 3), rec.source, round(x, 3))
-            for rec, res in zip(admitted, results, strict=True)
-            for t, x in res["latencies"]
-        ),
+        "final_latency_by_turn": [(round(t, 3), src, round(x, 3)) for t, src, x in by_turn],
         "turns": sum(r["turns"] for r in results),
         "missed_turns": sum(r["missed"] for r in results),
         "spurious_finals": sum(r["spurious"] for r in results),
