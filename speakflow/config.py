@@ -171,7 +171,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     #: encoder window: auto (30 s for a lone final, utterance + 2 s when busy), full, short
     WHISPER_WINDOW: str = "auto"
     #: auto: the 30 s window only while one takes at most this long on this machine
-    WHISPER_FULL_WINDOW_BUDGET_MS: PositiveInt = 350
+    WHISPER_FULL_WINDOW_BUDGET_MS: PositiveInt = 150
     #: streams admitted at once (0: estimated from the model's measured speed)
     WHISPER_MAX_STREAMS: NonNegativeInt = 0
 

@@ -57,6 +57,7 @@ from .vad import VAD_CONTEXT, VAD_WINDOW
 from .vad import speech_probs as silero_speech_probs
 from .windows import (
     FULL_FRAMES,
+    FULL_WINDOW_BUDGET_S,
     fallbacks_allowed,
     full_window_affordable,
     moving_average,
@@ -106,7 +107,7 @@ class WhisperEngine:
         #: suspicious finals not redone: their batch's budget was spent
         self.fallbacks_skipped = 0
         #: seconds a lone final's full-window decode may take (window "auto")
-        self.full_window_budget = 0.35
+        self.full_window_budget = FULL_WINDOW_BUDGET_S
         #: moving average of measured lone full-window decodes, seconds
         self.full_window_cost: float | None = None
         #: moving average of lone short-window finals, seconds per encoder frame

@@ -28,6 +28,14 @@ FULL_FRAMES = 3000
 PAD_FRAMES = 200
 #: windows are rounded up to this many frames so batches of similar lengths share a shape
 ROUND_FRAMES = 100
+#: Default seconds a lone final's full-window decode may take (WHISPER_FULL_WINDOW_BUDGET_MS).
+#: The desktop's 500 ms chunks already spend most of a 0.5 s final-latency
+#: median before a decode starts, so the full window is worth it only where it
+#: is nearly free (a GPU). At 0.35 s, tiny.en on 2 cores took it (0.26 s a
+#: final) for the same words on both English corpora (bench-whisper: meeting
+#: 16/184 errors, sentences 8/256, either way) and a final-latency p50 of
+#: 0.48-0.53 s instead of 0.46-0.47 s (three runs each).
+FULL_WINDOW_BUDGET_S = 0.15
 #: Context (seconds of silence between the previous utterance and this one).
 #: Offline Whisper hears a whole 30 s window at once, so each sentence is
 #: decoded in the light of the speech around it; a stream that decodes every
