@@ -168,7 +168,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     WHISPER_VAD_THRESHOLD: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.5
     #: utterances of all streams decoded together in one model call
     WHISPER_MAX_BATCH: PositiveInt = 8
-    #: encoder window: auto (30 s for a lone final, utterance + 2 s when busy), full, short
+    #: encoder window: auto (utterance + 2 s; 30 s for a lone final where that fits the
+    #: budget below), full, short
     WHISPER_WINDOW: str = "auto"
     #: auto: the 30 s window only while one takes at most this long on this machine
     WHISPER_FULL_WINDOW_BUDGET_MS: PositiveInt = 150
